@@ -1,0 +1,140 @@
+"""/v1/jobs: submit, poll, list, fetch results, cancel. Every route sees only the caller's jobs:
+another user's job id answers exactly like an unknown one (404)."""
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Any, Dict, Optional
+
+from flask import current_app, g, request
+from flask_smorest import Blueprint
+
+from .. import store
+from ..messages import encode_job
+from ..jobqueue import QueueUnavailable
+from ..states import JobStatus
+from ..store import jobs as job_store
+from .auth import require_user
+from .errors import api_abort
+from .schemas import JobCreateSchema, JobListQuerySchema, JobListSchema, JobResultSchema, JobSchema
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs", description="Submit jobs and read their results")
+bp.before_request(require_user)
+
+# Documents, on each route, what require_user enforces for the whole blueprint.
+authenticated = bp.doc(security=[{"bearer": []}], responses={"401": {"description": "missing or invalid bearer token"}})
+
+
+def _iso(value: Optional[datetime]) -> Optional[str]:
+    return None if value is None else value.isoformat(timespec="milliseconds") + "Z"
+
+
+def job_json(row: Dict[str, Any]) -> Dict[str, Any]:
+    return {
+        "id": row["id"],
+        "type": row["type"],
+        "status": row["status"].value,
+        "attempts": row["attempts"],
+        "created_at": _iso(row["created_at"]),
+        "started_at": _iso(row["started_at"]),
+        "finished_at": _iso(row["finished_at"]),
+        "error": row["error"],
+    }
+
+
+def _db() -> "store.Database":
+    return current_app.extensions["joblab_db"]
+
+
+def _own_job_or_404(job_id: str) -> Dict[str, Any]:
+    row = job_store.get_job(_db().engine, job_id, user_id=g.user_id)
+    if row is None:
+        api_abort(404, "no job %s" % job_id)
+    return row
+
+
+@bp.before_request
+def require_json_body() -> None:
+    # 415 before parsing: webargs would otherwise report a non-JSON body as "missing fields".
+    if request.method == "POST" and request.endpoint == "jobs.create_job" and not request.is_json:
+        api_abort(415, "request body must be JSON (Content-Type: application/json)")
+
+
+@bp.route("", methods=["POST"])
+@authenticated
+@bp.arguments(JobCreateSchema, error_status_code=400)
+@bp.response(202, JobSchema)
+@bp.alt_response(400, description="invalid body; `fields` names each problem")
+@bp.alt_response(503, description="Kafka did not take the job; it is not queued")
+def create_job(body: Dict[str, Any]):
+    """Submit a job: recorded in the database, then on Kafka (acks=all), then 202."""
+    engine = _db().engine
+    row = job_store.create_job(engine, g.user_id, body["type"], body["args"])
+    queue = current_app.extensions["joblab_queue"]
+    try:
+        queue.send(queue.topics.jobs, row["id"], encode_job(row["id"], row["type"], row["args"]))
+    except QueueUnavailable as exc:
+        log.error("job %s: enqueue failed: %s", row["id"], exc)
+        job_store.mark_enqueue_failed(engine, row["id"], str(exc))
+        api_abort(503, "job queue unavailable, job not accepted; try again later", id=row["id"])
+    log.info("job %s: queued (%s) for user %s", row["id"], row["type"], g.user_name)
+    return job_json(row), 202, {"Location": "/v1/jobs/%s" % row["id"]}
+
+
+@bp.route("", methods=["GET"])
+@authenticated
+@bp.arguments(JobListQuerySchema, location="query", error_status_code=400)
+@bp.response(200, JobListSchema)
+def list_jobs(query: Dict[str, Any]):
+    """The caller's jobs, newest first; follow `next_cursor` for the next page."""
+    cfg = current_app.config
+    limit = query.get("limit", cfg["PAGE_SIZE"])
+    if limit > cfg["PAGE_SIZE_MAX"]:
+        most = "Must be at most %d." % cfg["PAGE_SIZE_MAX"]
+        api_abort(400, "limit: " + most, fields={"limit": [most]})
+    before = None
+    if "cursor" in query:
+        if not query["cursor"].isdigit():
+            api_abort(400, "cursor: Not a next_cursor value.", fields={"cursor": ["Not a next_cursor value."]})
+        before = int(query["cursor"])
+    rows, next_seq = job_store.list_jobs(_db().engine, g.user_id, limit, query.get("status"), before)
+    return {"jobs": [job_json(r) for r in rows], "next_cursor": None if next_seq is None else str(next_seq)}
+
+
+@bp.route("/<job_id>", methods=["GET"])
+@authenticated
+@bp.response(200, JobSchema)
+def get_job(job_id: str):
+    """A job's state."""
+    return job_json(_own_job_or_404(job_id))
+
+
+@bp.route("/<job_id>/result", methods=["GET"])
+@authenticated
+@bp.response(200, JobResultSchema)
+@bp.alt_response(409, description="the job has not succeeded (yet)")
+def get_job_result(job_id: str):
+    """The result, once the job has succeeded (409 before)."""
+    row = _own_job_or_404(job_id)
+    if row["status"] is not JobStatus.SUCCEEDED:
+        api_abort(409, "job %s is %s; a result exists only once it has succeeded" % (job_id, row["status"].value),
+                  job_status=row["status"].value)
+    return {"id": job_id, "result": job_store.get_result(_db().engine, job_id)}
+
+
+@bp.route("/<job_id>/cancel", methods=["POST"])
+@authenticated
+@bp.response(200, JobSchema)
+@bp.alt_response(409, description="the job is no longer queued")
+def cancel_job(job_id: str):
+    """Cancel a queued job; the worker will skip it."""
+    row, cancelled = job_store.cancel_job(_db().engine, job_id, g.user_id)
+    if row is None:
+        api_abort(404, "no job %s" % job_id)
+    if not cancelled:
+        api_abort(409, "job %s is %s; only queued jobs can be cancelled" % (job_id, row["status"].value),
+                  job_status=row["status"].value)
+    log.info("job %s: queued -> cancelled", job_id)
+    return job_json(row)

@@ -1,0 +1,70 @@
+"""Settings: defaults first, then JOBLAB_* environment variables, then a test config.
+
+Every setting the app and the worker read lives here, under one prefix, so a deployment is
+described by one environment file (supervisor's ``environment=`` or ``/etc/sysconfig``).
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, Mapping, Optional
+
+ENV_PREFIX = "JOBLAB_"
+
+DEFAULTS: Dict[str, Any] = {
+    # SQLAlchemy URL of the results store: sqlite:///..., postgresql+psycopg://..., mssql+pymssql://...
+    "DATABASE_URL": "sqlite:///var/joblab.sqlite3",
+    # Comma-separated Kafka bootstrap servers.
+    "KAFKA_BOOTSTRAP": "127.0.0.1:9092",
+    # Prefix for every topic name, so several stacks (or tests) can share one broker.
+    "KAFKA_TOPIC_PREFIX": "",
+    # Consumer group of the job workers.
+    "KAFKA_GROUP": "workers",
+    # Partitions of the jobs topic: the ceiling on parallel job workers.
+    "KAFKA_PARTITIONS": 4,
+    # How long a request waits for Kafka to acknowledge a job (acks=all) before answering 503.
+    "KAFKA_SEND_TIMEOUT": 10.0,
+    # Largest request body accepted (bytes); larger gets 413.
+    "MAX_CONTENT_LENGTH": 64 * 1024,
+    # Page size of GET /v1/jobs when the client gives none, and its ceiling.
+    "PAGE_SIZE": 20,
+    "PAGE_SIZE_MAX": 100,
+    # Worker: executions per job before it is failed and dead-lettered.
+    "MAX_ATTEMPTS": 3,
+    # Worker: first retry delay in seconds; doubles each attempt up to RETRY_BACKOFF_MAX.
+    "RETRY_BACKOFF": 0.5,
+    "RETRY_BACKOFF_MAX": 30.0,
+    # Longest `sleep` job accepted, seconds. The worker's max.poll.interval is derived from it.
+    "SLEEP_MAX": 60.0,
+}
+
+
+def _coerce(default: Any, raw: str) -> Any:
+    """Environment values are strings; give them the type of their default."""
+    if isinstance(default, bool):
+        return raw.strip().lower() in ("1", "true", "yes", "on")
+    if isinstance(default, int):
+        return int(raw)
+    if isinstance(default, float):
+        return float(raw)
+    return raw
+
+
+def load_settings(
+    overrides: Optional[Mapping[str, Any]] = None, environ: Optional[Mapping[str, str]] = None
+) -> Dict[str, Any]:
+    """Merge defaults, JOBLAB_* variables and ``overrides`` (highest), with a clear error on a bad value."""
+    environ = os.environ if environ is None else environ
+    settings = dict(DEFAULTS)
+    for key, default in DEFAULTS.items():
+        raw = environ.get(ENV_PREFIX + key)
+        if raw is None or raw == "":
+            continue
+        try:
+            settings[key] = _coerce(default, raw)
+        except ValueError:
+            raise SystemExit(
+                "%s%s=%r is not a valid %s" % (ENV_PREFIX, key, raw, type(default).__name__)
+            ) from None
+    if overrides:
+        settings.update(overrides)
+    return settings

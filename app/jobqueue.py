@@ -1,0 +1,116 @@
+"""The Kafka side of the app: a lazily created producer (one per process, after gunicorn forks)
+and a readiness probe. The worker uses the same producer class for retries and events."""
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+from typing import Any, List, Optional, Tuple
+
+from kafka import KafkaProducer
+from kafka.admin import KafkaAdminClient
+from kafka.errors import KafkaError
+
+from .topics import Topics
+
+log = logging.getLogger(__name__)
+
+
+class QueueUnavailable(Exception):
+    """Kafka did not acknowledge in time (or could not be reached)."""
+
+
+def make_producer(bootstrap: str, timeout: float) -> KafkaProducer:
+    """acks=all + idempotence: an acknowledged job is on every in-sync replica, written once."""
+    ms = int(timeout * 1000)
+    return KafkaProducer(
+        bootstrap_servers=bootstrap.split(","),
+        client_id="joblab-%d" % os.getpid(),
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=0,  # a job request waits for its ack: batching would only add latency
+        bootstrap_timeout_ms=ms,
+        max_block_ms=ms,
+        request_timeout_ms=max(1000, ms // 2),
+        delivery_timeout_ms=ms,
+    )
+
+
+class JobQueue:
+    """Produces to Kafka and waits for the acknowledgement; ``init_app`` attaches it to Flask."""
+
+    def __init__(self, bootstrap: Optional[str] = None, prefix: str = "", timeout: float = 10.0) -> None:
+        self.bootstrap = bootstrap
+        self.topics = Topics.with_prefix(prefix)
+        self.timeout = timeout
+        self._producer: Optional[KafkaProducer] = None
+        self._admin: Optional[KafkaAdminClient] = None
+        self._pid: Optional[int] = None
+        self._lock = threading.Lock()
+        atexit.register(self.close)
+
+    def init_app(self, app: Any) -> None:
+        self.bootstrap = app.config["KAFKA_BOOTSTRAP"]
+        self.topics = Topics.with_prefix(app.config["KAFKA_TOPIC_PREFIX"])
+        self.timeout = float(app.config["KAFKA_SEND_TIMEOUT"])
+        app.extensions["joblab_queue"] = self
+
+    def _forget_if_forked(self) -> None:
+        """After fork the parent's clients (sockets, threads) are not ours: start afresh."""
+        if self._pid != os.getpid():
+            self._producer = self._admin = None
+            self._pid = os.getpid()
+
+    def _get_producer(self) -> KafkaProducer:
+        with self._lock:
+            self._forget_if_forked()
+            if self._producer is None:
+                try:
+                    self._producer = make_producer(self.bootstrap or "", self.timeout)
+                except KafkaError as exc:
+                    raise QueueUnavailable("kafka: %s" % exc.__class__.__name__) from exc
+            return self._producer
+
+    def send(self, topic: str, key: str, value: Optional[bytes], headers: Optional[List[Tuple[str, bytes]]] = None) -> None:
+        """Produce and block until acknowledged, or raise QueueUnavailable."""
+        producer = self._get_producer()
+        try:
+            future = producer.send(topic, key=key.encode("utf-8"), value=value, headers=headers or None)
+            future.get(timeout=self.timeout + 1)
+        except KafkaError as exc:
+            raise QueueUnavailable("kafka: %s" % (exc.__class__.__name__,)) from exc
+
+    def ping(self, timeout: float = 3.0) -> None:
+        """Raise QueueUnavailable unless a broker answers a metadata request now."""
+        ms = int(timeout * 1000)
+        with self._lock:
+            self._forget_if_forked()
+            try:
+                if self._admin is None:
+                    self._admin = KafkaAdminClient(
+                        bootstrap_servers=(self.bootstrap or "").split(","),
+                        client_id="joblab-ready",
+                        bootstrap_timeout_ms=ms,
+                        request_timeout_ms=ms,
+                    )
+                self._admin.describe_cluster()
+            except Exception as exc:  # kafka-python raises KafkaError subclasses, and socket errors
+                admin, self._admin = self._admin, None
+                if admin is not None:
+                    try:
+                        admin.close()
+                    except Exception:
+                        pass
+                raise QueueUnavailable("kafka: %s" % (exc.__class__.__name__,)) from exc
+
+    def close(self) -> None:
+        with self._lock:
+            if self._pid != os.getpid():
+                return
+            producer, self._producer = self._producer, None
+            admin, self._admin = self._admin, None
+        if producer is not None:
+            producer.close(timeout=5)
+        if admin is not None:
+            admin.close()

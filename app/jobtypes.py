@@ -1,0 +1,84 @@
+"""Job types: what a job of each type accepts and what it does.
+
+Adding a job type is one decorated function. The keyword arguments of ``@job_type`` are
+marshmallow fields describing ``args``; the API validates requests against them (400 naming
+the field otherwise) and the worker calls the function with the validated args as keyword
+arguments. Whatever JSON-serialisable value it returns is the job's result; raising fails the
+attempt (retried, then dead-lettered)::
+
+    @job_type("upper", text=fields.String(required=True, validate=Length(max=1000)))
+    def upper(text):
+        return {"text": text.upper()}
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Type
+
+from marshmallow import Schema, ValidationError, fields
+from marshmallow.validate import Length, Range
+
+# Longest `sleep` job accepted; the worker's max.poll.interval is derived from it.
+SLEEP_MAX_SECONDS = 60.0
+
+
+class JobFailed(Exception):
+    """Raised by a job to fail the attempt with a message meant for the user."""
+
+
+@dataclass(frozen=True)
+class JobType:
+    name: str
+    func: Callable[..., Any]
+    schema: Type[Schema]
+
+    def run(self, args: Dict[str, Any]) -> Any:
+        return self.func(**args)
+
+
+REGISTRY: Dict[str, JobType] = {}
+
+
+def job_type(name: str, **arg_fields: fields.Field) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register the decorated function as job type ``name`` taking ``arg_fields``."""
+
+    def register(func: Callable[..., Any]) -> Callable[..., Any]:
+        if name in REGISTRY:
+            raise ValueError("job type %r is already registered" % name)
+        schema = Schema.from_dict(arg_fields, name="%sArgs" % name.title().replace("_", ""))
+        REGISTRY[name] = JobType(name=name, func=func, schema=schema)
+        return func
+
+    return register
+
+
+class Number(fields.Field):
+    """A JSON number: unlike marshmallow's Float it refuses strings, booleans, NaN and infinities."""
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValidationError("Not a number.")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValidationError("Not a finite number.")
+        return value
+
+
+@job_type("sum", numbers=fields.List(Number(), required=True, validate=Length(max=10000)))
+def sum_numbers(numbers: list) -> Dict[str, Any]:
+    """Add up ``numbers``."""
+    return {"sum": sum(numbers)}
+
+
+@job_type("sleep", seconds=Number(required=True, validate=Range(min=0, max=SLEEP_MAX_SECONDS)))
+def sleep(seconds: float) -> Dict[str, Any]:
+    """Wait ``seconds`` (bounded): for drills of long jobs, restarts and rebalances."""
+    time.sleep(seconds)
+    return {"slept": seconds}
+
+
+@job_type("fail", message=fields.String(required=True, validate=Length(min=1, max=1000)))
+def fail(message: str) -> None:
+    """Always raise: exercises retries and the dead-letter topic."""
+    raise JobFailed(message)

@@ -1,0 +1,98 @@
+"""Engines for the three supported stores, and the Flask glue that puts one on the app.
+
+- SQLite (embedded default): WAL + busy timeout, because gunicorn workers and the job worker
+  write the same file from several processes.
+- PostgreSQL via psycopg 3: tested here against a real server.
+- MS SQL Server via pymssql: the seed's production store. Thin on purpose: the only special
+  case is the gevent wait callback, without which every query blocks all of a gevent worker's
+  greenlets. It cannot be run on this project's CI machines.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any, Optional
+
+from sqlalchemy import create_engine, event, text
+from sqlalchemy.engine import Engine, make_url
+
+log = logging.getLogger(__name__)
+
+
+def _prepare_sqlite(url: str) -> None:
+    """Create the database file's folder: `make run` must work from a fresh clone."""
+    database = make_url(url).database
+    if database and database != ":memory:":
+        folder = os.path.dirname(os.path.abspath(database))
+        os.makedirs(folder, exist_ok=True)
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA busy_timeout=10000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def _install_pymssql_gevent_callback() -> None:
+    """Let other greenlets run while pymssql waits on the server (only when gevent has patched us)."""
+    if "gevent" not in sys.modules:
+        return
+    from gevent import monkey
+
+    if not monkey.is_module_patched("socket"):
+        return
+    import pymssql
+    from gevent.socket import wait_read
+
+    pymssql.set_wait_callback(wait_read)
+    log.info("pymssql: gevent wait callback installed")
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for ``url`` with the per-backend settings above."""
+    kwargs: dict = {"pool_pre_ping": True}
+    backend = make_url(url).get_backend_name()
+    if backend == "sqlite":
+        _prepare_sqlite(url)
+        engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    if backend == "mssql":
+        _install_pymssql_gevent_callback()
+    return create_engine(url, pool_size=5, max_overflow=5, pool_timeout=10, **kwargs)
+
+
+class Database:
+    """Holds the engine; attaches to a Flask app with ``init_app`` (engine created lazily, after fork)."""
+
+    def __init__(self, url: Optional[str] = None) -> None:
+        self.url = url
+        self._engine: Optional[Engine] = None
+        self._pid: Optional[int] = None
+
+    def init_app(self, app: Any) -> None:
+        self.url = app.config["DATABASE_URL"]
+        app.extensions["joblab_db"] = self
+
+    @property
+    def engine(self) -> Engine:
+        # A pool inherited across fork (gunicorn preload_app) shares sockets between processes.
+        if self._engine is None or self._pid != os.getpid():
+            if self.url is None:
+                raise RuntimeError("Database has no URL; call init_app first")
+            self._engine = make_engine(self.url)
+            self._pid = os.getpid()
+        return self._engine
+
+    def ping(self) -> None:
+        """Raise if the database does not answer a trivial query."""
+        with self.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+
+    def dispose(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None

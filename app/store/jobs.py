@@ -1,0 +1,149 @@
+"""Job rows and results: every state change is one conditional UPDATE, so concurrent or repeated
+callers (two workers, a redelivered message, a cancel racing a claim) cannot move a job backwards."""
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any, Dict, List, Optional, Tuple
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.engine import Connection, Engine
+
+from ..states import JobStatus
+from .schema import jobs, results
+from .users import utcnow
+
+Row = Dict[str, Any]
+
+_JOB_COLUMNS = [c for c in jobs.c if c.name != "user_id"]
+
+
+def _row(row: Any) -> Row:
+    data = dict(row._mapping)
+    data["args"] = json.loads(data["args"])
+    data["status"] = JobStatus(data["status"])
+    return data
+
+
+def create_job(engine: Engine, user_id: int, job_type: str, args: Dict[str, Any]) -> Row:
+    """Insert a queued job and commit it: the row exists before the message is produced."""
+    now = utcnow()
+    values = dict(
+        id=str(uuid.uuid4()),
+        user_id=user_id,
+        type=job_type,
+        args=json.dumps(args, separators=(",", ":")),
+        status=JobStatus.QUEUED.value,
+        attempts=0,
+        created_at=now,
+        updated_at=now,
+    )
+    with engine.begin() as conn:
+        conn.execute(insert(jobs).values(**values))
+    return get_job(engine, values["id"])  # type: ignore[return-value]
+
+
+def get_job(engine: Engine, job_id: str, user_id: Optional[int] = None) -> Optional[Row]:
+    """The job, or None when unknown or owned by another user (callers answer both the same)."""
+    query = select(*_JOB_COLUMNS).where(jobs.c.id == job_id)
+    if user_id is not None:
+        query = query.where(jobs.c.user_id == user_id)
+    with engine.connect() as conn:
+        row = conn.execute(query).first()
+    return _row(row) if row else None
+
+
+def list_jobs(
+    engine: Engine, user_id: int, limit: int, status: Optional[str] = None, before: Optional[int] = None
+) -> Tuple[List[Row], Optional[int]]:
+    """A page of the user's jobs, newest first, and the cursor of the next page (None at the end)."""
+    query = select(*_JOB_COLUMNS).where(jobs.c.user_id == user_id)
+    if status:
+        query = query.where(jobs.c.status == status)
+    if before is not None:
+        query = query.where(jobs.c.seq < before)
+    query = query.order_by(jobs.c.seq.desc()).limit(limit + 1)
+    with engine.connect() as conn:
+        rows = [_row(r) for r in conn.execute(query)]
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return rows, (rows[-1]["seq"] if more and rows else None)
+
+
+def _transition(conn: Connection, job_id: str, allowed: List[JobStatus], **values: Any) -> bool:
+    values["updated_at"] = utcnow()
+    res = conn.execute(
+        update(jobs)
+        .where(jobs.c.id == job_id, jobs.c.status.in_([s.value for s in allowed]))
+        .values(**values)
+    )
+    return res.rowcount == 1
+
+
+def mark_enqueue_failed(engine: Engine, job_id: str, reason: str) -> bool:
+    """Kafka did not take the job: it must not stay looking queued."""
+    with engine.begin() as conn:
+        return _transition(
+            conn, job_id, [JobStatus.QUEUED], status=JobStatus.FAILED.value,
+            error="not enqueued: %s" % reason, finished_at=utcnow(),
+        )
+
+
+def cancel_job(engine: Engine, job_id: str, user_id: int) -> Tuple[Optional[Row], bool]:
+    """Cancel a queued job of the user. Returns (job or None if unknown, whether it was cancelled)."""
+    with engine.begin() as conn:
+        owned = conn.execute(
+            select(jobs.c.id).where(jobs.c.id == job_id, jobs.c.user_id == user_id)
+        ).first()
+        if owned is None:
+            return None, False
+        done = _transition(
+            conn, job_id, [JobStatus.QUEUED], status=JobStatus.CANCELLED.value, finished_at=utcnow()
+        )
+    return get_job(engine, job_id), done
+
+
+def claim_job(engine: Engine, job_id: str) -> Optional[Row]:
+    """queued|running -> running, counting the attempt. A job left `running` by a worker that died
+    is claimed again (at-least-once). Returns the claimed job, or None if it is unknown or terminal."""
+    with engine.begin() as conn:
+        done = _transition(
+            conn, job_id, [JobStatus.QUEUED, JobStatus.RUNNING],
+            status=JobStatus.RUNNING.value, attempts=jobs.c.attempts + 1, started_at=utcnow(),
+        )
+    return get_job(engine, job_id) if done else None
+
+
+def store_success(engine: Engine, job_id: str, result: Any) -> bool:
+    """running -> succeeded and the result row, in ONE transaction. False if the job was no longer
+    running (another delivery finished it first): then nothing is written."""
+    now = utcnow()
+    with engine.begin() as conn:
+        if not _transition(
+            conn, job_id, [JobStatus.RUNNING], status=JobStatus.SUCCEEDED.value, error=None, finished_at=now
+        ):
+            return False
+        conn.execute(
+            insert(results).values(job_id=job_id, result=json.dumps(result, separators=(",", ":")), created_at=now)
+        )
+    return True
+
+
+def store_retry(engine: Engine, job_id: str, error: str) -> bool:
+    """running -> queued again, keeping the error of the failed attempt, until the retry is due."""
+    with engine.begin() as conn:
+        return _transition(conn, job_id, [JobStatus.RUNNING], status=JobStatus.QUEUED.value, error=error)
+
+
+def store_failure(engine: Engine, job_id: str, error: str) -> bool:
+    """running -> failed: attempts are used up (or the job can never succeed)."""
+    with engine.begin() as conn:
+        return _transition(
+            conn, job_id, [JobStatus.RUNNING], status=JobStatus.FAILED.value, error=error, finished_at=utcnow()
+        )
+
+
+def get_result(engine: Engine, job_id: str) -> Optional[Any]:
+    with engine.connect() as conn:
+        raw = conn.execute(select(results.c.result).where(results.c.job_id == job_id)).scalar()
+    return None if raw is None else json.loads(raw)

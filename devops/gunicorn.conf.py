@@ -1,0 +1,62 @@
+# Gunicorn settings for the job API (gunicorn -c devops/gunicorn.conf.py).
+# Every knob can be overridden from the environment, so supervisor's program file and
+# `make run` share this one file. Docs: https://docs.gunicorn.org/en/stable/settings.html
+import multiprocessing
+import os
+
+
+def _env(name, default):
+    return os.environ.get(name) or default
+
+
+# ---------------------------------------------------------------------------- the application
+# The Flask app factory (app/__init__.py).
+wsgi_app = "app:create_app()"
+# Import the app once in the master, then fork: faster worker boots and shared memory pages.
+# Consequence for deploys: a plain HUP re-forks workers from the master's already-imported
+# code, so new code needs a new master (USR2 + WINCH + QUIT of the old one, or a restart).
+preload_app = _env("GUNICORN_PRELOAD", "true").lower() in ("1", "true", "yes")
+
+# ---------------------------------------------------------------------------- socket
+# Loopback only: nginx is the only client. PORT is what `make run` overrides.
+bind = _env("GUNICORN_BIND", "127.0.0.1:%s" % _env("PORT", "8000"))
+# Pending connections the kernel queues while all workers are busy.
+backlog = 2048
+
+# ---------------------------------------------------------------------------- workers
+# `gevent` (what the seed ran) serves many slow requests per process; `sync` is one request
+# per process, simplest and most predictable. Set GUNICORN_WORKER_CLASS to choose.
+worker_class = _env("GUNICORN_WORKER_CLASS", "gevent")
+# The classic (2 x cores) + 1; scale at run time with TTIN/TTOU on the master.
+workers = int(_env("GUNICORN_WORKERS", str(multiprocessing.cpu_count() * 2 + 1)))
+# Concurrent greenlets per gevent worker.
+worker_connections = int(_env("GUNICORN_WORKER_CONNECTIONS", "1000"))
+# A worker silent this long is killed and replaced (a request may wait ~10 s for Kafka's ack).
+timeout = int(_env("GUNICORN_TIMEOUT", "30"))
+# On TERM/HUP, workers get this long to finish in-flight requests. supervisor's stopwaitsecs
+# must be longer, or supervisor SIGKILLs a master that is still draining.
+graceful_timeout = int(_env("GUNICORN_GRACEFUL_TIMEOUT", "30"))
+# Keep-alive with nginx's upstream connections.
+keepalive = 5
+# Recycle workers now and then, staggered, so a slow leak cannot grow without bound.
+max_requests = int(_env("GUNICORN_MAX_REQUESTS", "2000"))
+max_requests_jitter = 200
+
+# ---------------------------------------------------------------------------- logging & identity
+accesslog = _env("GUNICORN_ACCESSLOG", "-")
+errorlog = _env("GUNICORN_ERRORLOG", "-")
+loglevel = _env("GUNICORN_LOGLEVEL", "info")
+access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms "%({x-forwarded-for}i)s"'
+# The name `ps` shows, which `fab status` and the scale task look for.
+proc_name = _env("GUNICORN_PROC_NAME", "joblab-gunicorn")
+# Trust X-Forwarded-* only from nginx on the same host.
+forwarded_allow_ips = "127.0.0.1"
+
+# ---------------------------------------------------------------------------- gevent
+# Patch before the app is imported (preload_app imports it in the master): locks and sockets
+# created at import time must already be the cooperative ones, or a greenlet can block its
+# whole worker.
+if worker_class == "gevent":
+    from gevent import monkey
+
+    monkey.patch_all()

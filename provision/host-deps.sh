@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Install the Debian/Ubuntu packages this checkout needs on the machine it runs on, only those
+# missing. Usage: provision/host-deps.sh run|test
+#   run  : Java 17+ (Kafka broker), Maven (fetches the broker's jars), python3 venv support
+#   test : the above + PostgreSQL server (integration tests) + shellcheck
+# Idempotent: prints "host packages: all present" and changes nothing when nothing is missing.
+set -euo pipefail
+
+want="${1:-test}"
+
+have_java17() {
+    command -v java >/dev/null 2>&1 || return 1
+    local major
+    major="$(java -version 2>&1 | sed -n 's/.* version "\([0-9]*\).*/\1/p' | head -n1)"
+    [[ -n "$major" && "$major" -ge 17 ]]
+}
+
+have_initdb() {
+    compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null
+}
+
+have_venv() {
+    local probe
+    probe="$(mktemp -d)"
+    python3 -m venv "$probe/v" >/dev/null 2>&1 && [[ -x "$probe/v/bin/pip" ]]
+    local ok=$?
+    rm -rf "$probe"
+    return "$ok"
+}
+
+missing=()
+have_java17 || missing+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null 2>&1 || missing+=(maven)
+have_venv || missing+=(python3-venv)
+if [[ "$want" == test ]]; then
+    have_initdb || missing+=(postgresql)
+    command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
+fi
+
+if [[ ${#missing[@]} -eq 0 ]]; then
+    echo "host packages: all present"
+    exit 0
+fi
+
+if ! command -v apt-get >/dev/null 2>&1; then
+    echo "host-deps: missing ${missing[*]} and no apt-get here; install them by hand" >&2
+    exit 1
+fi
+sudo=()
+if [[ "$(id -u)" -ne 0 ]]; then
+    command -v sudo >/dev/null 2>&1 || { echo "host-deps: need root or sudo to install ${missing[*]}" >&2; exit 1; }
+    sudo=(sudo)
+fi
+echo "host packages: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+"${sudo[@]}" apt-get update -qq
+# The postgresql package starts a cluster on :5432; tests start their own on a free port instead.
+"${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+echo "host packages: installed ${missing[*]}"

@@ -1,0 +1,192 @@
+"""The HTTP API without a broker: auth, validation, isolation, cancel, errors are all decided
+before anything is produced. Kafka points at a closed port; the store is a real SQLite file."""
+import pytest
+
+from app.store import jobs as js
+from tests.conftest import auth
+
+
+@pytest.fixture
+def app(make_app, sqlite_url):
+    return make_app(sqlite_url)
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def alice(app):
+    return auth(app, "alice")
+
+
+def engine(app):
+    return app.extensions["joblab_db"].engine
+
+
+def user_id(app, headers):
+    from app.store.users import user_for_token
+    return user_for_token(engine(app), headers["Authorization"].split()[1])[0]
+
+
+def assert_error(resp, status, field=None):
+    assert resp.status_code == status, resp.get_data(as_text=True)
+    body = resp.get_json()
+    assert body["status"] == status and body["message"]
+    assert "Traceback" not in resp.get_data(as_text=True)
+    if field is not None:
+        assert field in body["fields"], body
+        assert body["message"].startswith(field)
+    return body
+
+
+# -- authentication --------------------------------------------------------------------------
+@pytest.mark.parametrize("header", [None, "", "Basic abc", "Bearer", "Bearer wrong-token", "bearer  "])
+def test_missing_or_bad_token_is_401_json(client, header):
+    headers = {} if header is None else {"Authorization": header}
+    for method, url in (("get", "/v1/jobs"), ("post", "/v1/jobs"), ("get", "/v1/jobs/x"),
+                        ("get", "/v1/jobs/x/result"), ("post", "/v1/jobs/x/cancel")):
+        resp = getattr(client, method)(url, headers=headers)
+        assert_error(resp, 401)
+        assert resp.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_auth_comes_before_validation(client):
+    assert_error(client.post("/v1/jobs", json={"type": "nope"}), 401)
+
+
+# -- validation ------------------------------------------------------------------------------
+@pytest.mark.parametrize("body, field", [
+    ({"type": "nope", "args": {}}, "type"),
+    ({"args": {"numbers": [1]}}, "type"),
+    ({"type": "sum"}, "args"),
+    ({"type": "sum", "args": {}}, "args.numbers"),
+    ({"type": "sum", "args": {"numbers": "12"}}, "args.numbers"),
+    ({"type": "sum", "args": {"numbers": [1, "2"]}}, "args.numbers.1"),
+    ({"type": "sum", "args": {"numbers": [1], "extra": 1}}, "args.extra"),
+    ({"type": "sum", "args": {"numbers": [1]}, "priority": 1}, "priority"),
+    ({"type": "sleep", "args": {"seconds": 3600}}, "args.seconds"),
+    ({"type": "fail", "args": {"message": ""}}, "args.message"),
+    ({"type": 5, "args": {}}, "type"),
+    ([1, 2], "body"),
+    ("just a string", "body"),
+])
+def test_invalid_body_is_400_naming_the_field(client, alice, body, field):
+    assert_error(client.post("/v1/jobs", json=body, headers=alice), 400, field)
+
+
+def test_malformed_json_is_400(client, alice):
+    resp = client.post("/v1/jobs", data="{bad", content_type="application/json", headers=alice)
+    assert_error(resp, 400)
+
+
+@pytest.mark.parametrize("kwargs", [{"data": "type=sum"}, {"data": "x", "content_type": "text/plain"}, {}])
+def test_non_json_is_415(client, alice, kwargs):
+    assert_error(client.post("/v1/jobs", headers=alice, **kwargs), 415)
+
+
+def test_oversize_body_is_413(client, alice):
+    body = {"type": "sum", "args": {"numbers": [1] * 40000}}
+    assert_error(client.post("/v1/jobs", json=body, headers=alice), 413)
+
+
+@pytest.mark.parametrize("query, field", [("limit=0", "limit"), ("limit=abc", "limit"), ("limit=1000", "limit"),
+                                          ("status=done", "status"), ("cursor=zz", "cursor")])
+def test_bad_list_query_is_400(client, alice, query, field):
+    assert_error(client.get("/v1/jobs?" + query, headers=alice), 400, field)
+
+
+def test_nothing_is_stored_for_an_invalid_job(client, app, alice):
+    client.post("/v1/jobs", json={"type": "sum", "args": {"numbers": ["x"]}}, headers=alice)
+    assert js.list_jobs(engine(app), user_id(app, alice), limit=10)[0] == []
+
+
+# -- Kafka down -------------------------------------------------------------------------------
+def test_kafka_down_is_503_and_the_job_is_not_left_queued(client, app, alice):
+    resp = client.post("/v1/jobs", json={"type": "sum", "args": {"numbers": [1]}}, headers=alice)
+    body = assert_error(resp, 503)
+    row = js.get_job(engine(app), body["id"])
+    assert row["status"].value == "failed" and row["error"].startswith("not enqueued")
+
+
+def test_readyz_names_kafka_when_it_is_down(client):
+    resp = client.get("/readyz")
+    assert resp.status_code == 503
+    body = resp.get_json()
+    assert body["failed"] == ["kafka"] and body["checks"]["database"] == "ok"
+
+
+def test_readyz_names_the_database_when_it_is_down(make_app, tmp_path):
+    app = make_app("sqlite:///%s/missing/dir/x.db" % tmp_path, KAFKA_BOOTSTRAP="127.0.0.1:1")
+    # A directory where the database file should be: SQLite cannot open it.
+    (tmp_path / "missing" / "dir" / "x.db").mkdir(parents=True)
+    body = app.test_client().get("/readyz").get_json()
+    assert "database" in body["failed"]
+
+
+# -- isolation, reads, cancel -------------------------------------------------------------------
+def test_another_users_job_answers_like_an_unknown_one(client, app, alice):
+    bob = auth(app, "bob")
+    job = js.create_job(engine(app), user_id(app, alice), "sum", {"numbers": [1]})
+    for url, method in ((f"/v1/jobs/{job['id']}", "get"), (f"/v1/jobs/{job['id']}/result", "get"),
+                        (f"/v1/jobs/{job['id']}/cancel", "post")):
+        theirs = getattr(client, method)(url, headers=bob)
+        unknown = getattr(client, method)(url.replace(job["id"], "00000000-0000-0000-0000-000000000000"),
+                                          headers=bob)
+        assert theirs.status_code == unknown.status_code == 404
+        assert theirs.get_json()["message"].replace(job["id"], "ID") == \
+            unknown.get_json()["message"].replace("00000000-0000-0000-0000-000000000000", "ID")
+    assert client.get("/v1/jobs", headers=bob).get_json()["jobs"] == []
+    assert [j["id"] for j in client.get("/v1/jobs", headers=alice).get_json()["jobs"]] == [job["id"]]
+    assert js.get_job(engine(app), job["id"])["status"].value == "queued"  # bob's cancel did nothing
+
+
+def test_job_view_and_result_before_success(client, app, alice):
+    job = js.create_job(engine(app), user_id(app, alice), "sum", {"numbers": [1, 2]})
+    body = client.get(f"/v1/jobs/{job['id']}", headers=alice).get_json()
+    assert body["status"] == "queued" and body["attempts"] == 0 and body["created_at"].endswith("Z")
+    assert set(body) >= {"id", "type", "status", "attempts", "created_at", "started_at", "finished_at", "error"}
+    assert assert_error(client.get(f"/v1/jobs/{job['id']}/result", headers=alice), 409)["job_status"] == "queued"
+    js.claim_job(engine(app), job["id"])
+    js.store_success(engine(app), job["id"], {"sum": 3})
+    assert client.get(f"/v1/jobs/{job['id']}/result", headers=alice).get_json() == {
+        "id": job["id"], "result": {"sum": 3}}
+
+
+def test_cancel_queued_then_409(client, app, alice):
+    job = js.create_job(engine(app), user_id(app, alice), "sleep", {"seconds": 1})
+    resp = client.post(f"/v1/jobs/{job['id']}/cancel", headers=alice)
+    assert resp.status_code == 200 and resp.get_json()["status"] == "cancelled"
+    assert_error(client.post(f"/v1/jobs/{job['id']}/cancel", headers=alice), 409)
+
+
+def test_list_pagination_over_http(client, app, alice):
+    ids = [js.create_job(engine(app), user_id(app, alice), "sum", {"numbers": [i]})["id"] for i in range(3)]
+    page = client.get("/v1/jobs?limit=2", headers=alice).get_json()
+    rest = client.get("/v1/jobs?limit=2&cursor=" + page["next_cursor"], headers=alice).get_json()
+    assert [j["id"] for j in page["jobs"] + rest["jobs"]] == ids[::-1] and rest["next_cursor"] is None
+
+
+# -- probes and spec ---------------------------------------------------------------------------
+def test_healthz_and_info_need_no_auth(client):
+    assert client.get("/healthz").get_json() == {"status": "ok"}
+    info = client.get("/v1/info").get_json()
+    assert info["rss_bytes"] > 0 and info["shared_bytes"] >= 0 and info["pid"] > 0 and info["version"]
+
+
+def test_openapi_is_generated_and_declares_bearer_auth(client):
+    spec = client.get("/openapi.json").get_json()
+    assert spec["openapi"].startswith("3.")
+    assert {"/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/result", "/v1/jobs/{job_id}/cancel",
+            "/healthz", "/readyz", "/v1/info"} <= set(spec["paths"])
+    assert spec["paths"]["/v1/jobs"]["post"]["security"] == [{"bearer": []}]
+    assert "202" in spec["paths"]["/v1/jobs"]["post"]["responses"]
+
+
+def test_unknown_route_is_json_404(client):
+    assert_error(client.get("/nope"), 404)
+
+
+def test_debug_is_off(app):
+    assert not app.debug

@@ -1,0 +1,56 @@
+import pytest
+from marshmallow import ValidationError, fields
+
+from app.jobtypes import REGISTRY, JobFailed, job_type
+
+
+def load(name, args):
+    return REGISTRY[name].schema().load(args)
+
+
+def test_shipped_types():
+    assert {"sum", "sleep", "fail"} <= set(REGISTRY)
+
+
+def test_sum_runs():
+    assert REGISTRY["sum"].run(load("sum", {"numbers": [1, 2, 3.5]})) == {"sum": 6.5}
+    assert REGISTRY["sum"].run(load("sum", {"numbers": []})) == {"sum": 0}
+
+
+@pytest.mark.parametrize("bad", ["1", True, None, float("nan"), float("inf"), [1]])
+def test_sum_refuses_non_numbers(bad):
+    with pytest.raises(ValidationError) as err:
+        load("sum", {"numbers": [1, bad]})
+    assert 1 in err.value.messages["numbers"]
+
+
+def test_sleep_is_bounded():
+    with pytest.raises(ValidationError, match="seconds"):
+        load("sleep", {"seconds": 61})
+    with pytest.raises(ValidationError):
+        load("sleep", {"seconds": -1})
+    assert REGISTRY["sleep"].run(load("sleep", {"seconds": 0})) == {"slept": 0}
+
+
+def test_fail_always_raises():
+    with pytest.raises(JobFailed, match="boom"):
+        REGISTRY["fail"].run(load("fail", {"message": "boom"}))
+
+
+def test_unknown_args_are_refused():
+    with pytest.raises(ValidationError) as err:
+        load("sum", {"numbers": [1], "extra": 1})
+    assert "extra" in err.value.messages
+
+
+def test_a_new_type_is_one_decorated_function():
+    @job_type("test_upper", text=fields.String(required=True))
+    def upper(text):
+        return {"text": text.upper()}
+
+    try:
+        assert REGISTRY["test_upper"].run(load("test_upper", {"text": "ab"})) == {"text": "AB"}
+        with pytest.raises(ValueError, match="already registered"):
+            job_type("test_upper")(upper)
+    finally:
+        del REGISTRY["test_upper"]

@@ -1,0 +1,110 @@
+"""State transitions in the store (SQLite): the rules that make redelivery harmless."""
+import pytest
+from sqlalchemy import func, select
+
+from app.states import JobStatus
+from app.store import jobs as js
+from app.store import make_engine
+from app.store.schema import results
+from app.store.users import issue_token, user_for_token
+
+
+@pytest.fixture
+def engine(sqlite_url):
+    eng = make_engine(sqlite_url)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture
+def user(engine):
+    uid, _token, _ = issue_token(engine, "alice")
+    return uid
+
+
+def result_rows(engine, job_id):
+    with engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(results).where(results.c.job_id == job_id)).scalar()
+
+
+def test_tokens_are_stored_hashed_and_resolve(engine):
+    uid, token, created = issue_token(engine, "bob")
+    assert created and user_for_token(engine, token) == (uid, "bob")
+    assert user_for_token(engine, token + "x") is None
+    with engine.connect() as conn:
+        stored = [r[0] for r in conn.exec_driver_sql("SELECT token_hash FROM api_tokens")]
+    assert token not in stored and all(len(h) == 64 for h in stored)
+    uid2, token2, created2 = issue_token(engine, "bob")
+    assert (uid2, created2) == (uid, False) and token2 != token
+
+
+def test_queued_running_succeeded(engine, user):
+    job = js.create_job(engine, user, "sum", {"numbers": [1]})
+    assert job["status"] is JobStatus.QUEUED and job["attempts"] == 0
+    claimed = js.claim_job(engine, job["id"])
+    assert claimed["status"] is JobStatus.RUNNING and claimed["attempts"] == 1 and claimed["started_at"]
+    assert js.store_success(engine, job["id"], {"sum": 1})
+    done = js.get_job(engine, job["id"])
+    assert done["status"] is JobStatus.SUCCEEDED and done["finished_at"]
+    assert js.get_result(engine, job["id"]) == {"sum": 1}
+
+
+def test_finished_job_is_never_claimed_or_stored_again(engine, user):
+    job = js.create_job(engine, user, "sum", {"numbers": [1]})
+    js.claim_job(engine, job["id"])
+    assert js.store_success(engine, job["id"], {"sum": 1})
+    assert js.claim_job(engine, job["id"]) is None
+    assert not js.store_success(engine, job["id"], {"sum": 2})
+    assert result_rows(engine, job["id"]) == 1 and js.get_result(engine, job["id"]) == {"sum": 1}
+
+
+def test_running_job_of_a_dead_worker_is_claimed_again(engine, user):
+    job = js.create_job(engine, user, "sum", {"numbers": [1]})
+    js.claim_job(engine, job["id"])
+    again = js.claim_job(engine, job["id"])
+    assert again["status"] is JobStatus.RUNNING and again["attempts"] == 2
+
+
+def test_retry_then_failure(engine, user):
+    job = js.create_job(engine, user, "fail", {"message": "x"})
+    js.claim_job(engine, job["id"])
+    assert js.store_retry(engine, job["id"], "JobFailed: x")
+    back = js.get_job(engine, job["id"])
+    assert back["status"] is JobStatus.QUEUED and back["error"] == "JobFailed: x"
+    js.claim_job(engine, job["id"])
+    assert js.store_failure(engine, job["id"], "JobFailed: x")
+    failed = js.get_job(engine, job["id"])
+    assert failed["status"] is JobStatus.FAILED and failed["attempts"] == 2 and failed["finished_at"]
+    assert js.claim_job(engine, job["id"]) is None
+
+
+def test_cancel_only_queued_and_only_own(engine, user):
+    other, _, _ = issue_token(engine, "mallory")
+    job = js.create_job(engine, user, "sum", {"numbers": [1]})
+    assert js.cancel_job(engine, job["id"], other) == (None, False)
+    row, done = js.cancel_job(engine, job["id"], user)
+    assert done and row["status"] is JobStatus.CANCELLED
+    assert js.claim_job(engine, job["id"]) is None
+    row, done = js.cancel_job(engine, job["id"], user)
+    assert not done and row["status"] is JobStatus.CANCELLED
+
+
+def test_enqueue_failure_does_not_look_queued(engine, user):
+    job = js.create_job(engine, user, "sum", {"numbers": [1]})
+    assert js.mark_enqueue_failed(engine, job["id"], "kafka: KafkaTimeoutError")
+    row = js.get_job(engine, job["id"])
+    assert row["status"] is JobStatus.FAILED and "not enqueued" in row["error"]
+
+
+def test_list_is_newest_first_paginated_and_per_user(engine, user):
+    other, _, _ = issue_token(engine, "mallory")
+    mine = [js.create_job(engine, user, "sum", {"numbers": [i]})["id"] for i in range(5)]
+    js.create_job(engine, other, "sum", {"numbers": [9]})
+    page1, cursor = js.list_jobs(engine, user, limit=2)
+    page2, cursor2 = js.list_jobs(engine, user, limit=2, before=cursor)
+    page3, cursor3 = js.list_jobs(engine, user, limit=2, before=cursor2)
+    assert [r["id"] for r in page1 + page2 + page3] == mine[::-1]
+    assert cursor3 is None
+    js.cancel_job(engine, mine[0], user)
+    cancelled, _ = js.list_jobs(engine, user, limit=10, status="cancelled")
+    assert [r["id"] for r in cancelled] == [mine[0]]

@@ -1,0 +1,1 @@
+"""Kafka consumer-group worker: runs jobs, retries them with backoff, dead-letters the hopeless."""

@@ -1,0 +1,33 @@
+"""The worker's fixed knobs (the tunable ones are JOBLAB_* settings in app.config)."""
+from app.jobtypes import SLEEP_MAX_SECONDS
+
+#: Exit code of a worker stopped by a second signal, mid-job, without committing.
+EXIT_FORCED = 3
+
+#: One record per poll: the offset we commit is always that of the job just stored.
+MAX_POLL_RECORDS = 1
+
+#: Longest gap between polls before the group evicts us: the longest job plus room for
+#: backoff and the store. kafka-python heartbeats from a background thread meanwhile, so a
+#: long job never looks like a dead worker (no rebalance storms).
+MAX_POLL_INTERVAL_MS = int((SLEEP_MAX_SECONDS + 240) * 1000)
+
+#: How soon the group notices a worker that died without leaving (SIGKILL): its partitions
+#: move to the survivors after this long.
+SESSION_TIMEOUT_MS = 10000
+HEARTBEAT_INTERVAL_MS = 2000
+
+#: Broker long-poll wait. The broker answers at once when a record arrives; this only bounds
+#: how long an idle fetch lasts, so idle workers still notice stop requests promptly.
+FETCH_MAX_WAIT_MS = 100
+
+#: Longest single poll while idle (the loop re-checks stop requests and paused partitions).
+POLL_TIMEOUT_MS = 500
+
+#: Pause of a partition after the store or Kafka failed mid-job, before the job is tried again.
+INFRA_RETRY_SECONDS = 2.0
+
+
+def backoff_seconds(attempt: int, base: float, ceiling: float) -> float:
+    """Delay before attempt ``attempt + 1``: base, 2*base, 4*base ... capped at ``ceiling``."""
+    return min(ceiling, base * (2 ** max(0, attempt - 1)))

@@ -1,0 +1,96 @@
+"""``python -m worker``: settings from JOBLAB_* (see app/config.py), two-stage shutdown.
+
+First SIGTERM/SIGINT: finish the current job, commit, leave the group, exit 0.
+Second: exit at once with EXIT_FORCED (the job's message is redelivered to another worker).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from typing import Any, List, Optional
+
+from kafka import KafkaConsumer
+from kafka.errors import KafkaError
+
+from app.config import load_settings
+from app.jobqueue import JobQueue
+from app.logsetup import configure_logging
+from app.store import make_engine
+from app.topics import Topics, ensure_topics
+
+from . import defaults
+from .runner import Worker
+
+log = logging.getLogger("worker")
+
+
+def make_consumer(settings: dict) -> KafkaConsumer:
+    return KafkaConsumer(
+        bootstrap_servers=settings["KAFKA_BOOTSTRAP"].split(","),
+        group_id=settings["KAFKA_GROUP"],
+        client_id="joblab-worker-%d" % os.getpid(),
+        enable_auto_commit=False,  # committed by hand, after the outcome is stored
+        auto_offset_reset="earliest",  # a new group starts from the oldest unprocessed job
+        max_poll_records=defaults.MAX_POLL_RECORDS,
+        max_poll_interval_ms=defaults.MAX_POLL_INTERVAL_MS,
+        session_timeout_ms=defaults.SESSION_TIMEOUT_MS,
+        heartbeat_interval_ms=defaults.HEARTBEAT_INTERVAL_MS,
+        fetch_max_wait_ms=defaults.FETCH_MAX_WAIT_MS,
+        allow_auto_create_topics=False,
+    )
+
+
+def install_signal_handlers(worker: Worker) -> None:
+    def on_signal(signum: int, _frame: Any) -> None:
+        if worker.stopping:
+            log.warning("second %s: exiting now (exit %d)", signal.Signals(signum).name, defaults.EXIT_FORCED)
+            logging.shutdown()
+            os._exit(defaults.EXIT_FORCED)
+        log.info("%s: finishing the current job, then stopping (send again to exit at once)",
+                 signal.Signals(signum).name)
+        worker.request_stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+
+def build_worker(settings: dict) -> Worker:
+    topics = Topics.with_prefix(settings["KAFKA_TOPIC_PREFIX"])
+    ensure_topics(settings["KAFKA_BOOTSTRAP"], topics, int(settings["KAFKA_PARTITIONS"]))
+    queue = JobQueue(settings["KAFKA_BOOTSTRAP"], settings["KAFKA_TOPIC_PREFIX"],
+                     float(settings["KAFKA_SEND_TIMEOUT"]))
+    worker = Worker(
+        consumer=make_consumer(settings),
+        queue=queue,
+        engine=make_engine(settings["DATABASE_URL"]),
+        topics=topics,
+        max_attempts=int(settings["MAX_ATTEMPTS"]),
+        backoff=float(settings["RETRY_BACKOFF"]),
+        backoff_max=float(settings["RETRY_BACKOFF_MAX"]),
+    )
+    worker.subscribe()
+    return worker
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m worker", description=__doc__.split("\n")[0])
+    parser.add_argument("--max-messages", type=int, help="stop after handling this many messages")
+    parser.add_argument("--max-seconds", type=float, help="stop after this many seconds")
+    args = parser.parse_args(argv)
+    configure_logging()
+    settings = load_settings()
+    try:
+        worker = build_worker(settings)
+    except KafkaError as exc:
+        sys.exit("worker: cannot reach Kafka at %s (%s)" % (settings["KAFKA_BOOTSTRAP"], exc.__class__.__name__))
+    install_signal_handlers(worker)
+    log.info("worker %d: group %s, topics %s + %s, store %s", os.getpid(), settings["KAFKA_GROUP"],
+             worker.topics.jobs, worker.topics.retry, worker.engine.url.render_as_string(hide_password=True))
+    try:
+        worker.run(max_messages=args.max_messages, max_seconds=args.max_seconds)
+    finally:
+        worker.queue.close()
+        worker.engine.dispose()

@@ -1,0 +1,251 @@
+"""The job loop: poll -> claim -> run -> store (one transaction) -> publish -> commit offset.
+
+Guarantees, and where they come from:
+- no job lost: the offset is committed only after the job's outcome is in the database (and,
+  for retries, after the retry message is acknowledged by Kafka);
+- re-delivery harmless: the store's conditional updates refuse to move a finished job, and the
+  result row is unique per job id; a redelivered finished job is skipped;
+- nothing stalls a partition for ever: undecodable messages and unknown jobs go to the
+  dead-letter topic and are committed; retries wait in their own topic, paused, not slept.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from kafka import KafkaConsumer
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.errors import CommitFailedError, KafkaError
+from kafka.structs import OffsetAndMetadata, TopicPartition
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from app.jobqueue import JobQueue, QueueUnavailable
+from app.jobtypes import REGISTRY
+from app.messages import PoisonMessage, decode_job, encode_event, encode_job
+from app.states import JobStatus
+from app.store import jobs as job_store
+from app.topics import Topics
+
+from . import defaults
+
+log = logging.getLogger("worker")
+
+Headers = List[Tuple[str, bytes]]
+
+
+class _Infrastructure(Exception):
+    """The store or Kafka failed mid-job: retry the same message later, do not commit."""
+
+
+class _ForgetRevoked(ConsumerRebalanceListener):
+    def __init__(self, worker: "Worker") -> None:
+        self.worker = worker
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        for tp in revoked:
+            self.worker.paused_until.pop(tp, None)
+        if revoked:
+            log.info("partitions revoked: %s", _fmt(revoked))
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        log.info("partitions assigned: %s", _fmt(assigned))
+
+
+def _fmt(tps: Any) -> str:
+    return ", ".join(sorted("%s[%d]" % (tp.topic, tp.partition) for tp in tps)) or "none"
+
+
+class Worker:
+    """Runs jobs from ``consumer``; stores outcomes with ``engine``; produces with ``queue``."""
+
+    def __init__(
+        self,
+        consumer: KafkaConsumer,
+        queue: JobQueue,
+        engine: Engine,
+        topics: Topics,
+        max_attempts: int = 3,
+        backoff: float = 0.5,
+        backoff_max: float = 30.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.consumer = consumer
+        self.queue = queue
+        self.engine = engine
+        self.topics = topics
+        self.max_attempts = max_attempts
+        self.backoff = backoff
+        self.backoff_max = backoff_max
+        self.clock = clock
+        self.paused_until: Dict[TopicPartition, float] = {}
+        self.stopping = False
+        self.handled = 0
+        self.executions = 0
+
+    def subscribe(self) -> None:
+        self.consumer.subscribe([self.topics.jobs, self.topics.retry], listener=_ForgetRevoked(self))
+
+    def request_stop(self) -> None:
+        """Finish the current job, commit, then leave the group."""
+        self.stopping = True
+
+    # -- the loop -----------------------------------------------------------------------------
+    def run(self, max_messages: Optional[int] = None, max_seconds: Optional[float] = None) -> int:
+        """Handle messages until stopped, or until ``max_messages`` / ``max_seconds`` (for tests and
+        drills). Returns the number handled. Always closes the consumer."""
+        deadline = None if max_seconds is None else time.monotonic() + max_seconds
+        try:
+            while not self.stopping:
+                if max_messages is not None and self.handled >= max_messages:
+                    break
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
+                self._resume_due()
+                batch = self.consumer.poll(timeout_ms=self._poll_timeout_ms(), max_records=1)
+                for tp, records in batch.items():
+                    for record in records:
+                        if tp in self.paused_until:
+                            break  # paused mid-batch: the rest is fetched again after resume
+                        self.handle(tp, record)
+        finally:
+            log.info("worker stopping after %d messages (%d executions)", self.handled, self.executions)
+            self.consumer.close(autocommit=False)
+        return self.handled
+
+    def _poll_timeout_ms(self) -> int:
+        if not self.paused_until:
+            return defaults.POLL_TIMEOUT_MS
+        due = min(self.paused_until.values()) - self.clock()
+        return max(10, min(defaults.POLL_TIMEOUT_MS, int(due * 1000)))
+
+    def _pause(self, tp: TopicPartition, offset: int, until: float) -> None:
+        """Rewind ``tp`` to ``offset`` and stop fetching it until ``until`` (epoch seconds)."""
+        self.consumer.seek(tp, offset)
+        self.consumer.pause(tp)
+        self.paused_until[tp] = until
+
+    def _resume_due(self) -> None:
+        now = self.clock()
+        for tp, until in list(self.paused_until.items()):
+            if until <= now:
+                del self.paused_until[tp]
+                if tp in self.consumer.assignment():
+                    self.consumer.resume(tp)
+
+    def _commit(self, tp: TopicPartition, offset: int) -> None:
+        try:
+            self.consumer.commit({tp: OffsetAndMetadata(offset + 1, "", -1)})
+        except CommitFailedError as exc:
+            # The group rebalanced under us: the new owner gets the message again, harmlessly.
+            log.warning("commit of %s[%d]@%d failed (%s); it will be redelivered",
+                        tp.topic, tp.partition, offset, exc.__class__.__name__)
+
+    # -- one message --------------------------------------------------------------------------
+    def handle(self, tp: TopicPartition, record: Any) -> None:
+        """Process one record and commit it, or rewind and pause its partition."""
+        try:
+            msg = decode_job(record.value)
+        except PoisonMessage as exc:
+            log.error("%s[%d]@%d: poison message: %s", tp.topic, tp.partition, record.offset, exc)
+            try:
+                self._dead_letter(record, key="poison", reason=str(exc))
+            except _Infrastructure:
+                self._pause(tp, record.offset, self.clock() + defaults.INFRA_RETRY_SECONDS)
+                return
+            self._commit(tp, record.offset)
+            self.handled += 1
+            return
+        if msg.get("not_before") and msg["not_before"] > self.clock():
+            self._pause(tp, record.offset, msg["not_before"])  # a retry not yet due
+            return
+        try:
+            self.process(msg, record)
+        except _Infrastructure as exc:
+            log.warning("job %s: %s; will try again in %.0fs", msg["job_id"], exc, defaults.INFRA_RETRY_SECONDS)
+            self._pause(tp, record.offset, self.clock() + defaults.INFRA_RETRY_SECONDS)
+            return
+        self._commit(tp, record.offset)
+        self.handled += 1
+
+    def process(self, msg: Dict[str, Any], record: Any) -> None:
+        job_id = msg["job_id"]
+        try:
+            job = job_store.claim_job(self.engine, job_id)
+            if job is None:
+                self._skip(job_id, msg, record)
+                return
+        except SQLAlchemyError as exc:
+            raise _Infrastructure("store unavailable (%s)" % exc.__class__.__name__) from exc
+        log.info("job %s: -> running (attempt %d of %d)", job_id, job["attempts"], self.max_attempts)
+        jt = REGISTRY.get(job["type"])
+        self.executions += 1
+        try:
+            if jt is None:
+                raise LookupError("unknown job type %r" % job["type"])
+            result = jt.run(jt.schema().load(job["args"]))
+        except Exception as exc:  # a job may raise anything; that is the job failing, not us
+            error = "%s: %s" % (exc.__class__.__name__, exc)
+            self._failed_attempt(job, msg, record, error, permanent=jt is None)
+            return
+        try:
+            stored = job_store.store_success(self.engine, job_id, result)
+        except SQLAlchemyError as exc:
+            raise _Infrastructure("store unavailable (%s)" % exc.__class__.__name__) from exc
+        if stored:
+            log.info("job %s: running -> succeeded", job_id)
+            self._publish(self.topics.succeeded, job_id, encode_event(job_id, "succeeded", result=result))
+        else:
+            log.info("job %s: finished elsewhere meanwhile; result kept as stored", job_id)
+
+    def _skip(self, job_id: str, msg: Dict[str, Any], record: Any) -> None:
+        """The job is unknown or already terminal: a duplicate delivery."""
+        existing = job_store.get_job(self.engine, job_id)
+        if existing is None:
+            log.error("job %s: not in the store; dead-lettering the message", job_id)
+            self._dead_letter(record, key=job_id, reason="unknown job id")
+            return
+        log.info("job %s: already %s; redelivery skipped", job_id, existing["status"].value)
+        if existing["status"] is JobStatus.SUCCEEDED:
+            # The event may not have gone out before a crash; consumers dedupe by job id.
+            result = job_store.get_result(self.engine, job_id)
+            self._publish(self.topics.succeeded, job_id, encode_event(job_id, "succeeded", result=result))
+
+    def _failed_attempt(self, job: Dict[str, Any], msg: Dict[str, Any], record: Any, error: str,
+                        permanent: bool) -> None:
+        job_id, attempts = job["id"], job["attempts"]
+        try:
+            if attempts < self.max_attempts and not permanent:
+                delay = defaults.backoff_seconds(attempts, self.backoff, self.backoff_max)
+                job_store.store_retry(self.engine, job_id, error)
+                retry = encode_job(job_id, job["type"], job["args"], attempt=attempts + 1,
+                                   not_before=self.clock() + delay)
+                self._publish(self.topics.retry, job_id, retry)
+                log.warning("job %s: attempt %d failed (%s); retry in %.1fs", job_id, attempts, error, delay)
+                return
+            # Dead-letter first, then mark failed: a crash in between re-runs the job and
+            # dead-letters it again, rather than leaving a failed job missing from the topic.
+            self._dead_letter(record, key=job_id, reason=error, attempts=attempts)
+            self._publish(self.topics.failed, job_id,
+                          encode_event(job_id, "failed", error=error, attempts=attempts))
+            job_store.store_failure(self.engine, job_id, error)
+            log.error("job %s: running -> failed after %d attempts: %s", job_id, attempts, error)
+        except SQLAlchemyError as exc:
+            raise _Infrastructure("store unavailable (%s)" % exc.__class__.__name__) from exc
+
+    # -- producing ----------------------------------------------------------------------------
+    def _publish(self, topic: str, key: str, value: bytes, headers: Optional[Headers] = None) -> None:
+        try:
+            self.queue.send(topic, key, value, headers)
+        except (QueueUnavailable, KafkaError) as exc:
+            raise _Infrastructure("kafka unavailable (%s)" % exc) from exc
+
+    def _dead_letter(self, record: Any, key: str, reason: str, attempts: int = 0) -> None:
+        """The original bytes, untouched, with headers saying where they came from and why."""
+        headers = [
+            ("error", reason.encode("utf-8", "replace")[:4096]),
+            ("source", ("%s[%d]@%d" % (record.topic, record.partition, record.offset)).encode()),
+            ("attempts", str(attempts).encode()),
+        ]
+        self._publish(self.topics.dead, key, record.value, headers)
