@@ -1,0 +1,129 @@
+"""The job path for real: Flask app -> Kafka broker -> Worker -> SQLite / PostgreSQL."""
+from __future__ import annotations
+
+import json
+
+from sqlalchemy import func, select
+
+from app.messages import encode_job
+from app.store.schema import results
+
+pytestmark = __import__("pytest").mark.integration
+
+
+def result_rows(stack, job_id):
+    with stack.engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(results).where(results.c.job_id == job_id)).scalar()
+
+
+def events(stack, topic, job_id):
+    return [json.loads(r.value) for r in stack.read_topic(topic) if r.key == job_id.encode()]
+
+
+def test_sum_job_end_to_end(stack):
+    job_id = stack.submit("sum", {"numbers": [1, 2, 3.5]})
+    assert stack.job(job_id)["status"] == "queued"
+    stack.start_worker()
+    job = stack.wait_status(job_id, "succeeded")
+    assert job["attempts"] == 1 and job["started_at"] and job["finished_at"] and job["error"] is None
+    assert stack.client.get("/v1/jobs/%s/result" % job_id, headers=stack.user).get_json()["result"] == {"sum": 6.5}
+    assert [e["status"] for e in events(stack, stack.topics.succeeded, job_id)] == ["succeeded"]
+    assert result_rows(stack, job_id) == 1
+
+
+def test_running_state_is_visible_while_a_job_runs(stack):
+    job_id = stack.submit("sleep", {"seconds": 1.5})
+    stack.start_worker()
+    running = stack.wait_status(job_id, "running", "succeeded")
+    assert running["status"] == "running" and running["started_at"] and running["finished_at"] is None
+    assert stack.client.get("/v1/jobs/%s/result" % job_id, headers=stack.user).status_code == 409
+    assert stack.wait_status(job_id, "succeeded")["status"] == "succeeded"
+
+
+def test_failing_job_is_retried_then_dead_lettered(stack):
+    job_id = stack.submit("fail", {"message": "boom"})
+    stack.start_worker()
+    job = stack.wait_status(job_id, "failed")
+    assert job["attempts"] == 3 and job["error"] == "JobFailed: boom"
+    retries = [json.loads(r.value) for r in stack.read_topic(stack.topics.retry) if r.key == job_id.encode()]
+    assert [m["attempt"] for m in retries] == [2, 3]
+    assert all(m["not_before"] > m["sent_at"] for m in retries)  # backed off, not immediate
+    dead = [r for r in stack.read_topic(stack.topics.dead) if r.key == job_id.encode()]
+    assert len(dead) == 1 and dict(dead[0].headers)["error"] == b"JobFailed: boom"
+    assert json.loads(dead[0].value)["job_id"] == job_id
+    assert [e["attempts"] for e in events(stack, stack.topics.failed, job_id)] == [3]
+    assert result_rows(stack, job_id) == 0
+    assert stack.client.get("/v1/jobs/%s/result" % job_id, headers=stack.user).status_code == 409
+
+
+def test_cancelled_job_is_skipped_by_the_worker(stack):
+    job_id = stack.submit("sleep", {"seconds": 5})
+    assert stack.client.post("/v1/jobs/%s/cancel" % job_id, headers=stack.user).status_code == 200
+    after = stack.submit("sum", {"numbers": [1]})
+    wt = stack.start_worker()
+    stack.wait_status(after, "succeeded")
+    job = stack.job(job_id)
+    assert job["status"] == "cancelled" and job["attempts"] == 0
+    assert wt.worker.executions == 1  # only the sum job ran
+    assert result_rows(stack, job_id) == 0
+
+
+def test_redelivered_finished_job_is_skipped(stack):
+    job_id = stack.submit("sum", {"numbers": [2, 2]})
+    wt = stack.start_worker()
+    stack.wait_status(job_id, "succeeded")
+    executions = wt.worker.executions
+    # The same message again, as Kafka would redeliver it after a crash before the commit.
+    job = stack.job(job_id)
+    stack.produce_raw(stack.topics.jobs, job_id, encode_job(job_id, job["type"], {"numbers": [2, 2]}))
+    marker = stack.submit("sum", {"numbers": [0]})
+    stack.wait_status(marker, "succeeded")
+    assert wt.worker.executions == executions + 1  # the marker ran; the duplicate did not
+    assert result_rows(stack, job_id) == 1 and stack.job(job_id)["attempts"] == 1
+    # The succeeded event is re-published (consumers dedupe by job id): never missing.
+    assert len(events(stack, stack.topics.succeeded, job_id)) == 2
+
+
+def test_a_new_group_replaying_everything_changes_nothing(make_stack, db_url):
+    stack = make_stack(db_url)
+    ids = [stack.submit("sum", {"numbers": [i]}) for i in range(4)]
+    stack.start_worker()
+    for job_id in ids:
+        stack.wait_status(job_id, "succeeded")
+    stack.close()
+    stack.threads.clear()
+    stack.settings["KAFKA_GROUP"] += "-replay"  # no committed offsets: reads from the earliest
+    wt = stack.start_worker()
+    marker = stack.submit("sum", {"numbers": [9]})
+    stack.wait_status(marker, "succeeded")
+    assert wt.worker.executions == 1
+    assert [result_rows(stack, j) for j in ids] == [1, 1, 1, 1]
+
+
+def test_poison_message_is_dead_lettered_and_the_partition_moves_on(stack):
+    # One partition, so the poison message sits right in front of the later job.
+    stack.produce_raw(stack.topics.jobs, "poison", b"\x00not json")
+    stack.produce_raw(stack.topics.jobs, "orphan", encode_job("no-such-job", "sum", {"numbers": [1]}))
+    job_id = stack.submit("sum", {"numbers": [5]})
+    stack.start_worker()
+    stack.wait_status(job_id, "succeeded")
+    dead = stack.read_topic(stack.topics.dead)
+    reasons = {r.key: dict(r.headers)["error"].decode() for r in dead}
+    assert "undecodable" in reasons[b"poison"] and reasons[b"no-such-job"] == "unknown job id"
+    assert [r.value for r in dead if r.key == b"poison"] == [b"\x00not json"]
+
+
+def test_readiness_follows_the_broker(make_stack, db_url, broker):
+    stack = make_stack(db_url)
+    ready = stack.client.get("/readyz")
+    assert ready.status_code == 200 and ready.get_json()["checks"] == {"database": "ok", "kafka": "ok"}
+    broker.stop()
+    try:
+        down = stack.client.get("/readyz")
+        assert down.status_code == 503 and down.get_json()["failed"] == ["kafka"]
+        resp = stack.client.post("/v1/jobs", json={"type": "sum", "args": {"numbers": [1]}}, headers=stack.user)
+        assert resp.status_code == 503
+        assert stack.job(resp.get_json()["id"])["status"] == "failed"  # not left looking queued
+    finally:
+        broker.start()
+    assert stack.client.get("/readyz").status_code == 200

@@ -1,0 +1,93 @@
+"""`python -m worker` as a real process: crashes, graceful and forced stops."""
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from kafka import KafkaConsumer
+from kafka.structs import TopicPartition
+from sqlalchemy import func, select
+
+from app.store.schema import results
+
+pytestmark = pytest.mark.integration
+
+
+def spawn_worker(stack, log_path):
+    with open(log_path, "ab") as log:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen([sys.executable, "-m", "worker"], env=stack.env(), cwd=stack.env()["PYTHONPATH"],
+                                stdout=log, stderr=subprocess.STDOUT)
+
+
+def result_rows(stack, job_id):
+    with stack.engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(results).where(results.c.job_id == job_id)).scalar()
+
+
+def committed_lag(stack):
+    """Messages of the jobs topic not yet committed by the stack's group."""
+    consumer = KafkaConsumer(bootstrap_servers=stack.settings["KAFKA_BOOTSTRAP"],
+                             group_id=stack.settings["KAFKA_GROUP"], enable_auto_commit=False)
+    try:
+        parts = [TopicPartition(stack.topics.jobs, p) for p in consumer.partitions_for_topic(stack.topics.jobs)]
+        end = consumer.end_offsets(parts)
+        return sum(end[tp] - (consumer.committed(tp) or 0) for tp in parts)
+    finally:
+        consumer.close(autocommit=False)
+
+
+def test_worker_killed_mid_job_loses_and_duplicates_nothing(make_stack, db_url, tmp_path):
+    stack = make_stack(db_url)
+    job_id = stack.submit("sleep", {"seconds": 2})
+    first = spawn_worker(stack, tmp_path / "w1.log")
+    try:
+        stack.wait_status(job_id, "running", timeout=60)
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+    finally:
+        first.kill()
+    assert stack.job(job_id)["status"] == "running"  # the crash left it mid-flight
+    second = spawn_worker(stack, tmp_path / "w2.log")
+    try:
+        job = stack.wait_status(job_id, "succeeded", timeout=90)
+    finally:
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(30) == 0
+    assert job["attempts"] == 2  # ran twice (at-least-once) ...
+    assert result_rows(stack, job_id) == 1  # ... stored once
+    assert committed_lag(stack) == 0
+
+
+def test_first_sigterm_finishes_the_current_job_and_commits(make_stack, db_url, tmp_path):
+    stack = make_stack(db_url)
+    job_id = stack.submit("sleep", {"seconds": 2})
+    proc = spawn_worker(stack, tmp_path / "w.log")
+    try:
+        stack.wait_status(job_id, "running", timeout=60)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        proc.kill()
+    assert stack.job(job_id)["status"] == "succeeded"
+    assert committed_lag(stack) == 0  # committed before leaving: no redelivery
+
+
+def test_second_sigterm_exits_at_once_and_the_job_is_redelivered(make_stack, db_url, tmp_path):
+    stack = make_stack(db_url)
+    job_id = stack.submit("sleep", {"seconds": 20})
+    proc = spawn_worker(stack, tmp_path / "w.log")
+    try:
+        stack.wait_status(job_id, "running", timeout=60)
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 3  # worker.defaults.EXIT_FORCED
+        assert time.monotonic() - started < 5
+    finally:
+        proc.kill()
+    assert stack.job(job_id)["status"] == "running"
+    assert committed_lag(stack) == 1  # not committed: another worker will get it
