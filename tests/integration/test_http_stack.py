@@ -1,0 +1,97 @@
+"""The stack as `make run` starts it: gunicorn with devops/gunicorn.conf.py, `python -m worker`,
+a user made by `flask --app app users create`, and plain HTTP on loopback."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from tests.conftest import ROOT
+from tests.integration.conftest import free_port
+
+pytestmark = pytest.mark.integration
+
+
+def http(method, url, body=None, token=None):
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method)
+    if body is not None:
+        req.add_header("Content-Type", "application/json")
+    if token:
+        req.add_header("Authorization", "Bearer " + token)
+    try:
+        with urllib.request.urlopen(req, timeout=15) as resp:
+            return resp.status, dict(resp.headers), json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as err:
+        with err:
+            return err.code, dict(err.headers), json.loads(err.read() or b"null")
+
+
+def wait_http(url, timeout=30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            return http("GET", url)
+        except (urllib.error.URLError, ConnectionError):
+            time.sleep(0.2)
+    raise AssertionError("%s never answered" % url)
+
+
+@pytest.mark.parametrize("worker_class, store", [("sync", "sqlite"), ("gevent", "postgresql")])
+def test_gunicorn_worker_and_cli_serve_a_job_end_to_end(make_stack, request, tmp_path, worker_class, store):
+    if store == "sqlite":
+        from app.migrate import upgrade
+        db_url = "sqlite:///%s" % (tmp_path / "jobs.sqlite3")
+        upgrade(db_url)
+    else:
+        db_url = request.getfixturevalue("postgres").new_database()
+        from app.migrate import upgrade
+        upgrade(db_url)
+    stack = make_stack(db_url)
+    port = free_port()
+    env = stack.env()
+    env.update(PORT=str(port), GUNICORN_WORKER_CLASS=worker_class, GUNICORN_WORKERS="2", FLASK_APP="app")
+    bindir = os.path.dirname(sys.executable)
+
+    created = subprocess.run([os.path.join(bindir, "flask"), "users", "create", "carol"], env=env, cwd=ROOT,
+                             check=True, capture_output=True, text=True)
+    token = created.stdout.strip().splitlines()[-1]
+    assert token.startswith("jl_") and " " not in token
+
+    logs = open(tmp_path / "stack.log", "ab")
+    procs = [
+        subprocess.Popen([os.path.join(bindir, "gunicorn"), "-c", os.path.join(ROOT, "devops", "gunicorn.conf.py")],
+                         env=env, cwd=ROOT, stdout=logs, stderr=subprocess.STDOUT),
+        subprocess.Popen([sys.executable, "-m", "worker"], env=env, cwd=ROOT, stdout=logs, stderr=subprocess.STDOUT),
+    ]
+    logs.close()
+    base = "http://127.0.0.1:%d" % port
+    try:
+        assert wait_http(base + "/healthz")[0] == 200
+        status, _h, ready = http("GET", base + "/readyz")
+        assert status == 200, ready
+        status, headers, job = http("POST", base + "/v1/jobs", {"type": "sum", "args": {"numbers": [1, 2, 3]}}, token)
+        assert status == 202 and job["status"] == "queued" and headers["Location"] == "/v1/jobs/" + job["id"]
+        deadline = time.monotonic() + 30
+        while job["status"] not in ("succeeded", "failed") and time.monotonic() < deadline:
+            time.sleep(0.05)
+            job = http("GET", base + "/v1/jobs/" + job["id"], token=token)[2]
+        assert job["status"] == "succeeded"
+        assert http("GET", base + "/v1/jobs/%s/result" % job["id"], token=token)[2]["result"] == {"sum": 6}
+        status, _h, err = http("POST", base + "/v1/jobs", {"type": "sum", "args": {"numbers": ["x"]}}, token)
+        assert status == 400 and "args.numbers.0" in err["fields"]
+        assert http("GET", base + "/v1/jobs/" + job["id"], token="jl_wrong")[0] == 401
+        info = http("GET", base + "/v1/info")[2]
+        assert info["rss_bytes"] > 0 and info["pid"] != procs[0].pid  # served by a worker, not the master
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        codes = [p.wait(40) for p in procs]
+    assert codes == [0, 0], (tmp_path / "stack.log").read_text()[-3000:]
