@@ -12,3 +12,5 @@ def configure_logging() -> None:
         logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
     # kafka-python logs every reconnect attempt at INFO; keep its warnings and errors only.
     logging.getLogger("kafka").setLevel(max(logging.WARNING, logging.getLogger().level))
+    # Alembic announces each of its plugins at INFO on every run.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)

@@ -51,6 +51,10 @@ access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms "%({x-forwarded-for}i)s"'
 proc_name = _env("GUNICORN_PROC_NAME", "joblab-gunicorn")
 # Trust X-Forwarded-* only from nginx on the same host.
 forwarded_allow_ips = "127.0.0.1"
+# gunicorn 24+ opens a control socket in $HOME; management here is by signals (TTIN/TTOU,
+# HUP, USR2) through supervisor and fab, so keep that extra socket closed. Older gunicorn
+# ignores this unknown name.
+control_socket_disable = True
 
 # ---------------------------------------------------------------------------- gevent
 # Patch before the app is imported (preload_app imports it in the master): locks and sockets

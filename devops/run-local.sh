@@ -53,9 +53,11 @@ fi
 "$VENV/bin/flask" db upgrade
 "$VENV/bin/flask" kafka create-topics
 
-"$VENV/bin/python" -m worker &
+# Own process groups: Ctrl-C reaches only this script, which then sends exactly one TERM
+# (a second signal would make the worker abandon its job at once).
+setsid "$VENV/bin/python" -m worker &
 pids+=("$!")
-"$VENV/bin/gunicorn" -c "$REPO_ROOT/devops/gunicorn.conf.py" &
+setsid "$VENV/bin/gunicorn" -c "$REPO_ROOT/devops/gunicorn.conf.py" &
 pids+=("$!")
 
 say "API on http://127.0.0.1:$PORT  (store: $JOBLAB_DATABASE_URL; Ctrl-C stops)"
