@@ -28,6 +28,7 @@ started_broker=0
 pids=()
 stopping=0
 
+# shellcheck disable=SC2317  # called from the traps below, which shellcheck cannot see
 stop_all() {
     [[ $stopping -eq 1 ]] && return
     stopping=1
