@@ -100,8 +100,9 @@ def test_a_new_group_replaying_everything_changes_nothing(make_stack, db_url):
     assert [result_rows(stack, j) for j in ids] == [1, 1, 1, 1]
 
 
-def test_poison_message_is_dead_lettered_and_the_partition_moves_on(stack):
+def test_poison_message_is_dead_lettered_and_the_partition_moves_on(make_stack, db_url):
     # One partition, so the poison message sits right in front of the later job.
+    stack = make_stack(db_url, KAFKA_PARTITIONS=1)
     stack.produce_raw(stack.topics.jobs, "poison", b"\x00not json")
     stack.produce_raw(stack.topics.jobs, "orphan", encode_job("no-such-job", "sum", {"numbers": [1]}))
     job_id = stack.submit("sum", {"numbers": [5]})

@@ -91,3 +91,16 @@ def test_second_sigterm_exits_at_once_and_the_job_is_redelivered(make_stack, db_
         proc.kill()
     assert stack.job(job_id)["status"] == "running"
     assert committed_lag(stack) == 1  # not committed: another worker will get it
+
+
+def test_a_job_longer_than_the_session_timeout_does_not_cost_the_worker_its_partitions(make_stack, sqlite_url):
+    from worker.defaults import SESSION_TIMEOUT_MS
+
+    stack = make_stack(sqlite_url)
+    seconds = SESSION_TIMEOUT_MS / 1000 + 2
+    job_id = stack.submit("sleep", {"seconds": seconds})
+    wt = stack.start_worker()
+    job = stack.wait_status(job_id, "succeeded", timeout=seconds + 60)
+    # Evicted mid-job, the worker's commit would fail and the job would run a second time.
+    assert job["attempts"] == 1 and wt.worker.executions == 1
+    assert committed_lag(stack) == 0
