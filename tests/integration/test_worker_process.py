@@ -39,12 +39,22 @@ def committed_lag(stack):
         consumer.close(autocommit=False)
 
 
-def test_worker_killed_mid_job_loses_and_duplicates_nothing(make_stack, db_url, tmp_path):
-    stack = make_stack(db_url)
-    job_id = stack.submit("sleep", {"seconds": 2})
-    first = spawn_worker(stack, tmp_path / "w1.log")
+def worker_running_a_job(stack, seconds, log_path):
+    """A `python -m worker` process caught in the middle of a `sleep` job: (process, job id)."""
+    job_id = stack.submit("sleep", {"seconds": seconds})
+    proc = spawn_worker(stack, log_path)
     try:
         stack.wait_status(job_id, "running", timeout=60)
+    except BaseException:
+        proc.kill()
+        raise
+    return proc, job_id
+
+
+def test_worker_killed_mid_job_loses_and_duplicates_nothing(make_stack, db_url, tmp_path):
+    stack = make_stack(db_url)
+    first, job_id = worker_running_a_job(stack, 2, tmp_path / "w1.log")
+    try:
         first.send_signal(signal.SIGKILL)
         first.wait(10)
     finally:
@@ -63,10 +73,8 @@ def test_worker_killed_mid_job_loses_and_duplicates_nothing(make_stack, db_url, 
 
 def test_first_sigterm_finishes_the_current_job_and_commits(make_stack, db_url, tmp_path):
     stack = make_stack(db_url)
-    job_id = stack.submit("sleep", {"seconds": 2})
-    proc = spawn_worker(stack, tmp_path / "w.log")
+    proc, job_id = worker_running_a_job(stack, 2, tmp_path / "w.log")
     try:
-        stack.wait_status(job_id, "running", timeout=60)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
     finally:
@@ -77,10 +85,8 @@ def test_first_sigterm_finishes_the_current_job_and_commits(make_stack, db_url, 
 
 def test_second_sigterm_exits_at_once_and_the_job_is_redelivered(make_stack, db_url, tmp_path):
     stack = make_stack(db_url)
-    job_id = stack.submit("sleep", {"seconds": 20})
-    proc = spawn_worker(stack, tmp_path / "w.log")
+    proc, job_id = worker_running_a_job(stack, 20, tmp_path / "w.log")
     try:
-        stack.wait_status(job_id, "running", timeout=60)
         proc.send_signal(signal.SIGTERM)
         time.sleep(0.3)
         started = time.monotonic()
