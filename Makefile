@@ -9,9 +9,15 @@ export ARTIFACT_CACHE ?= $(CURDIR)/.cache/artifacts
 KAFKA_VERSION ?= 3.9.1
 KAFKA_STAMP := $(ARTIFACT_CACHE)/kafka-$(KAFKA_VERSION)/.complete
 
-SHELL_SCRIPTS := $(wildcard provision/*.sh devops/*.sh .ci/run)
+SHELL_SCRIPTS := $(wildcard provision/*.sh provision/lib/*.sh provision/host/*.sh devops/*.sh devops/init.d/* devops/joblab-exec .ci/run)
 
-.PHONY: help venv kafka-jars host-deps-run host-deps-test run test unit integration lint py39-check clean
+# The lab (see lab.yml, Vagrantfile, README "The lab").
+export LAB_HTTP_PORT ?= 8080
+APP_WHEEL_STAMP := $(ARTIFACT_CACHE)/app/.built
+APP_SOURCES := $(shell git ls-files app worker pyproject.toml 2>/dev/null)
+
+.PHONY: help venv kafka-jars host-deps-run host-deps-test run test unit integration lint clean \
+        app-wheel lab lab-user infra-test lab-idempotence lab-suite lab-destroy lab-ssh-config
 
 help: ## this list
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -50,6 +56,36 @@ integration: host-deps-test venv kafka-jars ## integration tests: real Kafka bro
 
 test: host-deps-test venv kafka-jars lint ## everything CI runs: lint, unit and integration tests
 	$(PY) -m pytest tests/unit tests/integration
+
+$(APP_WHEEL_STAMP): $(VENV)/.installed $(APP_SOURCES)
+	@mkdir -p $(dir $@)
+	rm -f $(ARTIFACT_CACHE)/app/joblab-*.whl
+	SOURCE_DATE_EPOCH=$$(git log -1 --format=%ct 2>/dev/null || echo 315532800) \
+	    $(PY) -m pip wheel -q --no-deps -w $(ARTIFACT_CACHE)/app .
+	@touch $@
+
+app-wheel: $(APP_WHEEL_STAMP) ## build the app wheel the lab installs (rebuilt only when sources change)
+
+lab: venv kafka-jars app-wheel ## boot app + sidecar with Vagrant, provision, smoke-test; prints URL and token
+	provision/host/lab-up.sh
+
+lab-user: ## print a new token for user NAME on the lab (last line): make lab-user NAME=x
+	@provision/host/lab-user.sh "$(NAME)"
+
+lab-ssh-config:
+	@mkdir -p .vagrant && vagrant ssh-config > .vagrant/ssh-config
+
+infra-test: venv lab-ssh-config ## testinfra against both lab machines (hosts from vagrant ssh-config)
+	$(PY) -m pytest -p no:cacheprovider tests/infra --ssh-config=.vagrant/ssh-config -m "not reprovision"
+
+lab-idempotence: venv lab-ssh-config ## re-provision the running lab and prove nothing changed
+	$(PY) -m pytest -p no:cacheprovider tests/infra --ssh-config=.vagrant/ssh-config -m reprovision
+
+lab-suite: ## make lab, infra tests, idempotence check, destroy (part of make test; SKIP_LAB=1 skips)
+	provision/host/lab-suite.sh
+
+lab-destroy: ## remove the lab machines (base image and artifact cache stay)
+	vagrant destroy -f
 
 clean: ## remove the venv and local state (the artifact cache stays)
 	rm -rf $(VENV) var .pytest_cache

@@ -1,0 +1,173 @@
+#!/usr/bin/env bash
+# Shared by every provision/*.sh script: logging, OS detection (once), idempotent helpers.
+# Sourced, never run. Every helper changes the machine only when it differs from the goal.
+#
+# Contract (set by the Vagrantfile or `fab provision`; defaults fit the lab):
+#   LAB_ROOT        the repository as seen on the machine           (/vagrant)
+#   LAB_ARTIFACTS   the artifact cache (Kafka jars, app wheel, ...)  ($LAB_ROOT/.cache/artifacts)
+#   LAB_ENV_NAME    Python env name: /usr/local/envs/$LAB_ENV_NAME  (joblab)
+#   LAB_APP_USER    unprivileged user running gunicorn and workers  (joblab)
+#   LAB_SIDECAR_HOST, LAB_APP_HOST   addresses of the two machines
+#   LAB_HANDOFF     host-shared dir, 0700, where the sidecar leaves the DB password for the app
+#                   ($LAB_ROOT/.vagrant/lab-secrets; gitignored, never printed)
+
+LAB_ROOT="${LAB_ROOT:-/vagrant}"
+LAB_ARTIFACTS="${LAB_ARTIFACTS:-$LAB_ROOT/.cache/artifacts}"
+LAB_ENV_NAME="${LAB_ENV_NAME:-joblab}"
+export LAB_ENV_PREFIX="/usr/local/envs/$LAB_ENV_NAME"
+LAB_APP_USER="${LAB_APP_USER:-joblab}"
+LAB_SIDECAR_HOST="${LAB_SIDECAR_HOST:-sidecar}"
+LAB_APP_HOST="${LAB_APP_HOST:-app}"
+LAB_HANDOFF="${LAB_HANDOFF:-$LAB_ROOT/.vagrant/lab-secrets}"
+export LAB_ETC=/etc/joblab
+
+_lab_script="$(basename "${0:-provision}" .sh)"
+
+say() { echo "[$_lab_script] $*"; }
+die() { echo "[$_lab_script] error: $*" >&2; exit 1; }
+
+# OS family, detected once: debian (Debian/Ubuntu) or rhel (RHEL/CentOS/Rocky/Alma/Oracle).
+detect_os() {
+    [[ -n "${OS_FAMILY:-}" ]] && return 0
+    [[ -r /etc/os-release ]] || [[ -r /etc/redhat-release ]] || die "cannot tell the OS (no /etc/os-release)"
+    local id="" like="" version=""
+    if [[ -r /etc/os-release ]]; then
+        # shellcheck disable=SC1091
+        id="$(. /etc/os-release && echo "${ID:-}")"
+        # shellcheck disable=SC1091
+        like="$(. /etc/os-release && echo "${ID_LIKE:-}")"
+        # shellcheck disable=SC1091
+        version="$(. /etc/os-release && echo "${VERSION_ID:-}")"
+    else
+        # CentOS 6 has no os-release: "CentOS release 6.10 (Final)".
+        id=rhel
+        version="$(sed -n 's/.*release \([0-9][0-9.]*\).*/\1/p' /etc/redhat-release)"
+    fi
+    case " $id $like " in
+        *" debian "* | *" ubuntu "*) OS_FAMILY=debian ;;
+        *" rhel "* | *" centos "* | *" fedora "* | *" rocky "* | *" almalinux "*) OS_FAMILY=rhel ;;
+        *) die "unsupported OS '$id' (supported: Debian/Ubuntu, RHEL/CentOS family)" ;;
+    esac
+    OS_MAJOR="${version%%.*}"
+    export OS_FAMILY OS_MAJOR
+}
+
+require_root() {
+    [[ "$(id -u)" -eq 0 ]] || die "must run as root (use sudo)"
+}
+
+_apt_updated=0
+# Install packages that are missing; a no-op (no apt-get update either) when all are present.
+pkg_install() {
+    detect_os
+    local missing=() p
+    for p in "$@"; do
+        if [[ "$OS_FAMILY" == debian ]]; then
+            dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+        else
+            rpm -q "$p" >/dev/null 2>&1 || missing+=("$p")
+        fi
+    done
+    [[ ${#missing[@]} -eq 0 ]] && return 0
+    say "installing ${missing[*]}"
+    if [[ "$OS_FAMILY" == debian ]]; then
+        export DEBIAN_FRONTEND=noninteractive
+        if [[ $_apt_updated -eq 0 ]]; then
+            apt-get update -qq || die "apt-get update failed"
+            _apt_updated=1
+        fi
+        apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
+            || die "apt-get install ${missing[*]} failed"
+    else
+        yum install -y -q "${missing[@]}" || die "yum install ${missing[*]} failed"
+    fi
+}
+
+# install_file SRC DEST MODE OWNER:GROUP — copy only if content, mode or owner differ.
+# Returns 0 when it changed something, 1 when DEST was already right (use: `if install_file ...`).
+install_file() {
+    local src="$1" dest="$2" mode="$3" owner="$4"
+    [[ -f "$src" ]] || die "missing source file $src"
+    if [[ -f "$dest" ]] && cmp -s "$src" "$dest" \
+        && [[ "$(stat -c '%a %U:%G' "$dest")" == "$mode $owner" ]]; then
+        return 1
+    fi
+    install -D -m "$mode" -o "${owner%%:*}" -g "${owner##*:}" "$src" "$dest"
+    say "wrote $dest"
+    return 0
+}
+
+# render_template SRC DEST MODE OWNER:GROUP KEY=VALUE... — replace @KEY@ in SRC, then install_file.
+render_template() {
+    local src="$1" dest="$2" mode="$3" owner="$4"
+    shift 4
+    local tmp kv key value
+    tmp="$(mktemp)"
+    cp "$src" "$tmp"
+    for kv in "$@"; do
+        key="${kv%%=*}"
+        value="${kv#*=}"
+        # '|' as the sed delimiter; escape it, '&' and '\' in values.
+        value="$(printf '%s' "$value" | sed -e 's/[\\&|]/\\&/g')"
+        sed -i "s|@${key}@|${value}|g" "$tmp"
+    done
+    if grep -q '@[A-Z_][A-Z0-9_]*@' "$tmp"; then
+        rm -f "$tmp"
+        die "template $src has unfilled placeholders"
+    fi
+    local rc=1
+    install_file "$tmp" "$dest" "$mode" "$owner" && rc=0
+    rm -f "$tmp"
+    return "$rc"
+}
+
+# ensure_dir DIR MODE OWNER:GROUP
+ensure_dir() {
+    local dir="$1" mode="$2" owner="$3"
+    if [[ -d "$dir" && "$(stat -c '%a %U:%G' "$dir")" == "$mode $owner" ]]; then
+        return 0
+    fi
+    install -d -m "$mode" -o "${owner%%:*}" -g "${owner##*:}" "$dir"
+}
+
+# ensure_system_user NAME HOME — a locked system account with no login shell.
+ensure_system_user() {
+    local name="$1" home="$2"
+    id -u "$name" >/dev/null 2>&1 && return 0
+    local nologin=/sbin/nologin
+    [[ -x "$nologin" ]] || nologin=/usr/sbin/nologin
+    useradd --system --home-dir "$home" --create-home --shell "$nologin" "$name"
+    say "created system user $name"
+}
+
+# ensure_secret FILE OWNER:GROUP MODE — generate a random secret once; never print it.
+ensure_secret() {
+    local file="$1" owner="$2" mode="$3"
+    if [[ ! -s "$file" ]]; then
+        install -d -m 0750 "$(dirname "$file")"
+        (umask 077 && head -c 48 /dev/urandom | base64 | tr -d '/+=\n' | head -c 40 >"$file")
+        say "generated secret $file"
+    fi
+    chown "$owner" "$file"
+    chmod "$mode" "$file"
+}
+
+# service_enable NAME — start at boot through the init system's own tool.
+service_enable() {
+    detect_os
+    local name="$1"
+    if [[ "$OS_FAMILY" == debian ]]; then
+        compgen -G "/etc/rc2.d/S??$name" >/dev/null || update-rc.d "$name" defaults >/dev/null
+    else
+        chkconfig --list "$name" >/dev/null 2>&1 || chkconfig --add "$name"
+        chkconfig "$name" on
+    fi
+}
+
+# service_start NAME — start if its init script says it is not running.
+service_start() {
+    local name="$1"
+    if ! service "$name" status >/dev/null 2>&1; then
+        service "$name" start || die "service $name failed to start"
+    fi
+}

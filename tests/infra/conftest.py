@@ -1,0 +1,28 @@
+"""testinfra against the lab machines. Hosts come from `vagrant ssh-config` (make infra-test
+writes it to .vagrant/ssh-config and passes --ssh-config); each module names its host."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import yaml
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+with open(os.path.join(ROOT, "lab.yml")) as fh:
+    LAB = yaml.safe_load(fh)
+
+
+def machine_ip(name: str) -> str:
+    return os.environ.get("LAB_%s_IP" % name.upper()) or LAB["machines"][name]["ip"]
+
+
+APP_USER = os.environ.get("LAB_APP_USER") or LAB["settings"]["LAB_APP_USER"]
+ENV_PREFIX = "/usr/local/envs/" + (os.environ.get("LAB_ENV_NAME") or LAB["settings"]["LAB_ENV_NAME"])
+
+
+@pytest.fixture(scope="module")
+def root(host):
+    """The same host, commands run through sudo (the vagrant user has passwordless sudo)."""
+    with host.sudo():
+        yield host
