@@ -126,14 +126,23 @@ sed_escape() {
 }
 
 # Render the committed templates into the data dir on every start, so a
-# changed template or port takes effect without a reset.
+# changed template or port takes effect without a reset. The templates are
+# shared with the lab (provision/kafka.sh): here the client listener is
+# loopback only, bound and advertised on 127.0.0.1.
 render_config() {
     local template="$1" target="$2"
     [[ -f "$template" ]] || die "missing template $template"
     sed -e "s|@KAFKA_PORT@|$(sed_escape "$KAFKA_PORT")|g" \
         -e "s|@KAFKA_CONTROLLER_PORT@|$(sed_escape "$KAFKA_CONTROLLER_PORT")|g" \
         -e "s|@KAFKA_DATA_DIR@|$(sed_escape "$KAFKA_DATA_DIR")|g" \
+        -e "s|@KAFKA_LOG_DIR@|$(sed_escape "$KAFKA_DATA_DIR")|g" \
+        -e "s|@KAFKA_LISTEN_HOST@|127.0.0.1|g" \
+        -e "s|@KAFKA_ADVERTISED_HOST@|127.0.0.1|g" \
         "$template" >"$target.tmp"
+    if grep -q '@[A-Z_][A-Z0-9_]*@' "$target.tmp"; then
+        rm -f -- "$target.tmp"
+        die "template $template has a placeholder this script does not fill"
+    fi
     mv -f -- "$target.tmp" "$target"
 }
 

@@ -83,13 +83,16 @@ pkg_install() {
     fi
 }
 
+# octal MODE — "0644" and "644" alike, as stat's %a prints it.
+octal() { printf '%o' "$((8#$1))"; }
+
 # install_file SRC DEST MODE OWNER:GROUP — copy only if content, mode or owner differ.
 # Returns 0 when it changed something, 1 when DEST was already right (use: `if install_file ...`).
 install_file() {
     local src="$1" dest="$2" mode="$3" owner="$4"
     [[ -f "$src" ]] || die "missing source file $src"
     if [[ -f "$dest" ]] && cmp -s "$src" "$dest" \
-        && [[ "$(stat -c '%a %U:%G' "$dest")" == "$mode $owner" ]]; then
+        && [[ "$(stat -c '%a %U:%G' "$dest")" == "$(octal "$mode") $owner" ]]; then
         return 1
     fi
     install -D -m "$mode" -o "${owner%%:*}" -g "${owner##*:}" "$src" "$dest"
@@ -124,20 +127,23 @@ render_template() {
 # ensure_dir DIR MODE OWNER:GROUP
 ensure_dir() {
     local dir="$1" mode="$2" owner="$3"
-    if [[ -d "$dir" && "$(stat -c '%a %U:%G' "$dir")" == "$mode $owner" ]]; then
+    if [[ -d "$dir" && "$(stat -c '%a %U:%G' "$dir")" == "$(octal "$mode") $owner" ]]; then
         return 0
     fi
     install -d -m "$mode" -o "${owner%%:*}" -g "${owner##*:}" "$dir"
 }
 
-# ensure_system_user NAME HOME — a locked system account with no login shell.
+# ensure_system_user NAME HOME — a locked system account with no login shell; its home is a
+# bare 0750 directory (no /etc/skel dotfiles: homes here double as data directories).
 ensure_system_user() {
     local name="$1" home="$2"
-    id -u "$name" >/dev/null 2>&1 && return 0
-    local nologin=/sbin/nologin
-    [[ -x "$nologin" ]] || nologin=/usr/sbin/nologin
-    useradd --system --home-dir "$home" --create-home --shell "$nologin" "$name"
-    say "created system user $name"
+    if ! id -u "$name" >/dev/null 2>&1; then
+        local nologin=/sbin/nologin
+        [[ -x "$nologin" ]] || nologin=/usr/sbin/nologin
+        useradd --system --user-group --home-dir "$home" --no-create-home --shell "$nologin" "$name"
+        say "created system user $name"
+    fi
+    [[ -d "$home" ]] || install -d -m 0750 -o "$name" -g "$name" "$home"
 }
 
 # ensure_secret FILE OWNER:GROUP MODE — generate a random secret once; never print it.
@@ -157,7 +163,11 @@ service_enable() {
     detect_os
     local name="$1"
     if [[ "$OS_FAMILY" == debian ]]; then
-        compgen -G "/etc/rc2.d/S??$name" >/dev/null || update-rc.d "$name" defaults >/dev/null
+        if ! compgen -G "/etc/rc2.d/S??$name" >/dev/null; then
+            update-rc.d "$name" defaults >/dev/null
+            # `defaults` keeps the K links of a service someone disabled; `enable` flips them.
+            compgen -G "/etc/rc2.d/S??$name" >/dev/null || update-rc.d "$name" enable >/dev/null
+        fi
     else
         chkconfig --list "$name" >/dev/null 2>&1 || chkconfig --add "$name"
         chkconfig "$name" on
