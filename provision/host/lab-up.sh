@@ -17,8 +17,18 @@ if [[ "$provider" == docker ]]; then
     "$HERE/base-image.sh"
 fi
 
+# The machines trust what this host trusts beyond the distro's CAs (e.g. a TLS-inspecting proxy).
+cache="${ARTIFACT_CACHE:-$PWD/.cache/artifacts}/ca-certificates"
+mkdir -p "$cache"
+if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
+    for crt in /usr/local/share/ca-certificates/*.crt; do
+        cmp -s "$crt" "$cache/$(basename "$crt")" || cp "$crt" "$cache/"
+    done
+fi
+
 started=$SECONDS
 say "vagrant up (first time: packages are installed in both machines, a few minutes)"
-vagrant up --provider="$provider" --provision
+# One machine at a time, sidecar first: the app's provisioning needs its database and Kafka.
+vagrant up --provider="$provider" --provision --no-parallel
 say "machines up and provisioned in $((SECONDS - started)) s"
 "$HERE/lab-smoke.sh"

@@ -14,7 +14,8 @@ from tests.infra.conftest import ROOT
 
 pytestmark = pytest.mark.reprovision
 
-SCRIPT = open(os.path.join(os.path.dirname(__file__), "fingerprint.sh")).read()
+with open(os.path.join(os.path.dirname(__file__), "fingerprint.sh")) as _fh:
+    SCRIPT = _fh.read()
 
 
 def fingerprint(host) -> str:

@@ -39,8 +39,8 @@ def test_kafka_advertises_the_lab_address(root):
 
 
 def test_kafka_topics_exist(root):
-    # Created by the app's provisioning (flask kafka create-topics): ask the broker itself.
-    out = root.check_output("ls /var/lib/kafka/data 2>/dev/null || ls /var/lib/kafka")
+    # Created by the app's provisioning (flask kafka create-topics); one log dir per partition.
+    out = root.check_output("ls /var/lib/kafka/kraft-combined-logs")
     assert "jobs-0" in out and "jobs.dead-0" in out
 
 

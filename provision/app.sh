@@ -1,0 +1,175 @@
+#!/usr/bin/env bash
+# The job API and worker on the app machine: the app user, the app wheel in the Python env, the
+# joblab-exec wrapper, /etc/joblab (gunicorn.conf.py, joblab.env, secrets), then the schema migration
+# and the Kafka topics on the sidecar. Needs python-env.sh first, and the sidecar provisioned (it leaves
+# the database password in $LAB_HANDOFF/db-password). Run as root.
+#
+# Settings (environment):
+#   LAB_WORKER_CLASS       gevent (default, as the seed) | sync: gunicorn's worker class
+#   LAB_GUNICORN_WORKERS   gunicorn worker processes (default 2)
+#   LAB_JOB_WORKERS        job worker processes (default 1; supervisor.sh starts them), at most
+#                          LAB_KAFKA_PARTITIONS (default 4) do work
+#   LAB_DB_KIND            postgresql (default on Debian) | mssql (default on RHEL): the results store
+#   LAB_LOG_LEVEL          JOBLAB_LOG_LEVEL of app and worker (default INFO)
+#   LAB_SKIP_REMOTE=1      skip the steps that need the sidecar (schema migration, topic creation)
+# When the wheel or the settings changed and supervisord already runs the programs, they are restarted.
+set -euo pipefail
+# shellcheck source-path=SCRIPTDIR
+# shellcheck source=lib/common.sh
+source "$(dirname "$0")/lib/common.sh"
+
+LAB_WORKER_CLASS="${LAB_WORKER_CLASS:-gevent}"
+LAB_GUNICORN_WORKERS="${LAB_GUNICORN_WORKERS:-2}"
+LAB_JOB_WORKERS="${LAB_JOB_WORKERS:-1}"
+LAB_KAFKA_PARTITIONS="${LAB_KAFKA_PARTITIONS:-4}"
+LAB_LOG_LEVEL="${LAB_LOG_LEVEL:-INFO}"
+LAB_SKIP_REMOTE="${LAB_SKIP_REMOTE:-0}"
+# Database and role the sidecar creates for the app.
+DB_NAME=joblab
+DB_USER=joblab
+
+DEVOPS="$LAB_ROOT/devops"
+APP_HOME=/var/lib/joblab
+PY="$LAB_ENV_PREFIX/bin/python"
+# sha256 of the wheel last installed into the env.
+WHEEL_STAMP="$LAB_ENV_PREFIX/.joblab-wheel.sha256"
+SECRETS="$LAB_ETC/secrets"
+ENV_FILE="$LAB_ETC/joblab.env"
+SUPERVISORCTL=(/usr/local/envs/supervisor/bin/supervisorctl -c /etc/supervisord.conf)
+
+check_settings() {
+    [[ "$LAB_WORKER_CLASS" == gevent || "$LAB_WORKER_CLASS" == sync ]] \
+        || die "LAB_WORKER_CLASS must be gevent or sync (got '$LAB_WORKER_CLASS')"
+    local name
+    for name in LAB_GUNICORN_WORKERS LAB_JOB_WORKERS LAB_KAFKA_PARTITIONS; do
+        [[ "${!name}" =~ ^[1-9][0-9]*$ ]] || die "$name must be a positive number (got '${!name}')"
+    done
+    if ((LAB_JOB_WORKERS > LAB_KAFKA_PARTITIONS)); then
+        say "note: $LAB_JOB_WORKERS job workers but $LAB_KAFKA_PARTITIONS partitions: $((LAB_JOB_WORKERS - LAB_KAFKA_PARTITIONS)) will idle"
+    fi
+    case "${LAB_DB_KIND:-}" in
+        "") if [[ "$OS_FAMILY" == rhel ]]; then LAB_DB_KIND=mssql; else LAB_DB_KIND=postgresql; fi ;;
+        postgresql | mssql) ;;
+        *) die "LAB_DB_KIND must be postgresql or mssql (got '$LAB_DB_KIND')" ;;
+    esac
+}
+
+# Install the one cached joblab wheel (deps from PyPI) unless that exact file is installed already.
+# Returns 0 when it installed, 1 when nothing changed.
+install_app_wheel() {
+    local wheels=() whl sha
+    mapfile -t wheels < <(compgen -G "$LAB_ARTIFACTS/app/joblab-*.whl" || true)
+    [[ ${#wheels[@]} -eq 1 ]] || die "need exactly one joblab-*.whl in $LAB_ARTIFACTS/app, found ${#wheels[@]} (build it on the host: pip wheel --no-deps -w .cache/artifacts/app .)"
+    whl="${wheels[0]}"
+    sha="$(sha256sum "$whl" | cut -d' ' -f1)"
+    if [[ "$(cat "$WHEEL_STAMP" 2>/dev/null)" == "$sha" ]] && "$PY" -m pip show -q joblab >/dev/null 2>&1; then
+        return 1
+    fi
+    say "installing $(basename "$whl") into $LAB_ENV_PREFIX"
+    local pip=("$PY" -m pip install --quiet --disable-pip-version-check --root-user-action=ignore)
+    # --prefer-binary: on old glibc (CentOS 6) take the newest release that has a wheel for this
+    # machine rather than try to compile a newer sdist.
+    "${pip[@]}" --prefer-binary "$whl" || die "pip install $whl failed"
+    # Same version number, new build: replace the app's own files too.
+    "${pip[@]}" --no-deps --force-reinstall "$whl" || die "pip install $whl failed"
+    echo "$sha" >"$WHEEL_STAMP"
+}
+
+# render_private_template SRC DEST MODE OWNER:GROUP KEY=VALUE... — render_template for files that
+# hold secrets: the values are substituted by bash itself, so they never appear in a process's
+# argument list (as they would in render_template's sed command line).
+render_private_template() {
+    local src="$1" dest="$2" mode="$3" owner="$4" kv content tmp rc=1
+    shift 4
+    [[ -f "$src" ]] || die "missing template $src"
+    content="$(<"$src")"
+    for kv in "$@"; do
+        content="${content//"@${kv%%=*}@"/"${kv#*=}"}"
+    done
+    [[ "$content" =~ @[A-Z_][A-Z0-9_]*@ ]] && die "template $src has unfilled placeholders"
+    tmp="$(mktemp)"
+    printf '%s\n' "$content" >"$tmp"
+    install_file "$tmp" "$dest" "$mode" "$owner" && rc=0
+    rm -f "$tmp"
+    return "$rc"
+}
+
+# The SQLAlchemy URL of the results store, password URL-encoded (read from the file, never in argv).
+database_url() {
+    local pw
+    pw="$("$PY" -c 'import sys, urllib.parse; sys.stdout.write(urllib.parse.quote(sys.stdin.read().strip("\r\n"), safe=""))' \
+        <"$SECRETS/db-password")" || die "cannot read $SECRETS/db-password"
+    [[ -n "$pw" ]] || die "$SECRETS/db-password is empty"
+    if [[ "$LAB_DB_KIND" == mssql ]]; then
+        echo "mssql+pymssql://$DB_USER:$pw@$LAB_SIDECAR_HOST:1433/$DB_NAME"
+    else
+        echo "postgresql+psycopg://$DB_USER:$pw@$LAB_SIDECAR_HOST:5432/$DB_NAME"
+    fi
+}
+
+# Run a fixed command line as the app user (its login shell is nologin, hence -s).
+as_app_user() {
+    su -s /bin/sh "$LAB_APP_USER" -c "$*"
+}
+
+# Schema migration and topics on the sidecar; both are safe to repeat. Output only on failure.
+prepare_remote() {
+    local out step
+    for step in "db upgrade" "kafka create-topics"; do
+        if ! out="$(as_app_user "/usr/local/bin/joblab-exec flask --app app $step" 2>&1)"; then
+            die "flask $step failed (sidecar $LAB_SIDECAR_HOST reachable? LAB_SKIP_REMOTE=1 skips this step):
+$out"
+        fi
+    done
+}
+
+# New code or settings reach running programs only by a restart.
+restart_running_programs() {
+    [[ -S /var/run/supervisor/supervisor.sock && -x "${SUPERVISORCTL[0]}" ]] || return 0
+    local targets=()
+    [[ -f /etc/supervisord.d/joblab-web.ini ]] && targets+=(joblab-web)
+    [[ -f /etc/supervisord.d/joblab-worker.ini ]] && targets+=('joblab-worker:*')
+    [[ ${#targets[@]} -gt 0 ]] || return 0
+    say "restarting ${targets[*]} (new app build or settings)"
+    "${SUPERVISORCTL[@]}" restart "${targets[@]}" >/dev/null || die "supervisorctl restart ${targets[*]} failed"
+}
+
+require_root
+detect_os
+check_settings
+[[ -x "$PY" ]] || die "no Python env at $LAB_ENV_PREFIX (run provision/python-env.sh first)"
+[[ -s "$LAB_HANDOFF/db-password" ]] \
+    || die "no database password at $LAB_HANDOFF/db-password: provision the sidecar first (it leaves it there)"
+
+changed=0
+ensure_system_user "$LAB_APP_USER" "$APP_HOME"
+install_app_wheel && changed=1
+install_file "$DEVOPS/joblab-exec" /usr/local/bin/joblab-exec 755 root:root || true
+
+ensure_dir "$LAB_ETC" 755 root:root
+install_file "$DEVOPS/gunicorn.conf.py" "$LAB_ETC/gunicorn.conf.py" 644 root:root && changed=1
+ensure_dir "$SECRETS" 750 "root:$LAB_APP_USER"
+ensure_secret "$SECRETS/app-secret" "root:$LAB_APP_USER" 640
+install_file "$LAB_HANDOFF/db-password" "$SECRETS/db-password" 640 "root:$LAB_APP_USER" || true
+
+db_url="$(database_url)"
+render_private_template "$DEVOPS/joblab.env" "$ENV_FILE" 640 "root:$LAB_APP_USER" \
+    "APP_USER=$LAB_APP_USER" \
+    "ENV_PREFIX=$LAB_ENV_PREFIX" \
+    "APP_HOME=$APP_HOME" \
+    "DATABASE_URL=$db_url" \
+    "KAFKA_BOOTSTRAP=$LAB_SIDECAR_HOST:9092" \
+    "KAFKA_PARTITIONS=$LAB_KAFKA_PARTITIONS" \
+    "LOG_LEVEL=$LAB_LOG_LEVEL" \
+    "WORKER_CLASS=$LAB_WORKER_CLASS" \
+    "GUNICORN_WORKERS=$LAB_GUNICORN_WORKERS" \
+    && changed=1
+
+if [[ "$LAB_SKIP_REMOTE" == 1 ]]; then
+    say "LAB_SKIP_REMOTE=1: schema migration and topic creation skipped"
+else
+    prepare_remote
+fi
+if [[ $changed -eq 1 ]]; then
+    restart_running_programs
+fi

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# nginx on the app machine: :80 -> gunicorn on 127.0.0.1:8000, config from devops/nginx.conf.
+#   Debian: the distro's nginx package. RHEL/CentOS: nginx.org's packages (devops/nginx.repo).
+# A new config is tested (`nginx -t -c <temp file>`) before it replaces /etc/nginx/nginx.conf; a
+# rejected one leaves the running config alone and stops here with nginx's message. nginx is
+# reloaded only when the config changed. On RHEL with SELinux enforcing, nginx is allowed to
+# connect to gunicorn (httpd_can_network_connect). Run as root.
+set -euo pipefail
+# shellcheck source-path=SCRIPTDIR
+# shellcheck source=lib/common.sh
+source "$(dirname "$0")/lib/common.sh"
+
+DEVOPS="$LAB_ROOT/devops"
+NGINX_CONF=/etc/nginx/nginx.conf
+
+install_nginx() {
+    if [[ "$OS_FAMILY" == rhel ]]; then
+        install_file "$DEVOPS/nginx.repo" /etc/yum.repos.d/nginx.repo 644 root:root || true
+    fi
+    pkg_install nginx
+}
+
+# Render the config to a temp file, test it, install it. Returns 0 when the config changed.
+install_nginx_conf() {
+    local user pid tmpdir out rc=1
+    # The packages' own worker user and pid file (their init scripts read the pid path).
+    if [[ "$OS_FAMILY" == rhel ]]; then
+        user=nginx pid=/var/run/nginx.pid
+    else
+        user=www-data pid=/run/nginx.pid
+    fi
+    tmpdir="$(mktemp -d)"
+    render_template "$DEVOPS/nginx.conf" "$tmpdir/nginx.conf" 644 root:root \
+        "NGINX_USER=$user" "NGINX_PID=$pid" >/dev/null || true
+    if cmp -s "$tmpdir/nginx.conf" "$NGINX_CONF"; then
+        rm -rf "$tmpdir"
+        return 1
+    fi
+    if ! out="$(nginx -t -q -c "$tmpdir/nginx.conf" 2>&1)"; then
+        rm -rf "$tmpdir"
+        die "nginx -t rejected the new config; $NGINX_CONF left as it was:
+$out"
+    fi
+    install_file "$tmpdir/nginx.conf" "$NGINX_CONF" 644 root:root && rc=0
+    rm -rf "$tmpdir"
+    return "$rc"
+}
+
+# RHEL-FACTS §5: httpd_t may not connect to 127.0.0.1:8000 unless this boolean is on (502 otherwise).
+allow_proxy_connect_selinux() {
+    [[ "$OS_FAMILY" == rhel ]] || return 0
+    command -v getenforce >/dev/null 2>&1 || return 0
+    [[ "$(getenforce)" == Enforcing ]] || return 0
+    getsebool httpd_can_network_connect 2>/dev/null | grep -q -- '--> on' && return 0
+    say "SELinux: setsebool -P httpd_can_network_connect 1 (nginx -> gunicorn)"
+    setsebool -P httpd_can_network_connect 1 || die "setsebool httpd_can_network_connect failed"
+}
+
+require_root
+detect_os
+install_nginx
+conf_changed=0
+install_nginx_conf && conf_changed=1
+# Not included by our nginx.conf; removed so nobody mistakes it for the live site.
+if [[ -L /etc/nginx/sites-enabled/default ]]; then
+    rm -f /etc/nginx/sites-enabled/default
+    say "removed /etc/nginx/sites-enabled/default (not used: the whole config is $NGINX_CONF)"
+fi
+allow_proxy_connect_selinux
+service_enable nginx
+if ! service nginx status >/dev/null 2>&1; then
+    service_start nginx
+elif [[ $conf_changed -eq 1 ]]; then
+    service nginx reload >/dev/null || die "service nginx reload failed"
+    say "nginx reloaded"
+fi
