@@ -54,8 +54,9 @@ unit: venv ## unit tests (no network)
 integration: host-deps-test venv kafka-jars ## integration tests: real Kafka broker, SQLite and PostgreSQL
 	$(PY) -m pytest tests/integration
 
-test: host-deps-test venv kafka-jars lint ## everything CI runs: lint, unit and integration tests
+test: host-deps-test venv kafka-jars lint ## everything CI runs: lint, unit, integration, then the lab suite
 	$(PY) -m pytest tests/unit tests/integration
+	$(MAKE) --no-print-directory lab-suite
 
 $(APP_WHEEL_STAMP): $(VENV)/.installed $(APP_SOURCES)
 	@mkdir -p $(dir $@)
