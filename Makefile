@@ -45,7 +45,7 @@ run: host-deps-run venv kafka-jars ## broker + worker + gunicorn in the foregrou
 	devops/run-local.sh
 
 lint: host-deps-test venv ## shellcheck the scripts, check Python 3.9 compatibility
-	shellcheck $(SHELL_SCRIPTS)
+	shellcheck -x $(SHELL_SCRIPTS)
 	$(VENV)/bin/vermin --no-tips --violations -t=3.9- app worker devops/gunicorn.conf.py
 
 unit: venv ## unit tests (no network)

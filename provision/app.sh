@@ -75,25 +75,6 @@ install_app_wheel() {
     echo "$sha" >"$WHEEL_STAMP"
 }
 
-# render_private_template SRC DEST MODE OWNER:GROUP KEY=VALUE... — render_template for files that
-# hold secrets: the values are substituted by bash itself, so they never appear in a process's
-# argument list (as they would in render_template's sed command line).
-render_private_template() {
-    local src="$1" dest="$2" mode="$3" owner="$4" kv content tmp rc=1
-    shift 4
-    [[ -f "$src" ]] || die "missing template $src"
-    content="$(<"$src")"
-    for kv in "$@"; do
-        content="${content//"@${kv%%=*}@"/"${kv#*=}"}"
-    done
-    [[ "$content" =~ @[A-Z_][A-Z0-9_]*@ ]] && die "template $src has unfilled placeholders"
-    tmp="$(mktemp)"
-    printf '%s\n' "$content" >"$tmp"
-    install_file "$tmp" "$dest" "$mode" "$owner" && rc=0
-    rm -f "$tmp"
-    return "$rc"
-}
-
 # The SQLAlchemy URL of the results store, password URL-encoded (read from the file, never in argv).
 database_url() {
     local pw
@@ -153,7 +134,8 @@ ensure_secret "$SECRETS/app-secret" "root:$LAB_APP_USER" 640
 install_file "$LAB_HANDOFF/db-password" "$SECRETS/db-password" 640 "root:$LAB_APP_USER" || true
 
 db_url="$(database_url)"
-render_private_template "$DEVOPS/joblab.env" "$ENV_FILE" 640 "root:$LAB_APP_USER" \
+# render_template substitutes in bash: the URL (with the password) never reaches a command line.
+render_template "$DEVOPS/joblab.env" "$ENV_FILE" 640 "root:$LAB_APP_USER" \
     "APP_USER=$LAB_APP_USER" \
     "ENV_PREFIX=$LAB_ENV_PREFIX" \
     "APP_HOME=$APP_HOME" \

@@ -32,23 +32,14 @@ REPO_ROOT="$(cd "$SCRIPT_DIR/../.." && pwd)"
 ARTIFACT_CACHE="${ARTIFACT_CACHE:-$REPO_ROOT/.cache/artifacts}"
 ROOTFS_TARBALL="$ARTIFACT_CACHE/images/$ROOTFS_RECIPE.tar"
 
-as_root=()
+export HOST_TOOL=base-image
+# shellcheck source=provision/host/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 WORK_DIR=""
 DEBOOTSTRAP_PID=""
 PARTIAL_TARBALL=""
 UNTAGGED_IMAGE_IDS=()
 
-die() {
-    echo "base-image: error: $*" >&2
-    exit 1
-}
-
-use_sudo_unless_root() {
-    if [[ "$(id -u)" -ne 0 ]]; then
-        command -v sudo >/dev/null 2>&1 || die "need root or sudo (debootstrap, chroot, docker)"
-        as_root=(sudo)
-    fi
-}
 
 # Runs on every exit: drops the temp rootfs, a partly written tarball and an imported image that
 # never got its name.
@@ -87,11 +78,8 @@ image_present() {
 
 install_debootstrap() {
     command -v debootstrap >/dev/null 2>&1 && return 0
-    command -v apt-get >/dev/null 2>&1 || die "debootstrap missing and no apt-get here; install it by hand"
     echo "base image: installing debootstrap"
-    "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq || die "apt-get update failed"
-    "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        debootstrap >/dev/null || die "apt-get install debootstrap failed"
+    apt_install_host debootstrap
 }
 
 # The public half of Vagrant's well-known insecure key pair, shipped inside the vagrant gem.
@@ -292,7 +280,7 @@ import_image() {
 }
 
 main() {
-    use_sudo_unless_root
+    use_sudo_unless_root "debootstrap, chroot, docker"
     engine_answers || die "no Docker engine answers; run provision/host/docker-engine.sh first"
     if image_present; then
         echo "base image: present ($LAB_IMAGE)"

@@ -16,19 +16,9 @@ DOCKERD_LOG="${DOCKERD_LOG:-/var/log/dockerd.log}"
 DOCKERD_WAIT_SECONDS="${DOCKERD_WAIT_SECONDS:-60}"
 DOCKERD_PIDFILE="/var/run/docker.pid"
 
-as_root=()
-
-die() {
-    echo "docker-engine: error: $*" >&2
-    exit 1
-}
-
-use_sudo_unless_root() {
-    if [[ "$(id -u)" -ne 0 ]]; then
-        command -v sudo >/dev/null 2>&1 || die "need root or sudo"
-        as_root=(sudo)
-    fi
-}
+export HOST_TOOL=docker-engine
+# shellcheck source=provision/host/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 engine_answers() {
     "${as_root[@]}" docker info >/dev/null 2>&1
@@ -36,13 +26,9 @@ engine_answers() {
 
 install_docker_package() {
     command -v dockerd >/dev/null 2>&1 && return 0
-    command -v apt-get >/dev/null 2>&1 || die "dockerd missing and no apt-get here; install $DOCKER_PACKAGE by hand"
     echo "docker engine: installing $DOCKER_PACKAGE"
-    "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq \
-        || die "apt-get update failed"
     # No recommends: apparmor/needrestart/git are not needed to run the engine.
-    "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        "$DOCKER_PACKAGE" >/dev/null || die "apt-get install $DOCKER_PACKAGE failed"
+    apt_install_host "$DOCKER_PACKAGE"
     command -v dockerd >/dev/null 2>&1 || die "$DOCKER_PACKAGE installed but dockerd is not on PATH"
 }
 
@@ -87,7 +73,7 @@ wait_for_engine() {
 }
 
 main() {
-    use_sudo_unless_root
+    use_sudo_unless_root "the Docker engine"
     if engine_answers; then
         echo "docker engine: running"
         return 0

@@ -9,31 +9,17 @@ set -euo pipefail
 # Pinned: the Debian 12 package (Vagrant 2.3.4).
 VAGRANT_PACKAGES=(vagrant vagrant-libvirt)
 
-as_root=()
-
-die() {
-    echo "vagrant: error: $*" >&2
-    exit 1
-}
-
-use_sudo_unless_root() {
-    if [[ "$(id -u)" -ne 0 ]]; then
-        command -v sudo >/dev/null 2>&1 || die "need root or sudo"
-        as_root=(sudo)
-    fi
-}
+export HOST_TOOL=vagrant
+# shellcheck source=provision/host/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 vagrant_version() {
     vagrant --version 2>/dev/null | awk '{print $2}'
 }
 
 install_vagrant_package() {
-    command -v apt-get >/dev/null 2>&1 || die "vagrant missing and no apt-get here; install it by hand"
     echo "vagrant: installing ${VAGRANT_PACKAGES[*]}"
-    "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq \
-        || die "apt-get update failed"
-    "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        "${VAGRANT_PACKAGES[@]}" >/dev/null || die "apt-get install ${VAGRANT_PACKAGES[*]} failed"
+    apt_install_host "${VAGRANT_PACKAGES[@]}"
 }
 
 main() {
@@ -41,7 +27,7 @@ main() {
         echo "vagrant: present ($(vagrant_version))"
         return 0
     fi
-    use_sudo_unless_root
+    use_sudo_unless_root "apt-get"
     install_vagrant_package
     command -v vagrant >/dev/null 2>&1 || die "vagrant installed but not on PATH"
     echo "vagrant: installed ($(vagrant_version))"

@@ -101,23 +101,23 @@ install_file() {
 }
 
 # render_template SRC DEST MODE OWNER:GROUP KEY=VALUE... — replace @KEY@ in SRC, then install_file.
+# Substitutes in bash, not sed: values (passwords in URLs) never appear on a command line.
 render_template() {
     local src="$1" dest="$2" mode="$3" owner="$4"
     shift 4
-    local tmp kv key value
-    tmp="$(mktemp)"
-    cp "$src" "$tmp"
+    local text kv key value tmp
+    text="$(cat "$src"; echo x)"   # the x keeps trailing newlines through $(...)
+    text="${text%x}"
     for kv in "$@"; do
         key="${kv%%=*}"
         value="${kv#*=}"
-        # '|' as the sed delimiter; escape it, '&' and '\' in values.
-        value="$(printf '%s' "$value" | sed -e 's/[\\&|]/\\&/g')"
-        sed -i "s|@${key}@|${value}|g" "$tmp"
+        text="${text//"@${key}@"/"$value"}"
     done
-    if grep -q '@[A-Z_][A-Z0-9_]*@' "$tmp"; then
-        rm -f "$tmp"
-        die "template $src has unfilled placeholders"
+    if [[ "$text" =~ @[A-Z_][A-Z0-9_]*@ ]]; then
+        die "template $src has an unfilled placeholder: ${BASH_REMATCH[0]}"
     fi
+    tmp="$(mktemp)"
+    printf '%s' "$text" >"$tmp"
     local rc=1
     install_file "$tmp" "$dest" "$mode" "$owner" && rc=0
     rm -f "$tmp"

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Shared by the host-side scripts (provision/host/*.sh): sourced, never run.
+# The sourcing script sets HOST_TOOL (its name in messages) first.
+
+as_root=()
+
+die() {
+    echo "${HOST_TOOL:-host}: error: $*" >&2
+    exit 1
+}
+
+# Commands that need root go through "${as_root[@]}": empty for root, sudo otherwise.
+use_sudo_unless_root() {
+    if [[ "$(id -u)" -ne 0 ]]; then
+        command -v sudo >/dev/null 2>&1 || die "need root or sudo${1:+ ($1)}"
+        as_root=(sudo)
+    fi
+}
+
+# apt_install_host PACKAGE... — Debian's packages, no recommends, quietly; one line on failure.
+apt_install_host() {
+    command -v apt-get >/dev/null 2>&1 || die "missing $* and no apt-get here; install it by hand"
+    "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq || die "apt-get update failed"
+    "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        "$@" >/dev/null || die "apt-get install $* failed"
+}
