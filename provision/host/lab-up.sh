@@ -31,4 +31,6 @@ say "vagrant up (first time: packages are installed in both machines, a few minu
 # One machine at a time, sidecar first: the app's provisioning needs its database and Kafka.
 vagrant up --provider="$provider" --provision --no-parallel
 say "machines up and provisioned in $((SECONDS - started)) s"
+# For testinfra and Fabric (fabric.yaml points at it): hosts app and sidecar.
+vagrant ssh-config > .vagrant/ssh-config
 "$HERE/lab-smoke.sh"
