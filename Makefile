@@ -17,7 +17,7 @@ APP_WHEEL_STAMP := $(ARTIFACT_CACHE)/app/.built
 APP_SOURCES := $(shell git ls-files app worker pyproject.toml 2>/dev/null)
 
 .PHONY: help venv kafka-jars host-deps-run host-deps-test run test unit integration lint clean \
-        app-wheel lab lab-user infra-test lab-idempotence lab-suite lab-destroy lab-ssh-config
+        app-wheel lab lab-user infra-test lab-idempotence lab-deploy-test lab-suite lab-destroy lab-ssh-config
 
 help: ## this list
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -77,10 +77,13 @@ lab-ssh-config:
 	@mkdir -p .vagrant && vagrant ssh-config > .vagrant/ssh-config
 
 infra-test: venv lab-ssh-config ## testinfra against both lab machines (hosts from vagrant ssh-config)
-	$(PY) -m pytest -p no:cacheprovider tests/infra --ssh-config=.vagrant/ssh-config -m "not reprovision"
+	$(PY) -m pytest -p no:cacheprovider tests/infra --ssh-config=.vagrant/ssh-config -m "not reprovision and not deploy"
 
 lab-idempotence: venv lab-ssh-config ## re-provision the running lab and prove nothing changed
 	$(PY) -m pytest -p no:cacheprovider tests/infra --ssh-config=.vagrant/ssh-config -m reprovision
+
+lab-deploy-test: venv lab-ssh-config ## fab deploy/rollback/scale under HTTP load: 0 failed requests, no orphans, no lost job
+	$(PY) -m pytest -p no:cacheprovider tests/infra --ssh-config=.vagrant/ssh-config -m deploy
 
 lab-suite: ## make lab, infra tests, idempotence check, destroy (part of make test; SKIP_LAB=1 skips)
 	provision/host/lab-suite.sh

@@ -8,6 +8,8 @@ Hosts: `app` and `sidecar` from `vagrant ssh-config` by default (`make lab` writ
     fab restart [--hard]          graceful (nginx reload, gunicorn HUP, workers finish their job)
     fab scale --web=+1|-1|N       TTIN/TTOU on the gunicorn master
     fab scale --workers=N         job worker processes, at most the jobs topic's partitions
+    fab deploy [--source=DIR]     build, upload, migrate, switch `current`, USR2 reload, health check
+    fab rollback                  back to the previous release, same graceful path
     fab provision [--role=app|sidecar]   run provision/*.sh on the host, as on the lab machines
 
 Errors are one line with the cause and exit non-zero (invoke's Exit).
@@ -16,12 +18,16 @@ from __future__ import annotations
 
 import functools
 import io
+import json
 import os
 import re
 import shlex
 import socket
 import subprocess
+import sys
 import tarfile
+import tempfile
+import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import yaml
@@ -111,9 +117,12 @@ def parse_supervisor_status(text: str) -> List[Tuple[str, str]]:
 
 # -- app-host queries -------------------------------------------------------------------------
 def gunicorn_master_pid(c: Any) -> int:
-    pid = c.sudo("%s pid joblab-web" % SUPERVISORCTL, hide=True).stdout.strip()
-    if not pid.isdigit() or pid == "0":
-        raise Exit("fab: %s: joblab-web is not running (fab status)" % name_of(c))
+    """The current master (supervisor's own child is joblab-gunicorn, which follows upgrades)."""
+    pid = c.sudo("bash -c %s" % shlex.quote('. %s; cat "$GUNICORN_PIDFILE" 2>/dev/null; true' % ENV_FILE),
+                 hide=True).stdout.strip()
+    if not pid.isdigit() or not c.run("kill -0 %s 2>/dev/null || sudo -n kill -0 %s" % (pid, pid),
+                                      hide=True, warn=True).ok:
+        raise Exit("fab: %s: no gunicorn master is running (fab status)" % name_of(c))
     return int(pid)
 
 
@@ -240,6 +249,204 @@ def scale(c, web=None, workers=None):
         c.sudo("%s reread" % SUPERVISORCTL, hide=True)
         c.sudo("%s update joblab-worker" % SUPERVISORCTL, hide=True)
         print("%s: %d job workers (provisioning sets LAB_JOB_WORKERS again on the next run)" % (name_of(c), n))
+
+
+# -- deploy / rollback -------------------------------------------------------------------------
+RELEASES_ROOT = "/opt/joblab"
+KEEP_RELEASES = 5
+
+
+class DeployError(Exception):
+    """A step of a deploy failed; the previous release is restored."""
+
+
+def build_wheel(source: str) -> str:
+    """The app from a working tree, as a wheel in a temp dir (its filename carries the version)."""
+    out = tempfile.mkdtemp(prefix="joblab-wheel-")
+    run = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", out, source],
+                         capture_output=True, text=True)
+    wheels = [f for f in os.listdir(out) if f.startswith("joblab-") and f.endswith(".whl")]
+    if run.returncode != 0 or len(wheels) != 1:
+        raise Exit("fab: building the app from %s failed: %s" % (source, (run.stderr.strip().splitlines() or ["?"])[-1]))
+    return os.path.join(out, wheels[0])
+
+
+def wheel_version(path: str) -> str:
+    return os.path.basename(path).split("-")[1]
+
+
+def release_version(name: str) -> str:
+    """releases/<stamp>-<version> -> version."""
+    return name.split("-", 1)[1] if "-" in name else name
+
+
+def env_value(c: Any, name: str) -> str:
+    return c.sudo("bash -c %s" % shlex.quote('. %s; echo "$%s"' % (ENV_FILE, name)), hide=True).stdout.strip()
+
+
+def list_releases(c: Any) -> Tuple[List[str], Optional[str]]:
+    """Release names, oldest first, and the one `current` points at."""
+    names = c.run("ls -1 %s/releases 2>/dev/null || true" % RELEASES_ROOT, hide=True).stdout.split()
+    return sorted(names), link_target(c, "current")
+
+
+def link_target(c: Any, link: str) -> Optional[str]:
+    """The release a link under /opt/joblab (`current`, `previous`) points at, or None."""
+    target = c.run("readlink %s/%s || true" % (RELEASES_ROOT, link), hide=True).stdout.strip()
+    return os.path.basename(target) if target else None
+
+
+def set_link(c: Any, link: str, name: str) -> None:
+    """Atomic: a new symlink renamed over the old one (readers see the old or the new, never none)."""
+    c.sudo("ln -sfn %s/releases/%s %s/%s.new" % (RELEASES_ROOT, name, RELEASES_ROOT, link), hide=True)
+    c.sudo("mv -T %s/%s.new %s/%s" % (RELEASES_ROOT, link, RELEASES_ROOT, link), hide=True)
+
+
+def switch_current(c: Any, name: str) -> None:
+    """`current` -> name; `previous` -> what was current (rollback's target)."""
+    current = link_target(c, "current")
+    if current and current != name:
+        set_link(c, "previous", current)
+    set_link(c, "current", name)
+
+
+def info_direct(c: Any) -> Dict[str, Any]:
+    """/v1/info straight from gunicorn (not nginx): which version and which master answered."""
+    out = c.run("curl -s -m 3 http://127.0.0.1:8000/v1/info", hide=True, warn=True).stdout
+    try:
+        return json.loads(out)
+    except ValueError:
+        return {}
+
+
+def alive(c: Any, pid: int) -> bool:
+    return c.sudo("kill -0 %d" % pid, hide=True, warn=True).ok
+
+
+def reload_code(c: Any, version: str, timeout: int = 90) -> None:
+    """preload_app is on, so HUP would keep the old code: USR2 starts a new master (it writes
+    <pidfile>.2) that imports the release `current` points at; once its workers answer with
+    `version`, TERM retires the old master gracefully (its workers finish their requests; the
+    listening socket stays open in the new master, so no connection is refused). The new master
+    then promotes itself and renames <pidfile>.2 to <pidfile>."""
+    pidfile = env_value(c, "GUNICORN_PIDFILE")
+    old = gunicorn_master_pid(c)
+    workers = gunicorn_worker_count(c, old)
+    c.sudo("kill -USR2 %d" % old, hide=True)
+    started = time.monotonic()
+    new = None
+    while True:
+        time.sleep(0.5)
+        pid = c.sudo("cat %s.2 2>/dev/null || true" % pidfile, hide=True).stdout.strip()
+        if pid.isdigit() and alive(c, int(pid)):
+            new = int(pid)
+            info = info_direct(c)
+            if info.get("ppid") == new and info.get("version") == version:
+                break
+        elif time.monotonic() - started > 10 and gunicorn_worker_count(c, old) <= workers:
+            # No pidfile.2 and no extra child of the old master: the new one died importing the app.
+            raise DeployError("the new gunicorn master exited at start (see fab logs)")
+        if time.monotonic() - started > timeout:
+            if new is not None and alive(c, new):
+                c.sudo("kill -TERM %d" % new, hide=True, warn=True)
+            raise DeployError("no gunicorn master serving %s within %d s" % (version, timeout))
+    c.sudo("kill -TERM %d" % old, hide=True)
+    for _ in range(2 * 45):
+        time.sleep(0.5)
+        if not alive(c, old) and c.sudo("cat %s 2>/dev/null || true" % pidfile, hide=True).stdout.strip() == str(new):
+            return
+    raise DeployError("the old gunicorn master %d did not hand over within 45 s" % old)
+
+
+def restart_job_workers(c: Any) -> None:
+    # One TERM each: a worker finishes its current job, then starts again on the new release.
+    c.sudo("%s restart 'joblab-worker:*'" % SUPERVISORCTL, hide=True)
+
+
+def check_health(c: Any, version: str, seconds: int = 30) -> None:
+    """Through nginx, as clients see it: /readyz 200 and /v1/info reporting ``version``."""
+    last = ""
+    for _ in range(seconds * 2):
+        ready = c.run("curl -s -o /dev/null -w '%{http_code}' -m 3 http://127.0.0.1/readyz", hide=True, warn=True)
+        info = c.run("curl -s -m 3 http://127.0.0.1/v1/info", hide=True, warn=True).stdout
+        served = (json.loads(info) if info.strip().startswith("{") else {}).get("version")
+        if ready.stdout.strip() == "200" and served == version:
+            return
+        last = "readyz %s, version %s" % (ready.stdout.strip() or "no answer", served)
+        time.sleep(0.5)
+    raise DeployError("health check failed (%s; wanted %s)" % (last, version))
+
+
+def activate(c: Any, name: str) -> None:
+    """Make release ``name`` the one served: switch, reload gunicorn, restart workers, check."""
+    version = release_version(name)
+    switch_current(c, name)
+    if info_direct(c).get("version") != version:
+        reload_code(c, version)
+    restart_job_workers(c)
+    check_health(c, version)
+
+
+@task(hosts=["app"], optional=["source"])
+@one_line_errors
+def deploy(c, source=ROOT, keep=KEEP_RELEASES):
+    """Build the app from a working tree (--source, default this one), install it as a new release,
+    migrate, switch `current`, reload gracefully; on failure restore the previous release."""
+    started = time.monotonic()
+    wheel = build_wheel(source)
+    version = wheel_version(wheel)
+    names, previous = list_releases(c)
+    if previous is None:
+        raise Exit("fab: %s: no current release (provision the host first: fab provision)" % name_of(c))
+    name = "%s-%s" % (time.strftime("%Y%m%d%H%M%S", time.gmtime()), version)
+    rel = "%s/releases/%s" % (RELEASES_ROOT, name)
+    pip = "%s/bin/python -m pip install -q --disable-pip-version-check --root-user-action=ignore" % (
+        env_value(c, "JOBLAB_ENV_PREFIX"))
+    remote_wheel = "/var/tmp/" + os.path.basename(wheel)
+    c.put(wheel, remote_wheel)
+    try:
+        c.sudo("%s --no-deps --target %s/site %s" % (pip, rel, remote_wheel), hide=True)
+        c.sudo("%s --prefer-binary %s" % (pip, remote_wheel), hide=True)  # the release's dependencies
+        # Migrations run with the new code before anything serves it (they must suit both versions);
+        # they import the app, so a release that cannot even import stops here.
+        c.sudo("-u joblab env JOBLAB_RELEASE_SITE=%s/site /usr/local/bin/joblab-exec flask --app app db upgrade"
+               % rel, hide=True)
+    except UnexpectedExit as exc:
+        c.sudo("rm -rf %s" % rel, hide=True, warn=True)
+        last = ((exc.result.stderr or exc.result.stdout).strip().splitlines() or ["no output"])[-1]
+        raise Exit("fab: %s: deploy of %s failed before the switch: %s; still serving %s"
+                   % (name_of(c), version, last, previous))
+    before_previous = link_target(c, "previous")
+    try:
+        activate(c, name)
+    except (DeployError, UnexpectedExit) as exc:
+        reason = str(exc).splitlines()[0] if isinstance(exc, DeployError) else "`%s` failed" % exc.result.command
+        activate(c, previous)
+        if before_previous:
+            set_link(c, "previous", before_previous)
+        c.sudo("rm -rf %s" % rel, hide=True, warn=True)
+        raise Exit("fab: %s: deploy of %s failed: %s; rolled back to %s" % (name_of(c), version, reason, previous))
+    # Keep the newest `keep` releases, and always the one just replaced (rollback's target).
+    for old in sorted(names + [name])[: -int(keep)]:
+        if old not in (name, previous):
+            c.sudo("rm -rf %s/releases/%s" % (RELEASES_ROOT, old), hide=True)
+    print("%s: deployed %s (release %s) in %.0f s" % (name_of(c), version, name, time.monotonic() - started))
+
+
+@task(hosts=["app"])
+@one_line_errors
+def rollback(c):
+    """Serve the release that was current before the last deploy (or rollback) again."""
+    names, current = list_releases(c)
+    target = link_target(c, "previous")
+    if target is None or target not in names or target == current:
+        raise Exit("fab: %s: no previous release to roll back to (current: %s)" % (name_of(c), current))
+    try:
+        activate(c, target)
+    except DeployError as exc:
+        activate(c, current)
+        raise Exit("fab: %s: rollback to %s failed: %s; still on %s" % (name_of(c), target, exc, current))
+    print("%s: rolled back from %s to %s" % (name_of(c), current, target))
 
 
 def _source_tarball(role: str) -> bytes:

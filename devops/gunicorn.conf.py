@@ -47,6 +47,9 @@ accesslog = _env("GUNICORN_ACCESSLOG", "-")
 errorlog = _env("GUNICORN_ERRORLOG", "-")
 loglevel = _env("GUNICORN_LOGLEVEL", "info")
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms "%({x-forwarded-for}i)s"'
+# Where the master writes its pid: needed for USR2 upgrades (gunicorn renames it *.oldbin for the
+# old master) and read by joblab-gunicorn and fab. Unset for `make run`.
+pidfile = _env("GUNICORN_PIDFILE", None)
 # The name `ps` shows, which `fab status` and the scale task look for.
 proc_name = _env("GUNICORN_PROC_NAME", "joblab-gunicorn")
 # Trust X-Forwarded-* only from nginx on the same host.

@@ -33,6 +33,7 @@ APP_HOME=/var/lib/joblab
 PY="$LAB_ENV_PREFIX/bin/python"
 # sha256 of the wheel last installed into the env.
 WHEEL_STAMP="$LAB_ENV_PREFIX/.joblab-wheel.sha256"
+RELEASES_ROOT=/opt/joblab
 SECRETS="$LAB_ETC/secrets"
 ENV_FILE="$LAB_ETC/joblab.env"
 SUPERVISORCTL=(/usr/local/envs/supervisor/bin/supervisorctl -c /etc/supervisord.conf)
@@ -73,6 +74,27 @@ install_app_wheel() {
     # Same version number, new build: replace the app's own files too.
     "${pip[@]}" --no-deps --force-reinstall "$whl" || die "pip install $whl failed"
     echo "$sha" >"$WHEEL_STAMP"
+}
+
+# The app's code runs from a release directory (/opt/joblab/current -> releases/<stamp>-<version>),
+# the layout `fab deploy` and `fab rollback` switch between. Provisioning makes a release from the
+# cached wheel when there is none yet or when that wheel changed; otherwise it leaves `current`
+# alone (it may be a newer deploy). Returns 0 when it switched `current`.
+install_release() {
+    local wheel_changed="$1" whl version rel
+    if [[ -L "$RELEASES_ROOT/current" && "$wheel_changed" -eq 0 ]]; then
+        return 1
+    fi
+    whl="$(compgen -G "$LAB_ARTIFACTS/app/joblab-*.whl")"
+    version="$(basename "$whl" | cut -d- -f2)"
+    rel="$RELEASES_ROOT/releases/$(date -u +%Y%m%d%H%M%S)-$version"
+    ensure_dir "$RELEASES_ROOT" 755 root:root
+    ensure_dir "$RELEASES_ROOT/releases" 755 root:root
+    "$PY" -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
+        --no-deps --target "$rel/site" "$whl" || die "pip install --target $rel/site failed"
+    ln -sfn "$rel" "$RELEASES_ROOT/current.new"
+    mv -T "$RELEASES_ROOT/current.new" "$RELEASES_ROOT/current"
+    say "release $(basename "$rel") is current"
 }
 
 # The SQLAlchemy URL of the results store, password URL-encoded (read from the file, never in argv).
@@ -124,8 +146,11 @@ check_settings
 
 changed=0
 ensure_system_user "$LAB_APP_USER" "$APP_HOME"
-install_app_wheel && changed=1
+wheel_changed=0
+install_app_wheel && wheel_changed=1
+install_release "$wheel_changed" && changed=1
 install_file "$DEVOPS/joblab-exec" /usr/local/bin/joblab-exec 755 root:root || true
+install_file "$DEVOPS/joblab-gunicorn" /usr/local/bin/joblab-gunicorn 755 root:root || true
 
 ensure_dir "$LAB_ETC" 755 root:root
 install_file "$DEVOPS/gunicorn.conf.py" "$LAB_ETC/gunicorn.conf.py" 644 root:root && changed=1

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The lab end to end, as `make test` runs it: make lab -> testinfra -> idempotence (vagrant
-# provision changes nothing) -> destroy. Skipped (exit 0, one line) with SKIP_LAB=1, or when the
+# provision changes nothing) -> fab deploy/rollback/scale under load -> destroy. Skipped (exit 0, one line) with SKIP_LAB=1, or when the
 # docker provider is chosen and no Docker engine can run on this machine.
 set -euo pipefail
 
@@ -29,4 +29,7 @@ t1=$SECONDS
 t2=$SECONDS
 "$MAKE" --no-print-directory lab-idempotence
 t3=$SECONDS
-echo "lab suite: make lab $((t1 - t0)) s, infra tests $((t2 - t1)) s, re-provision check $((t3 - t2)) s"
+"$MAKE" --no-print-directory lab-deploy-test
+t4=$SECONDS
+echo "lab suite: make lab $((t1 - t0)) s, infra tests $((t2 - t1)) s, re-provision check $((t3 - t2)) s," \
+    "deploy/rollback/scale under load $((t4 - t3)) s"

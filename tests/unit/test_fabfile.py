@@ -62,7 +62,7 @@ def test_parse_supervisor_status():
 
 
 def test_scale_web_signals_the_master_and_waits_for_the_count():
-    c = Recorder({"seq 60": "3\n", "pid joblab-web": "4242\n", "pgrep -c -P 4242 || true": "2\n"})
+    c = Recorder({"seq 60": "3\n", "GUNICORN_PIDFILE": "4242\n", "pgrep -c -P 4242 || true": "2\n"})
     fabfile.scale.body(c, web="+1")
     assert "kill -TTIN 4242" in c.commands
 
@@ -88,7 +88,7 @@ def test_unreachable_host_is_one_line():
 
 
 def test_restart_is_graceful_by_default():
-    c = Recorder({"test -x": "app\n", "pid joblab-web": "77\n"})
+    c = Recorder({"test -x": "app\n", "GUNICORN_PIDFILE": "77\n"})
     fabfile.restart.body(c)
     assert "nginx -t" in c.commands and "service nginx reload" in c.commands and "kill -HUP 77" in c.commands
     assert not any("KILL" in cmd for cmd in c.commands)
@@ -100,3 +100,37 @@ def test_source_tarball_ships_the_tree_and_the_roles_artifacts():
         names = tar.getnames()
     assert "provision/kafka.sh" in names and "provision/lib/common.sh" in names and "lab.yml" in names
     assert not any(n.startswith(".cache/artifacts/app") for n in names)
+
+
+def test_release_and_wheel_versions():
+    assert fabfile.release_version("20261124002302-0.1.0+deploy1") == "0.1.0+deploy1"
+    assert fabfile.wheel_version("/tmp/x/joblab-0.1.1-py3-none-any.whl") == "0.1.1"
+
+
+def test_build_wheel_from_a_tree_carries_its_version():
+    import re
+
+    with open(fabfile.os.path.join(fabfile.ROOT, "pyproject.toml")) as fh:
+        declared = re.search(r'^version = "([^"]+)"', fh.read(), re.M).group(1)
+    assert fabfile.wheel_version(fabfile.build_wheel(fabfile.ROOT)) == declared
+
+
+def test_rollback_needs_a_previous_release():
+    c = Recorder({"ls -1": "20260101000000-0.1.0\n", "readlink /opt/joblab/current": "/opt/joblab/releases/20260101000000-0.1.0\n"})
+    with pytest.raises(Exit, match="no previous release"):
+        fabfile.rollback.body(c)
+
+
+def test_switch_remembers_the_release_it_replaces():
+    c = Recorder({"readlink /opt/joblab/current": "/opt/joblab/releases/A-0.1.0\n"})
+    fabfile.switch_current(c, "B-0.1.1")
+    links = [cmd for cmd in c.commands if cmd.startswith(("ln -sfn", "mv -T"))]
+    assert links == [
+        "ln -sfn /opt/joblab/releases/A-0.1.0 /opt/joblab/previous.new", "mv -T /opt/joblab/previous.new /opt/joblab/previous",
+        "ln -sfn /opt/joblab/releases/B-0.1.1 /opt/joblab/current.new", "mv -T /opt/joblab/current.new /opt/joblab/current",
+    ]
+
+
+def test_a_failed_build_is_one_line(tmp_path):
+    with pytest.raises(Exit, match="building the app from"):
+        fabfile.build_wheel(str(tmp_path))

@@ -1,0 +1,194 @@
+"""fab deploy / rollback / scale against the running lab, under steady HTTP load through nginx
+(127.0.0.1:$LAB_HTTP_PORT): no failed request, the new version served, no orphaned gunicorn,
+no job lost. The tests run in order: each starts from the state the previous one left."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+import testinfra
+
+from tests.infra.conftest import LAB, ROOT
+
+FAB = os.path.join(os.path.dirname(sys.executable), "fab")
+BASE = "http://127.0.0.1:%s" % (os.environ.get("LAB_HTTP_PORT") or LAB["machines"]["app"]["forwarded_ports"][0]["host"])
+pytestmark = pytest.mark.deploy
+
+
+@pytest.fixture(scope="module")
+def token():
+    out = subprocess.run([os.path.join(ROOT, "provision", "host", "lab-user.sh"), "load"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    return out.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="module")
+def app_host(request):
+    return testinfra.get_host("ssh://app", ssh_config=request.config.option.ssh_config)
+
+
+def source_tree(tmp_path, version, patch=None):
+    """The committed tree with another version number (and optionally a change to the app)."""
+    dest = tmp_path / ("src-" + version.replace("+", "-"))
+    dest.mkdir()
+    archive = subprocess.run(["git", "archive", "--format=tar", "HEAD"], cwd=ROOT, capture_output=True, check=True)
+    tar_path = dest / "tree.tar"
+    tar_path.write_bytes(archive.stdout)
+    with tarfile.open(tar_path) as tar:
+        tar.extractall(dest)
+    tar_path.unlink()
+    pyproject = dest / "pyproject.toml"
+    pyproject.write_text(pyproject.read_text().replace('version = "0.1.0"', 'version = "%s"' % version, 1))
+    if patch:
+        patch(dest)
+    return str(dest)
+
+
+def call(method, path, token, body=None, timeout=10):
+    req = urllib.request.Request(BASE + path, method=method, data=None if body is None else json.dumps(body).encode(),
+                                 headers={"Authorization": "Bearer " + token, "Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return resp.status, json.loads(resp.read())
+
+
+class Load:
+    """Threads mixing POST /v1/jobs and GET /v1/jobs/<id> until stopped (at most 300 s)."""
+
+    def __init__(self, token, threads=4):
+        self.token, self.stop_at = token, time.monotonic() + 300
+        self.ok = 0
+        self.failures = []
+        self.job_ids = []
+        self.lock = threading.Lock()
+        self.running = True
+        self.threads = [threading.Thread(target=self.loop, daemon=True) for _ in range(threads)]
+
+    def loop(self):
+        last = None
+        while self.running and time.monotonic() < self.stop_at:
+            try:
+                if last is None:
+                    status, body = call("POST", "/v1/jobs", self.token, {"type": "sum", "args": {"numbers": [1, 2]}})
+                    ok = status == 202
+                    last = body.get("id")
+                    with self.lock:
+                        self.job_ids.append(last)
+                else:
+                    status, _ = call("GET", "/v1/jobs/" + last, self.token)
+                    ok, last = status == 200, None
+            except (urllib.error.URLError, OSError, ValueError) as exc:
+                ok, status, last = False, repr(exc), None
+            with self.lock:
+                if ok:
+                    self.ok += 1
+                else:
+                    self.failures.append(status)
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        time.sleep(1)
+        return self
+
+    def __exit__(self, *exc):
+        time.sleep(1)
+        self.running = False
+        for t in self.threads:
+            t.join(30)
+
+
+def fab(*args):
+    return subprocess.run([FAB, *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def served_version(token):
+    return call("GET", "/v1/info", token)[1]["version"]
+
+
+def assert_no_orphans(app_host):
+    """One supervised wrapper, one master (the pidfile's), its workers; nothing else named gunicorn."""
+    pidfile = app_host.run("sudo cat /var/lib/joblab/gunicorn.pid").stdout.strip()
+    procs = [p for p in app_host.process.filter(user="joblab") if "gunicorn" in p.args]
+    masters = [p for p in procs if "joblab-gunicorn" not in p.args and all(q.pid != p.ppid for q in procs
+                                                                         if "joblab-gunicorn" not in q.args)]
+    assert [str(p.pid) for p in masters] == [pidfile], [(p.pid, p.ppid, p.args) for p in procs]
+    workers = [p for p in procs if str(p.ppid) == pidfile]
+    assert len(procs) == 1 + 1 + len(workers)  # wrapper + master + workers
+
+
+def assert_jobs_done(load, token):
+    deadline = time.monotonic() + 120
+    pending = [j for j in load.job_ids if j]
+    while pending and time.monotonic() < deadline:
+        pending = [j for j in pending if call("GET", "/v1/jobs/" + j, token)[1]["status"] != "succeeded"]
+        time.sleep(0.5)
+    assert pending == [], "%d of %d jobs not succeeded" % (len(pending), len(load.job_ids))
+
+
+SEEN = {}  # what earlier tests in this module observed
+
+
+def test_deploy_under_load(tmp_path, token, app_host):
+    before = SEEN["before"] = served_version(token)
+    new = "0.1.0+deploy%d" % time.time()
+    src = source_tree(tmp_path, new)
+    with Load(token) as load:
+        run = fab("deploy", "--source=" + src)
+    assert run.returncode == 0, run.stdout + run.stderr
+    print("deploy: %s; requests ok=%d failed=%d" % (run.stdout.strip(), load.ok, len(load.failures)))
+    assert load.failures == [] and load.ok > 20
+    assert before != new and served_version(token) == new
+    assert_no_orphans(app_host)
+    assert_jobs_done(load, token)
+
+
+def test_rollback_under_load(token, app_host):
+    with Load(token) as load:
+        run = fab("rollback")
+    assert run.returncode == 0, run.stdout + run.stderr
+    print("rollback: %s; requests ok=%d failed=%d" % (run.stdout.strip(), load.ok, len(load.failures)))
+    assert load.failures == [] and served_version(token) == SEEN["before"]
+    assert_no_orphans(app_host)
+    assert_jobs_done(load, token)
+
+
+def test_scale_under_load(token, app_host):
+    with Load(token) as load:
+        up, down = fab("scale", "--web=+1"), fab("scale", "--web=-1")
+    assert up.returncode == 0 and down.returncode == 0, up.stderr + down.stderr
+    print("scale: requests ok=%d failed=%d" % (load.ok, len(load.failures)))
+    assert load.failures == []
+    assert_no_orphans(app_host)
+
+
+def test_a_release_failing_its_health_check_is_rolled_back(tmp_path, token, app_host):
+    def never_ready(dest):
+        health = dest / "app" / "api" / "health.py"
+        health.write_text(health.read_text().replace('    failed = sorted(', '    checks["drill"] = "broken release"\n    failed = sorted(', 1))
+
+    src = source_tree(tmp_path, "0.1.0+broken", never_ready)
+    with Load(token) as load:
+        run = fab("deploy", "--source=" + src)
+    assert run.returncode != 0 and "rolled back to" in run.stderr and len(run.stderr.strip().splitlines()) == 1
+    assert load.failures == [] and served_version(token) == SEEN["before"]
+    assert_no_orphans(app_host)
+
+
+def test_a_release_that_cannot_start_never_serves(tmp_path, token):
+    def crash(dest):
+        init = dest / "app" / "__init__.py"
+        init.write_text(init.read_text() + '\nraise RuntimeError("this release cannot start")\n')
+
+    src = source_tree(tmp_path, "0.1.0+crash", crash)
+    with Load(token) as load:
+        run = fab("deploy", "--source=" + src)
+    assert run.returncode != 0 and "cannot start" in run.stderr
+    assert load.failures == [] and served_version(token) == SEEN["before"]
