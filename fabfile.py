@@ -12,157 +12,27 @@ Hosts: `app` and `sidecar` from `vagrant ssh-config` by default (`make lab` writ
     fab rollback                  back to the previous release, same graceful path
     fab provision [--role=app|sidecar]   run provision/*.sh on the host, as on the lab machines
 
-Errors are one line with the cause and exit non-zero (invoke's Exit).
+Errors are one line with the cause and exit non-zero (invoke's Exit). Helpers: the fablib package.
 """
 from __future__ import annotations
 
-import functools
 import io
-import json
 import os
-import re
 import shlex
-import socket
-import subprocess
-import sys
-import tarfile
-import tempfile
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple
 
-import yaml
 from fabric import task
 from invoke.exceptions import Exit, UnexpectedExit
-from paramiko.ssh_exception import AuthenticationException, SSHException
 
-ROOT = os.path.dirname(os.path.abspath(__file__))
-LAB_HOSTS = ["app", "sidecar"]
-ENV_FILE = "/etc/joblab/joblab.env"
-SUPERVISORCTL = "supervisorctl -c /etc/supervisord.conf"
-LOGS = {
-    "app": ["/var/log/nginx/access.log", "/var/log/nginx/error.log", "/var/log/joblab/web-error.log",
-            "/var/log/joblab/joblab-worker-*.log", "/var/log/supervisor/supervisord.log"],
-    "sidecar": ["/var/log/kafka/server.log", "/var/log/postgresql/postgresql-*-main.log"],
-}
+from fablib import REPO_ROOT as ROOT
+from fablib.releases import (KEEP_RELEASES, RELEASES_ROOT, DeployError, activate, build_wheel, link_target,
+                             list_releases, set_link, wheel_version)
+from fablib.remote import (ENV_FILE, LAB_HOSTS, LOGS, SUPERVISORCTL, capped_workers, consumer_lag,
+                           env_value, gunicorn_master_pid, gunicorn_worker_count, http_get, lab_settings,
+                           name_of, one_line_errors, parse_supervisor_status, role_of,
+                           wait_for_worker_count, web_scale_signals)
+from fablib.shipping import source_tarball
 
-
-def lab_settings() -> Dict[str, Any]:
-    with open(os.path.join(ROOT, "lab.yml")) as fh:
-        return yaml.safe_load(fh)
-
-
-def one_line_errors(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn SSH and remote-command failures into one line naming the host and the cause."""
-
-    @functools.wraps(func)
-    def wrapper(c: Any, *args: Any, **kwargs: Any) -> Any:
-        host = name_of(c) if hasattr(c, "host") else "?"
-        try:
-            return func(c, *args, **kwargs)
-        except Exit:
-            raise
-        except (socket.error, socket.timeout, SSHException) as exc:
-            kind = "authentication failed" if isinstance(exc, AuthenticationException) else "unreachable"
-            raise Exit("fab: %s: %s (%s)" % (host, kind, exc), code=2) from None
-        except UnexpectedExit as exc:
-            res = exc.result
-            first = (res.stderr or res.stdout or "").strip().splitlines()[-1:] or ["no output"]
-            if "a password is required" in first[0] or "no tty present" in first[0]:
-                raise Exit("fab: %s: sudo needs a password (use --prompt-for-sudo-password)" % host, code=2)
-            raise Exit("fab: %s: `%s` failed (exit %s): %s" % (host, res.command, res.exited, first[0]),
-                       code=1) from None
-
-    return wrapper
-
-
-def role_of(c: Any) -> str:
-    """app or sidecar, from what is installed there (works for any host, not only the lab's)."""
-    probe = c.run("test -x /etc/init.d/supervisord && echo app; test -x /etc/init.d/kafka && echo sidecar; true",
-                  hide=True, warn=True).stdout.split()
-    if not probe:
-        raise Exit("fab: %s: neither joblab app nor sidecar is provisioned there (fab provision)" % name_of(c))
-    return probe[0]
-
-
-# -- pure helpers (unit-tested) -------------------------------------------------------------
-def web_scale_signals(spec: str, current: int) -> Tuple[str, int]:
-    """`--web` spec (+N, -N or N) -> (signal, how many times) for the gunicorn master."""
-    m = re.fullmatch(r"([+-]?)(\d+)", spec.strip())
-    if not m:
-        raise Exit("fab: --web takes +N, -N or N, not %r" % spec)
-    sign, n = m.group(1), int(m.group(2))
-    target = current + n if sign == "+" else current - n if sign == "-" else n
-    if target < 1:
-        raise Exit("fab: --web would leave %d gunicorn workers; at least 1 is needed" % target)
-    delta = target - current
-    return ("TTIN" if delta > 0 else "TTOU"), abs(delta)
-
-
-def capped_workers(wanted: int, partitions: int) -> Tuple[int, bool]:
-    """More job workers than partitions would idle: cap at the partition count."""
-    if wanted < 1:
-        raise Exit("fab: --workers must be at least 1")
-    return (partitions, True) if wanted > partitions else (wanted, False)
-
-
-def parse_supervisor_status(text: str) -> List[Tuple[str, str]]:
-    """`supervisorctl status` -> [(program, state)]."""
-    out = []
-    for line in text.splitlines():
-        parts = line.split()
-        if len(parts) >= 2:
-            out.append((parts[0], parts[1]))
-    return out
-
-
-# -- app-host queries -------------------------------------------------------------------------
-def gunicorn_master_pid(c: Any) -> int:
-    """The current master (supervisor's own child is joblab-gunicorn, which follows upgrades)."""
-    pid = c.sudo("bash -c %s" % shlex.quote('. %s; cat "$GUNICORN_PIDFILE" 2>/dev/null; true' % ENV_FILE),
-                 hide=True).stdout.strip()
-    if not pid.isdigit() or not c.run("kill -0 %s 2>/dev/null || sudo -n kill -0 %s" % (pid, pid),
-                                      hide=True, warn=True).ok:
-        raise Exit("fab: %s: no gunicorn master is running (fab status)" % name_of(c))
-    return int(pid)
-
-
-def gunicorn_worker_count(c: Any, master: int) -> int:
-    return int(c.run("pgrep -c -P %d || true" % master, hide=True).stdout.strip() or 0)
-
-
-def wait_for_worker_count(c: Any, master: int, target: int, seconds: int = 30) -> int:
-    """TTIN/TTOU act asynchronously (a TTOU'd worker first finishes its requests): wait, bounded."""
-    script = ("for i in $(seq %d); do n=$(pgrep -c -P %d || true); [ \"$n\" = %d ] && break; sleep 0.5; done; "
-              "pgrep -c -P %d || true") % (seconds * 2, master, target, master)
-    return int(c.run("bash -c %s" % shlex.quote(script), hide=True).stdout.strip() or 0)
-
-
-def http_get(c: Any, path: str) -> str:
-    body = c.run("curl -s -m 5 -w '\\n%%{http_code}' http://127.0.0.1%s" % path, hide=True, warn=True).stdout
-    text, _, code = body.strip().rpartition("\n")
-    return "HTTP %s %s" % (code, text.strip())
-
-
-def name_of(c: Any) -> str:
-    """The host as the user named it (`app`), not what ssh_config resolved it to (127.0.0.1)."""
-    return getattr(c, "original_host", None) or c.host
-
-
-def consumer_lag(c: Any) -> str:
-    """Messages of the jobs topic not yet committed by group `workers`, asked with the app's env."""
-    script = (
-        "import os; from kafka import KafkaConsumer; from kafka.structs import TopicPartition as T;"
-        "p=os.environ.get('JOBLAB_KAFKA_TOPIC_PREFIX','');g=os.environ.get('JOBLAB_KAFKA_GROUP','workers');"
-        "c=KafkaConsumer(bootstrap_servers=os.environ['JOBLAB_KAFKA_BOOTSTRAP'].split(','),group_id=g,"
-        "enable_auto_commit=False);ps=[T(p+'jobs',i) for i in sorted(c.partitions_for_topic(p+'jobs') or [])];"
-        "e=c.end_offsets(ps);print(sum(e[t]-(c.committed(t) or 0) for t in ps));c.close(autocommit=False)"
-    )
-    res = c.sudo("-u joblab /usr/local/bin/joblab-exec python -c %s" % shlex.quote(script), hide=True, warn=True)
-    return res.stdout.strip().splitlines()[-1] if res.ok and res.stdout.strip() else "unknown (%s)" % (
-        (res.stderr.strip().splitlines() or ["no answer"])[-1])
-
-
-# -- tasks ------------------------------------------------------------------------------------
 @task(hosts=LAB_HOSTS)
 @one_line_errors
 def status(c):
@@ -183,6 +53,8 @@ def status(c):
         print("  program %-28s %s" % (name, state))
     master = gunicorn_master_pid(c)
     print("  gunicorn master %d, %d workers" % (master, gunicorn_worker_count(c, master)))
+    names, current = list_releases(c)
+    print("  release   %s (previous: %s; %d kept)" % (current, link_target(c, "previous"), len(names)))
     print("  /v1/info  %s" % http_get(c, "/v1/info"))
     print("  /readyz   %s" % http_get(c, "/readyz"))
     print("  consumer group workers, lag on jobs: %s" % consumer_lag(c))
@@ -251,142 +123,6 @@ def scale(c, web=None, workers=None):
         print("%s: %d job workers (provisioning sets LAB_JOB_WORKERS again on the next run)" % (name_of(c), n))
 
 
-# -- deploy / rollback -------------------------------------------------------------------------
-RELEASES_ROOT = "/opt/joblab"
-KEEP_RELEASES = 5
-
-
-class DeployError(Exception):
-    """A step of a deploy failed; the previous release is restored."""
-
-
-def build_wheel(source: str) -> str:
-    """The app from a working tree, as a wheel in a temp dir (its filename carries the version)."""
-    out = tempfile.mkdtemp(prefix="joblab-wheel-")
-    run = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", out, source],
-                         capture_output=True, text=True)
-    wheels = [f for f in os.listdir(out) if f.startswith("joblab-") and f.endswith(".whl")]
-    if run.returncode != 0 or len(wheels) != 1:
-        raise Exit("fab: building the app from %s failed: %s" % (source, (run.stderr.strip().splitlines() or ["?"])[-1]))
-    return os.path.join(out, wheels[0])
-
-
-def wheel_version(path: str) -> str:
-    return os.path.basename(path).split("-")[1]
-
-
-def release_version(name: str) -> str:
-    """releases/<stamp>-<version> -> version."""
-    return name.split("-", 1)[1] if "-" in name else name
-
-
-def env_value(c: Any, name: str) -> str:
-    return c.sudo("bash -c %s" % shlex.quote('. %s; echo "$%s"' % (ENV_FILE, name)), hide=True).stdout.strip()
-
-
-def list_releases(c: Any) -> Tuple[List[str], Optional[str]]:
-    """Release names, oldest first, and the one `current` points at."""
-    names = c.run("ls -1 %s/releases 2>/dev/null || true" % RELEASES_ROOT, hide=True).stdout.split()
-    return sorted(names), link_target(c, "current")
-
-
-def link_target(c: Any, link: str) -> Optional[str]:
-    """The release a link under /opt/joblab (`current`, `previous`) points at, or None."""
-    target = c.run("readlink %s/%s || true" % (RELEASES_ROOT, link), hide=True).stdout.strip()
-    return os.path.basename(target) if target else None
-
-
-def set_link(c: Any, link: str, name: str) -> None:
-    """Atomic: a new symlink renamed over the old one (readers see the old or the new, never none)."""
-    c.sudo("ln -sfn %s/releases/%s %s/%s.new" % (RELEASES_ROOT, name, RELEASES_ROOT, link), hide=True)
-    c.sudo("mv -T %s/%s.new %s/%s" % (RELEASES_ROOT, link, RELEASES_ROOT, link), hide=True)
-
-
-def switch_current(c: Any, name: str) -> None:
-    """`current` -> name; `previous` -> what was current (rollback's target)."""
-    current = link_target(c, "current")
-    if current and current != name:
-        set_link(c, "previous", current)
-    set_link(c, "current", name)
-
-
-def info_direct(c: Any) -> Dict[str, Any]:
-    """/v1/info straight from gunicorn (not nginx): which version and which master answered."""
-    out = c.run("curl -s -m 3 http://127.0.0.1:8000/v1/info", hide=True, warn=True).stdout
-    try:
-        return json.loads(out)
-    except ValueError:
-        return {}
-
-
-def alive(c: Any, pid: int) -> bool:
-    return c.sudo("kill -0 %d" % pid, hide=True, warn=True).ok
-
-
-def reload_code(c: Any, version: str, timeout: int = 90) -> None:
-    """preload_app is on, so HUP would keep the old code: USR2 starts a new master (it writes
-    <pidfile>.2) that imports the release `current` points at; once its workers answer with
-    `version`, TERM retires the old master gracefully (its workers finish their requests; the
-    listening socket stays open in the new master, so no connection is refused). The new master
-    then promotes itself and renames <pidfile>.2 to <pidfile>."""
-    pidfile = env_value(c, "GUNICORN_PIDFILE")
-    old = gunicorn_master_pid(c)
-    workers = gunicorn_worker_count(c, old)
-    c.sudo("kill -USR2 %d" % old, hide=True)
-    started = time.monotonic()
-    new = None
-    while True:
-        time.sleep(0.5)
-        pid = c.sudo("cat %s.2 2>/dev/null || true" % pidfile, hide=True).stdout.strip()
-        if pid.isdigit() and alive(c, int(pid)):
-            new = int(pid)
-            info = info_direct(c)
-            if info.get("ppid") == new and info.get("version") == version:
-                break
-        elif time.monotonic() - started > 10 and gunicorn_worker_count(c, old) <= workers:
-            # No pidfile.2 and no extra child of the old master: the new one died importing the app.
-            raise DeployError("the new gunicorn master exited at start (see fab logs)")
-        if time.monotonic() - started > timeout:
-            if new is not None and alive(c, new):
-                c.sudo("kill -TERM %d" % new, hide=True, warn=True)
-            raise DeployError("no gunicorn master serving %s within %d s" % (version, timeout))
-    c.sudo("kill -TERM %d" % old, hide=True)
-    for _ in range(2 * 45):
-        time.sleep(0.5)
-        if not alive(c, old) and c.sudo("cat %s 2>/dev/null || true" % pidfile, hide=True).stdout.strip() == str(new):
-            return
-    raise DeployError("the old gunicorn master %d did not hand over within 45 s" % old)
-
-
-def restart_job_workers(c: Any) -> None:
-    # One TERM each: a worker finishes its current job, then starts again on the new release.
-    c.sudo("%s restart 'joblab-worker:*'" % SUPERVISORCTL, hide=True)
-
-
-def check_health(c: Any, version: str, seconds: int = 30) -> None:
-    """Through nginx, as clients see it: /readyz 200 and /v1/info reporting ``version``."""
-    last = ""
-    for _ in range(seconds * 2):
-        ready = c.run("curl -s -o /dev/null -w '%{http_code}' -m 3 http://127.0.0.1/readyz", hide=True, warn=True)
-        info = c.run("curl -s -m 3 http://127.0.0.1/v1/info", hide=True, warn=True).stdout
-        served = (json.loads(info) if info.strip().startswith("{") else {}).get("version")
-        if ready.stdout.strip() == "200" and served == version:
-            return
-        last = "readyz %s, version %s" % (ready.stdout.strip() or "no answer", served)
-        time.sleep(0.5)
-    raise DeployError("health check failed (%s; wanted %s)" % (last, version))
-
-
-def activate(c: Any, name: str) -> None:
-    """Make release ``name`` the one served: switch, reload gunicorn, restart workers, check."""
-    version = release_version(name)
-    switch_current(c, name)
-    if info_direct(c).get("version") != version:
-        reload_code(c, version)
-    restart_job_workers(c)
-    check_health(c, version)
-
-
 @task(hosts=["app"], optional=["source"])
 @one_line_errors
 def deploy(c, source=ROOT, keep=KEEP_RELEASES):
@@ -449,24 +185,6 @@ def rollback(c):
     print("%s: rolled back from %s to %s" % (name_of(c), current, target))
 
 
-def _source_tarball(role: str) -> bytes:
-    """The committed tree (git archive HEAD) plus the artifacts this role needs, as a tar.gz."""
-    tree = subprocess.run(["git", "archive", "--format=tar", "HEAD"], cwd=ROOT, check=True,
-                          capture_output=True).stdout
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w:gz") as tar:
-        with tarfile.open(fileobj=io.BytesIO(tree)) as src:
-            for member in src.getmembers():
-                tar.addfile(member, src.extractfile(member) if member.isfile() else None)
-        cache = os.path.join(ROOT, ".cache", "artifacts")
-        wanted = ["ca-certificates"] + (["app", "miniconda"] if role == "app" else ["kafka-3.9.1"])
-        for name in wanted:
-            path = os.path.join(cache, name)
-            if os.path.exists(path):
-                tar.add(path, arcname=os.path.join(".cache", "artifacts", name))
-    return out.getvalue()
-
-
 @task(optional=["role"])
 @one_line_errors
 def provision(c, role=None):
@@ -488,7 +206,7 @@ def provision(c, role=None):
         # folder: copy the sidecar's /etc/joblab/secrets/db-password to the app's LAB_HANDOFF first.
         remote = "/var/tmp/joblab-provision"
         env.update(LAB_HANDOFF="/etc/joblab/handoff")
-        c.put(io.BytesIO(_source_tarball(role)), remote + ".tar.gz")
+        c.put(io.BytesIO(source_tarball(role)), remote + ".tar.gz")
         c.sudo("bash -c %s" % shlex.quote("rm -rf %s && mkdir -p %s && tar -xzf %s.tar.gz -C %s"
                                           % (remote, remote, remote, remote)), hide=True)
     env.update(LAB_ROOT=remote)

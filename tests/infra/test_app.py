@@ -1,7 +1,7 @@
 """The app machine: nginx :80 -> gunicorn 127.0.0.1:8000 + job workers under supervisord."""
 import pytest
 
-from tests.infra.conftest import APP_USER, ENV_PREFIX, machine_ip
+from tests.infra.conftest import APP_USER, machine_ip
 
 testinfra_hosts = ["ssh://app"]
 

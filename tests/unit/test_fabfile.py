@@ -11,6 +11,8 @@ import pytest
 from invoke.exceptions import Exit
 
 import fabfile
+import fablib.releases
+import fablib.shipping
 
 
 class Recorder:
@@ -95,7 +97,7 @@ def test_restart_is_graceful_by_default():
 
 
 def test_source_tarball_ships_the_tree_and_the_roles_artifacts():
-    data = fabfile._source_tarball("sidecar")
+    data = fablib.shipping.source_tarball("sidecar")
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         names = tar.getnames()
     assert "provision/kafka.sh" in names and "provision/lib/common.sh" in names and "lab.yml" in names
@@ -103,7 +105,7 @@ def test_source_tarball_ships_the_tree_and_the_roles_artifacts():
 
 
 def test_release_and_wheel_versions():
-    assert fabfile.release_version("20261124002302-0.1.0+deploy1") == "0.1.0+deploy1"
+    assert fablib.releases.release_version("20261124002302-0.1.0+deploy1") == "0.1.0+deploy1"
     assert fabfile.wheel_version("/tmp/x/joblab-0.1.1-py3-none-any.whl") == "0.1.1"
 
 
@@ -123,7 +125,7 @@ def test_rollback_needs_a_previous_release():
 
 def test_switch_remembers_the_release_it_replaces():
     c = Recorder({"readlink /opt/joblab/current": "/opt/joblab/releases/A-0.1.0\n"})
-    fabfile.switch_current(c, "B-0.1.1")
+    fablib.releases.switch_current(c, "B-0.1.1")
     links = [cmd for cmd in c.commands if cmd.startswith(("ln -sfn", "mv -T"))]
     assert links == [
         "ln -sfn /opt/joblab/releases/A-0.1.0 /opt/joblab/previous.new", "mv -T /opt/joblab/previous.new /opt/joblab/previous",

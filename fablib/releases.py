@@ -1,0 +1,145 @@
+"""Releases on the app host: /opt/joblab/releases/<stamp>-<version>, `current` and `previous`
+links, and the graceful code reload (USR2) that makes a release the one served."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Dict, List, Optional, Tuple
+
+from invoke.exceptions import Exit
+
+from .remote import SUPERVISORCTL, env_value, gunicorn_master_pid, gunicorn_worker_count
+
+RELEASES_ROOT = "/opt/joblab"
+KEEP_RELEASES = 5
+
+
+class DeployError(Exception):
+    """A step of a deploy failed; the previous release is restored."""
+
+
+def build_wheel(source: str) -> str:
+    """The app from a working tree, as a wheel in a temp dir (its filename carries the version)."""
+    out = tempfile.mkdtemp(prefix="joblab-wheel-")
+    run = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", out, source],
+                         capture_output=True, text=True)
+    wheels = [f for f in os.listdir(out) if f.startswith("joblab-") and f.endswith(".whl")]
+    if run.returncode != 0 or len(wheels) != 1:
+        raise Exit("fab: building the app from %s failed: %s" % (source, (run.stderr.strip().splitlines() or ["?"])[-1]))
+    return os.path.join(out, wheels[0])
+
+
+def wheel_version(path: str) -> str:
+    return os.path.basename(path).split("-")[1]
+
+
+def release_version(name: str) -> str:
+    """releases/<stamp>-<version> -> version."""
+    return name.split("-", 1)[1] if "-" in name else name
+
+
+def list_releases(c: Any) -> Tuple[List[str], Optional[str]]:
+    """Release names, oldest first, and the one `current` points at."""
+    names = c.run("ls -1 %s/releases 2>/dev/null || true" % RELEASES_ROOT, hide=True).stdout.split()
+    return sorted(names), link_target(c, "current")
+
+
+def link_target(c: Any, link: str) -> Optional[str]:
+    """The release a link under /opt/joblab (`current`, `previous`) points at, or None."""
+    target = c.run("readlink %s/%s || true" % (RELEASES_ROOT, link), hide=True).stdout.strip()
+    return os.path.basename(target) if target else None
+
+
+def set_link(c: Any, link: str, name: str) -> None:
+    """Atomic: a new symlink renamed over the old one (readers see the old or the new, never none)."""
+    c.sudo("ln -sfn %s/releases/%s %s/%s.new" % (RELEASES_ROOT, name, RELEASES_ROOT, link), hide=True)
+    c.sudo("mv -T %s/%s.new %s/%s" % (RELEASES_ROOT, link, RELEASES_ROOT, link), hide=True)
+
+
+def switch_current(c: Any, name: str) -> None:
+    """`current` -> name; `previous` -> what was current (rollback's target)."""
+    current = link_target(c, "current")
+    if current and current != name:
+        set_link(c, "previous", current)
+    set_link(c, "current", name)
+
+
+def info_direct(c: Any) -> Dict[str, Any]:
+    """/v1/info straight from gunicorn (not nginx): which version and which master answered."""
+    out = c.run("curl -s -m 3 http://127.0.0.1:8000/v1/info", hide=True, warn=True).stdout
+    try:
+        return json.loads(out)
+    except ValueError:
+        return {}
+
+
+def alive(c: Any, pid: int) -> bool:
+    return c.sudo("kill -0 %d" % pid, hide=True, warn=True).ok
+
+
+def reload_code(c: Any, version: str, timeout: int = 90) -> None:
+    """preload_app is on, so HUP would keep the old code: USR2 starts a new master (it writes
+    <pidfile>.2) that imports the release `current` points at; once its workers answer with
+    `version`, TERM retires the old master gracefully (its workers finish their requests; the
+    listening socket stays open in the new master, so no connection is refused). The new master
+    then promotes itself and renames <pidfile>.2 to <pidfile>."""
+    pidfile = env_value(c, "GUNICORN_PIDFILE")
+    old = gunicorn_master_pid(c)
+    workers = gunicorn_worker_count(c, old)
+    c.sudo("kill -USR2 %d" % old, hide=True)
+    started = time.monotonic()
+    new = None
+    while True:
+        time.sleep(0.5)
+        pid = c.sudo("cat %s.2 2>/dev/null || true" % pidfile, hide=True).stdout.strip()
+        if pid.isdigit() and alive(c, int(pid)):
+            new = int(pid)
+            info = info_direct(c)
+            if info.get("ppid") == new and info.get("version") == version:
+                break
+        elif time.monotonic() - started > 10 and gunicorn_worker_count(c, old) <= workers:
+            # No pidfile.2 and no extra child of the old master: the new one died importing the app.
+            raise DeployError("the new gunicorn master exited at start (see fab logs)")
+        if time.monotonic() - started > timeout:
+            if new is not None and alive(c, new):
+                c.sudo("kill -TERM %d" % new, hide=True, warn=True)
+            raise DeployError("no gunicorn master serving %s within %d s" % (version, timeout))
+    c.sudo("kill -TERM %d" % old, hide=True)
+    for _ in range(2 * 45):
+        time.sleep(0.5)
+        if not alive(c, old) and c.sudo("cat %s 2>/dev/null || true" % pidfile, hide=True).stdout.strip() == str(new):
+            return
+    raise DeployError("the old gunicorn master %d did not hand over within 45 s" % old)
+
+
+def restart_job_workers(c: Any) -> None:
+    # One TERM each: a worker finishes its current job, then starts again on the new release.
+    c.sudo("%s restart 'joblab-worker:*'" % SUPERVISORCTL, hide=True)
+
+
+def check_health(c: Any, version: str, seconds: int = 30) -> None:
+    """Through nginx, as clients see it: /readyz 200 and /v1/info reporting ``version``."""
+    last = ""
+    for _ in range(seconds * 2):
+        ready = c.run("curl -s -o /dev/null -w '%{http_code}' -m 3 http://127.0.0.1/readyz", hide=True, warn=True)
+        info = c.run("curl -s -m 3 http://127.0.0.1/v1/info", hide=True, warn=True).stdout
+        served = (json.loads(info) if info.strip().startswith("{") else {}).get("version")
+        if ready.stdout.strip() == "200" and served == version:
+            return
+        last = "readyz %s, version %s" % (ready.stdout.strip() or "no answer", served)
+        time.sleep(0.5)
+    raise DeployError("health check failed (%s; wanted %s)" % (last, version))
+
+
+def activate(c: Any, name: str) -> None:
+    """Make release ``name`` the one served: switch, reload gunicorn, restart workers, check."""
+    version = release_version(name)
+    switch_current(c, name)
+    if info_direct(c).get("version") != version:
+        reload_code(c, version)
+    restart_job_workers(c)
+    check_health(c, version)

@@ -1,0 +1,144 @@
+"""Talking to a joblab host: one-line errors, what a host is, and the app host's state."""
+from __future__ import annotations
+
+import functools
+import os
+import re
+import shlex
+import socket
+from typing import Any, Callable, Dict, List, Tuple
+
+import yaml
+from invoke.exceptions import Exit, UnexpectedExit
+from paramiko.ssh_exception import AuthenticationException, SSHException
+
+from . import REPO_ROOT
+
+LAB_HOSTS = ["app", "sidecar"]
+ENV_FILE = "/etc/joblab/joblab.env"
+SUPERVISORCTL = "supervisorctl -c /etc/supervisord.conf"
+LOGS = {
+    "app": ["/var/log/nginx/access.log", "/var/log/nginx/error.log", "/var/log/joblab/web-error.log",
+            "/var/log/joblab/joblab-worker-*.log", "/var/log/supervisor/supervisord.log"],
+    "sidecar": ["/var/log/kafka/server.log", "/var/log/postgresql/postgresql-*-main.log"],
+}
+
+
+def lab_settings() -> Dict[str, Any]:
+    with open(os.path.join(REPO_ROOT, "lab.yml")) as fh:
+        return yaml.safe_load(fh)
+
+
+def one_line_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn SSH and remote-command failures into one line naming the host and the cause."""
+
+    @functools.wraps(func)
+    def wrapper(c: Any, *args: Any, **kwargs: Any) -> Any:
+        host = name_of(c) if hasattr(c, "host") else "?"
+        try:
+            return func(c, *args, **kwargs)
+        except Exit:
+            raise
+        except (socket.error, socket.timeout, SSHException) as exc:
+            kind = "authentication failed" if isinstance(exc, AuthenticationException) else "unreachable"
+            raise Exit("fab: %s: %s (%s)" % (host, kind, exc), code=2) from None
+        except UnexpectedExit as exc:
+            res = exc.result
+            first = (res.stderr or res.stdout or "").strip().splitlines()[-1:] or ["no output"]
+            if "a password is required" in first[0] or "no tty present" in first[0]:
+                raise Exit("fab: %s: sudo needs a password (use --prompt-for-sudo-password)" % host, code=2)
+            raise Exit("fab: %s: `%s` failed (exit %s): %s" % (host, res.command, res.exited, first[0]),
+                       code=1) from None
+
+    return wrapper
+
+
+def role_of(c: Any) -> str:
+    """app or sidecar, from what is installed there (works for any host, not only the lab's)."""
+    probe = c.run("test -x /etc/init.d/supervisord && echo app; test -x /etc/init.d/kafka && echo sidecar; true",
+                  hide=True, warn=True).stdout.split()
+    if not probe:
+        raise Exit("fab: %s: neither joblab app nor sidecar is provisioned there (fab provision)" % name_of(c))
+    return probe[0]
+
+
+# -- pure helpers (unit-tested) -------------------------------------------------------------
+def web_scale_signals(spec: str, current: int) -> Tuple[str, int]:
+    """`--web` spec (+N, -N or N) -> (signal, how many times) for the gunicorn master."""
+    m = re.fullmatch(r"([+-]?)(\d+)", spec.strip())
+    if not m:
+        raise Exit("fab: --web takes +N, -N or N, not %r" % spec)
+    sign, n = m.group(1), int(m.group(2))
+    target = current + n if sign == "+" else current - n if sign == "-" else n
+    if target < 1:
+        raise Exit("fab: --web would leave %d gunicorn workers; at least 1 is needed" % target)
+    delta = target - current
+    return ("TTIN" if delta > 0 else "TTOU"), abs(delta)
+
+
+def capped_workers(wanted: int, partitions: int) -> Tuple[int, bool]:
+    """More job workers than partitions would idle: cap at the partition count."""
+    if wanted < 1:
+        raise Exit("fab: --workers must be at least 1")
+    return (partitions, True) if wanted > partitions else (wanted, False)
+
+
+def parse_supervisor_status(text: str) -> List[Tuple[str, str]]:
+    """`supervisorctl status` -> [(program, state)]."""
+    out = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 2:
+            out.append((parts[0], parts[1]))
+    return out
+
+
+# -- app-host queries -------------------------------------------------------------------------
+def gunicorn_master_pid(c: Any) -> int:
+    """The current master (supervisor's own child is joblab-gunicorn, which follows upgrades)."""
+    pid = c.sudo("bash -c %s" % shlex.quote('. %s; cat "$GUNICORN_PIDFILE" 2>/dev/null; true' % ENV_FILE),
+                 hide=True).stdout.strip()
+    if not pid.isdigit() or not c.run("kill -0 %s 2>/dev/null || sudo -n kill -0 %s" % (pid, pid),
+                                      hide=True, warn=True).ok:
+        raise Exit("fab: %s: no gunicorn master is running (fab status)" % name_of(c))
+    return int(pid)
+
+
+def gunicorn_worker_count(c: Any, master: int) -> int:
+    return int(c.run("pgrep -c -P %d || true" % master, hide=True).stdout.strip() or 0)
+
+
+def wait_for_worker_count(c: Any, master: int, target: int, seconds: int = 30) -> int:
+    """TTIN/TTOU act asynchronously (a TTOU'd worker first finishes its requests): wait, bounded."""
+    script = ("for i in $(seq %d); do n=$(pgrep -c -P %d || true); [ \"$n\" = %d ] && break; sleep 0.5; done; "
+              "pgrep -c -P %d || true") % (seconds * 2, master, target, master)
+    return int(c.run("bash -c %s" % shlex.quote(script), hide=True).stdout.strip() or 0)
+
+
+def http_get(c: Any, path: str) -> str:
+    body = c.run("curl -s -m 5 -w '\\n%%{http_code}' http://127.0.0.1%s" % path, hide=True, warn=True).stdout
+    text, _, code = body.strip().rpartition("\n")
+    return "HTTP %s %s" % (code, text.strip())
+
+
+def name_of(c: Any) -> str:
+    """The host as the user named it (`app`), not what ssh_config resolved it to (127.0.0.1)."""
+    return getattr(c, "original_host", None) or c.host
+
+
+def consumer_lag(c: Any) -> str:
+    """Messages of the jobs topic not yet committed by group `workers`, asked with the app's env."""
+    script = (
+        "import os; from kafka import KafkaConsumer; from kafka.structs import TopicPartition as T;"
+        "p=os.environ.get('JOBLAB_KAFKA_TOPIC_PREFIX','');g=os.environ.get('JOBLAB_KAFKA_GROUP','workers');"
+        "c=KafkaConsumer(bootstrap_servers=os.environ['JOBLAB_KAFKA_BOOTSTRAP'].split(','),group_id=g,"
+        "enable_auto_commit=False);ps=[T(p+'jobs',i) for i in sorted(c.partitions_for_topic(p+'jobs') or [])];"
+        "e=c.end_offsets(ps);print(sum(e[t]-(c.committed(t) or 0) for t in ps));c.close(autocommit=False)"
+    )
+    res = c.sudo("-u joblab /usr/local/bin/joblab-exec python -c %s" % shlex.quote(script), hide=True, warn=True)
+    return res.stdout.strip().splitlines()[-1] if res.ok and res.stdout.strip() else "unknown (%s)" % (
+        (res.stderr.strip().splitlines() or ["no answer"])[-1])
+
+
+def env_value(c: Any, name: str) -> str:
+    return c.sudo("bash -c %s" % shlex.quote('. %s; echo "$%s"' % (ENV_FILE, name)), hide=True).stdout.strip()
