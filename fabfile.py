@@ -27,11 +27,12 @@ from invoke.exceptions import Exit, UnexpectedExit
 from fablib import REPO_ROOT as ROOT
 from fablib.releases import (KEEP_RELEASES, RELEASES_ROOT, DeployError, activate, build_wheel, link_target,
                              list_releases, set_link, wheel_version)
-from fablib.remote import (ENV_FILE, LAB_HOSTS, LOGS, SUPERVISORCTL, capped_workers, consumer_lag,
-                           env_value, gunicorn_master_pid, gunicorn_worker_count, http_get, lab_settings,
-                           name_of, one_line_errors, parse_supervisor_status, role_of,
+from fablib.remote import (LAB_HOSTS, LOGS, SUPERVISORCTL, capped_workers, consumer_lag, env_value,
+                           gunicorn_master_pid, gunicorn_worker_count, http_get, lab_settings, name_of,
+                           one_line_errors, parse_supervisor_status, restart_job_workers, role_of,
                            wait_for_worker_count, web_scale_signals)
 from fablib.shipping import source_tarball
+
 
 @task(hosts=LAB_HOSTS)
 @one_line_errors
@@ -87,8 +88,7 @@ def restart(c, hard=False):
     c.sudo("service nginx reload", hide=True)
     # HUP: new workers from the (preloaded) master; in-flight requests finish on the old ones.
     c.sudo("kill -HUP %d" % gunicorn_master_pid(c), hide=True)
-    # One TERM each (supervisorctl restart): a worker finishes its current job before it exits.
-    c.sudo("%s restart 'joblab-worker:*'" % SUPERVISORCTL, hide=True)
+    restart_job_workers(c)
     print("%s: nginx reloaded, gunicorn workers re-forked, job workers restarted" % name_of(c))
 
 
@@ -110,8 +110,7 @@ def scale(c, web=None, workers=None):
             raise Exit("fab: %s: gunicorn has %d workers, not %d, after 30 s" % (name_of(c), now, target))
         print("%s: gunicorn %d -> %d workers (%s x%d)" % (name_of(c), current, now, sig, times))
     if workers is not None:
-        partitions = int(c.sudo("bash -c '. %s; echo ${JOBLAB_KAFKA_PARTITIONS:-4}'" % ENV_FILE,
-                                hide=True).stdout.strip())
+        partitions = int(env_value(c, "JOBLAB_KAFKA_PARTITIONS") or 4)
         n, capped = capped_workers(int(workers), partitions)
         if capped:
             print("%s: --workers=%s capped at %d: the jobs topic has %d partitions" % (name_of(c), workers, n, partitions))

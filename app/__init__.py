@@ -33,9 +33,8 @@ def create_app(test_config: Optional[Mapping[str, Any]] = None) -> Flask:
         OPENAPI_VERSION="3.0.3",
         OPENAPI_URL_PREFIX="/",
         OPENAPI_JSON_PATH="openapi.json",
-        # JSON responses keep their key order: easier for people reading curl output.
-        JSON_SORT_KEYS=False,
     )
+    # JSON responses keep their key order: easier for people reading curl output.
     app.json.sort_keys = False  # type: ignore[attr-defined]
     configure_logging()
 

@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from invoke.exceptions import Exit
 
-from .remote import SUPERVISORCTL, env_value, gunicorn_master_pid, gunicorn_worker_count
+from .remote import alive, env_value, gunicorn_master_pid, gunicorn_worker_count, read_pid, restart_job_workers
 
 RELEASES_ROOT = "/opt/joblab"
 KEEP_RELEASES = 5
@@ -68,17 +68,13 @@ def switch_current(c: Any, name: str) -> None:
     set_link(c, "current", name)
 
 
-def info_direct(c: Any) -> Dict[str, Any]:
-    """/v1/info straight from gunicorn (not nginx): which version and which master answered."""
-    out = c.run("curl -s -m 3 http://127.0.0.1:8000/v1/info", hide=True, warn=True).stdout
+def get_info(c: Any, port: int) -> Dict[str, Any]:
+    """/v1/info as the host sees it on ``port`` (8000: gunicorn itself, 80: through nginx); {} if none."""
+    out = c.run("curl -s -m 3 http://127.0.0.1:%d/v1/info" % port, hide=True, warn=True).stdout
     try:
         return json.loads(out)
     except ValueError:
         return {}
-
-
-def alive(c: Any, pid: int) -> bool:
-    return c.sudo("kill -0 %d" % pid, hide=True, warn=True).ok
 
 
 def reload_code(c: Any, version: str, timeout: int = 90) -> None:
@@ -95,10 +91,10 @@ def reload_code(c: Any, version: str, timeout: int = 90) -> None:
     new = None
     while True:
         time.sleep(0.5)
-        pid = c.sudo("cat %s.2 2>/dev/null || true" % pidfile, hide=True).stdout.strip()
-        if pid.isdigit() and alive(c, int(pid)):
-            new = int(pid)
-            info = info_direct(c)
+        pid = read_pid(c, pidfile + ".2")
+        if pid is not None and alive(c, pid):
+            new = pid
+            info = get_info(c, 8000)
             if info.get("ppid") == new and info.get("version") == version:
                 break
         elif time.monotonic() - started > 10 and gunicorn_worker_count(c, old) <= workers:
@@ -111,14 +107,9 @@ def reload_code(c: Any, version: str, timeout: int = 90) -> None:
     c.sudo("kill -TERM %d" % old, hide=True)
     for _ in range(2 * 45):
         time.sleep(0.5)
-        if not alive(c, old) and c.sudo("cat %s 2>/dev/null || true" % pidfile, hide=True).stdout.strip() == str(new):
+        if not alive(c, old) and read_pid(c, pidfile) == new:
             return
     raise DeployError("the old gunicorn master %d did not hand over within 45 s" % old)
-
-
-def restart_job_workers(c: Any) -> None:
-    # One TERM each: a worker finishes its current job, then starts again on the new release.
-    c.sudo("%s restart 'joblab-worker:*'" % SUPERVISORCTL, hide=True)
 
 
 def check_health(c: Any, version: str, seconds: int = 30) -> None:
@@ -126,8 +117,7 @@ def check_health(c: Any, version: str, seconds: int = 30) -> None:
     last = ""
     for _ in range(seconds * 2):
         ready = c.run("curl -s -o /dev/null -w '%{http_code}' -m 3 http://127.0.0.1/readyz", hide=True, warn=True)
-        info = c.run("curl -s -m 3 http://127.0.0.1/v1/info", hide=True, warn=True).stdout
-        served = (json.loads(info) if info.strip().startswith("{") else {}).get("version")
+        served = get_info(c, 80).get("version")
         if ready.stdout.strip() == "200" and served == version:
             return
         last = "readyz %s, version %s" % (ready.stdout.strip() or "no answer", served)
@@ -139,7 +129,7 @@ def activate(c: Any, name: str) -> None:
     """Make release ``name`` the one served: switch, reload gunicorn, restart workers, check."""
     version = release_version(name)
     switch_current(c, name)
-    if info_direct(c).get("version") != version:
+    if get_info(c, 8000).get("version") != version:
         reload_code(c, version)
     restart_job_workers(c)
     check_health(c, version)

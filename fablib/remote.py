@@ -6,7 +6,7 @@ import os
 import re
 import shlex
 import socket
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import yaml
 from invoke.exceptions import Exit, UnexpectedExit
@@ -94,14 +94,27 @@ def parse_supervisor_status(text: str) -> List[Tuple[str, str]]:
 
 
 # -- app-host queries -------------------------------------------------------------------------
+def env_value(c: Any, name: str) -> str:
+    """A setting of /etc/joblab/joblab.env on the host."""
+    return c.sudo("bash -c %s" % shlex.quote('. %s; echo "$%s"' % (ENV_FILE, name)), hide=True).stdout.strip()
+
+
+def read_pid(c: Any, path: str) -> Optional[int]:
+    """The pid in a pidfile of the host, or None when missing or empty."""
+    pid = c.sudo("cat %s 2>/dev/null || true" % path, hide=True).stdout.strip()
+    return int(pid) if pid.isdigit() else None
+
+
+def alive(c: Any, pid: int) -> bool:
+    return c.sudo("kill -0 %d" % pid, hide=True, warn=True).ok
+
+
 def gunicorn_master_pid(c: Any) -> int:
     """The current master (supervisor's own child is joblab-gunicorn, which follows upgrades)."""
-    pid = c.sudo("bash -c %s" % shlex.quote('. %s; cat "$GUNICORN_PIDFILE" 2>/dev/null; true' % ENV_FILE),
-                 hide=True).stdout.strip()
-    if not pid.isdigit() or not c.run("kill -0 %s 2>/dev/null || sudo -n kill -0 %s" % (pid, pid),
-                                      hide=True, warn=True).ok:
+    pid = read_pid(c, env_value(c, "GUNICORN_PIDFILE"))
+    if pid is None or not alive(c, pid):
         raise Exit("fab: %s: no gunicorn master is running (fab status)" % name_of(c))
-    return int(pid)
+    return pid
 
 
 def gunicorn_worker_count(c: Any, master: int) -> int:
@@ -140,5 +153,6 @@ def consumer_lag(c: Any) -> str:
         (res.stderr.strip().splitlines() or ["no answer"])[-1])
 
 
-def env_value(c: Any, name: str) -> str:
-    return c.sudo("bash -c %s" % shlex.quote('. %s; echo "$%s"' % (ENV_FILE, name)), hide=True).stdout.strip()
+def restart_job_workers(c: Any) -> None:
+    # One TERM each (supervisorctl restart): a worker finishes its current job before it exits.
+    c.sudo("%s restart 'joblab-worker:*'" % SUPERVISORCTL, hide=True)

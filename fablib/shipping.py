@@ -8,6 +8,7 @@ import tarfile
 
 from . import REPO_ROOT
 
+
 def source_tarball(role: str) -> bytes:
     """The committed tree (git archive HEAD) plus the artifacts this role needs, as a tar.gz."""
     tree = subprocess.run(["git", "archive", "--format=tar", "HEAD"], cwd=REPO_ROOT, check=True,

@@ -88,8 +88,7 @@ def handle_db_unavailable(exc: OperationalError):
 
 
 def handle_unexpected(exc: Exception):
-    if isinstance(exc, HTTPException):
-        return handle_http_exception(exc)
+    # HTTPExceptions never get here: Flask picks the more specific handler above.
     log.exception("unhandled error")
     return error_response(InternalServerError.code, "internal error")
 

@@ -64,7 +64,8 @@ def test_parse_supervisor_status():
 
 
 def test_scale_web_signals_the_master_and_waits_for_the_count():
-    c = Recorder({"seq 60": "3\n", "GUNICORN_PIDFILE": "4242\n", "pgrep -c -P 4242 || true": "2\n"})
+    c = Recorder({"seq 60": "3\n", "GUNICORN_PIDFILE": "/var/lib/joblab/gunicorn.pid\n",
+                  "cat /var/lib/joblab/gunicorn.pid": "4242\n", "pgrep -c -P 4242 || true": "2\n"})
     fabfile.scale.body(c, web="+1")
     assert "kill -TTIN 4242" in c.commands
 
@@ -90,7 +91,8 @@ def test_unreachable_host_is_one_line():
 
 
 def test_restart_is_graceful_by_default():
-    c = Recorder({"test -x": "app\n", "GUNICORN_PIDFILE": "77\n"})
+    c = Recorder({"test -x": "app\n", "GUNICORN_PIDFILE": "/var/lib/joblab/gunicorn.pid\n",
+                  "cat /var/lib/joblab/gunicorn.pid": "77\n"})
     fabfile.restart.body(c)
     assert "nginx -t" in c.commands and "service nginx reload" in c.commands and "kill -HUP 77" in c.commands
     assert not any("KILL" in cmd for cmd in c.commands)
