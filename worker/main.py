@@ -16,7 +16,7 @@ from kafka import KafkaConsumer
 from kafka.errors import KafkaError
 
 from app.config import load_settings
-from app.jobqueue import JobQueue
+from app.jobqueue import RECONNECT_BACKOFF_MAX_MS, JobQueue
 from app.logsetup import configure_logging
 from app.store import make_engine
 from app.topics import Topics, ensure_topics
@@ -40,6 +40,7 @@ def make_consumer(settings: dict) -> KafkaConsumer:
         heartbeat_interval_ms=defaults.HEARTBEAT_INTERVAL_MS,
         fetch_max_wait_ms=defaults.FETCH_MAX_WAIT_MS,
         allow_auto_create_topics=False,
+        reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
     )
 
 

@@ -53,6 +53,22 @@ class _ForgetRevoked(ConsumerRebalanceListener):
         log.info("partitions assigned: %s", _fmt(assigned))
 
 
+def _drop_parked_records(consumer: KafkaConsumer, tp: TopicPartition) -> None:
+    """Work around kafka-python 3.0.x: records already fetched for a partition when it is paused are
+    parked and handed back after resume() only while the fetcher's in-line slot is None - which,
+    after its first fetch, it never is again. The resumed partition is then never fetched again
+    (retries stuck for good; found by `make drills`). We always seek() before pausing, so parked
+    records are behind our position and would be discarded anyway: drop them so the partition is
+    fetched afresh from the position we set."""
+    fetcher = getattr(consumer, "_fetcher", None)
+    for name in ("_paused_partition_records", "_paused_completed_fetches"):
+        parked = getattr(fetcher, name, None)
+        if isinstance(parked, dict):
+            stale = parked.pop(tp, None)
+            if stale is not None and hasattr(stale, "drain"):
+                stale.drain()
+
+
 def _fmt(tps: Any) -> str:
     return ", ".join(sorted("%s[%d]" % (tp.topic, tp.partition) for tp in tps)) or "none"
 
@@ -125,6 +141,7 @@ class Worker:
         self.consumer.seek(tp, offset)
         self.consumer.pause(tp)
         self.paused_until[tp] = until
+        log.debug("%s[%d]: paused at %d for %.2fs", tp.topic, tp.partition, offset, until - self.clock())
 
     def _resume_due(self) -> None:
         now = self.clock()
@@ -133,6 +150,8 @@ class Worker:
                 del self.paused_until[tp]
                 if tp in self.consumer.assignment():
                     self.consumer.resume(tp)
+                    _drop_parked_records(self.consumer, tp)
+                    log.debug("%s[%d]: resumed at %s", tp.topic, tp.partition, self.consumer.position(tp))
 
     def _commit(self, tp: TopicPartition, offset: int) -> None:
         try:
@@ -140,6 +159,12 @@ class Worker:
         except CommitFailedError as exc:
             # The group rebalanced under us: the new owner gets the message again, harmlessly.
             log.warning("commit of %s[%d]@%d failed (%s); it will be redelivered",
+                        tp.topic, tp.partition, offset, exc.__class__.__name__)
+        except KafkaError as exc:
+            # The coordinator is unreachable (e.g. the broker is restarting). The outcome is already
+            # stored, so carry on: the next commit on this partition covers this offset too, and
+            # a redelivery in between is skipped. Crashing here would only add a restart.
+            log.warning("commit of %s[%d]@%d failed (%s); a later commit covers it",
                         tp.topic, tp.partition, offset, exc.__class__.__name__)
 
     # -- one message --------------------------------------------------------------------------

@@ -56,6 +56,17 @@ def test_failing_job_is_retried_then_dead_lettered(stack):
     assert stack.client.get("/v1/jobs/%s/result" % job_id, headers=stack.user).status_code == 409
 
 
+def test_many_retries_interleaved_with_other_jobs_all_finish(make_stack, sqlite_url):
+    # Regression (found by `make drills`): once a paused retry partition had records parked by
+    # kafka-python, it was never fetched again and every later retry on it stayed queued.
+    stack = make_stack(sqlite_url, RETRY_BACKOFF=0.1, RETRY_BACKOFF_MAX=0.2)
+    ids = [stack.submit("fail", {"message": "f%d" % i}) if i % 5 == 0 else stack.submit("sum", {"numbers": [i]})
+           for i in range(100)]
+    stack.start_worker()
+    for n, job_id in enumerate(ids):
+        stack.wait_status(job_id, "failed" if n % 5 == 0 else "succeeded", timeout=60)
+
+
 def test_cancelled_job_is_skipped_by_the_worker(stack):
     job_id = stack.submit("sleep", {"seconds": 5})
     assert stack.client.post("/v1/jobs/%s/cancel" % job_id, headers=stack.user).status_code == 200
