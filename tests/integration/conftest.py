@@ -3,13 +3,9 @@ cached jars, its own port and data dir), a PostgreSQL server (initdb in a temp d
 and SQLite files. Each test gets its own topic prefix, consumer group and database."""
 from __future__ import annotations
 
-import glob
 import os
-import pwd
 import shutil
-import socket
 import tempfile
-import subprocess
 import threading
 import time
 import uuid
@@ -18,50 +14,11 @@ from typing import Any, Callable, Dict, List, Optional
 import pytest
 from kafka import KafkaConsumer
 from kafka.structs import TopicPartition
-from sqlalchemy import create_engine, text
-
 from app.migrate import upgrade
 from app.topics import Topics, ensure_topics
 from tests.conftest import ROOT, auth
+from tests.support.services import Broker, Postgres
 from worker.main import build_worker
-
-KAFKA_SCRIPT = os.path.join(ROOT, "provision", "kafka-local.sh")
-
-
-def free_port(pair: bool = False) -> int:
-    """A free loopback port (and the next one, for the broker's controller listener)."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if not pair:
-            return port
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port + 1))
-                return port
-            except OSError:
-                continue
-    raise RuntimeError("no free port pair")
-
-
-class Broker:
-    """The session's Kafka broker; tests may stop and start it (readiness with Kafka down)."""
-
-    def __init__(self, data_dir: str) -> None:
-        self.port = free_port(pair=True)
-        self.bootstrap = "127.0.0.1:%d" % self.port
-        self.env = dict(os.environ, KAFKA_PORT=str(self.port), KAFKA_DATA_DIR=data_dir)
-
-    def _run(self, action: str) -> None:
-        subprocess.run([KAFKA_SCRIPT, action], env=self.env, check=True, stdout=subprocess.DEVNULL)
-
-    def start(self) -> None:
-        self._run("start")
-
-    def stop(self) -> None:
-        self._run("stop")
-
 
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory):
@@ -69,47 +26,6 @@ def broker(tmp_path_factory):
     b.start()
     yield b
     b.stop()
-
-
-class Postgres:
-    """A throwaway PostgreSQL cluster from the Debian packages' binaries, on its own port."""
-
-    def __init__(self, base: str) -> None:
-        bindirs = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(p.split("/")[-2]))
-        if not bindirs:
-            raise RuntimeError("PostgreSQL server binaries missing: run provision/host-deps.sh test")
-        self.bindir = bindirs[-1]
-        self.base = base
-        self.data = os.path.join(base, "data")
-        self.port = free_port()
-        # initdb refuses to run as root: run the server as the `postgres` system user then.
-        self.as_user: List[str] = []
-        if os.geteuid() == 0:
-            pw = pwd.getpwnam("postgres")
-            os.chown(base, pw.pw_uid, pw.pw_gid)
-            self.as_user = ["runuser", "-u", "postgres", "--"]
-        self.url = "postgresql+psycopg://joblab@127.0.0.1:%d/postgres" % self.port
-
-    def _run(self, *cmd: str) -> None:
-        subprocess.run(self.as_user + [os.path.join(self.bindir, cmd[0]), *cmd[1:]], check=True,
-                       stdout=subprocess.DEVNULL, cwd=self.base)
-
-    def start(self) -> None:
-        self._run("initdb", "-D", self.data, "-U", "joblab", "-A", "trust", "--no-sync", "-E", "UTF8")
-        opts = "-p %d -c listen_addresses=127.0.0.1 -k %s -c fsync=off -c full_page_writes=off" % (
-            self.port, self.base)
-        self._run("pg_ctl", "-D", self.data, "-o", opts, "-l", os.path.join(self.base, "server.log"), "-w", "start")
-
-    def stop(self) -> None:
-        self._run("pg_ctl", "-D", self.data, "-m", "fast", "-w", "stop")
-
-    def new_database(self) -> str:
-        name = "t_" + uuid.uuid4().hex[:12]
-        admin = create_engine(self.url, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text("CREATE DATABASE %s" % name))
-        admin.dispose()
-        return self.url.rsplit("/", 1)[0] + "/" + name
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ import urllib.request
 import pytest
 
 from tests.conftest import ROOT
-from tests.integration.conftest import free_port
+from tests.support.services import free_port
 
 pytestmark = pytest.mark.integration
 
