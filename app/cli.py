@@ -1,4 +1,5 @@
-"""Admin commands: ``flask --app app users create NAME``, ``db upgrade``, ``kafka create-topics``."""
+"""Admin commands: ``flask --app app users create NAME``, ``db upgrade``, ``kafka create-topics``,
+``jobs audit``."""
 from __future__ import annotations
 
 import click
@@ -8,6 +9,7 @@ from flask.cli import AppGroup
 users_cli = AppGroup("users", help="Users and API tokens.")
 db_cli = AppGroup("db", help="The results store's schema (Alembic).")
 kafka_cli = AppGroup("kafka", help="Kafka topics.")
+jobs_cli = AppGroup("jobs", help="Jobs in the store.")
 
 
 @users_cli.command("create")
@@ -52,7 +54,22 @@ def kafka_create_topics() -> None:
     click.echo("topics ready: %s" % ", ".join(topics.all()))
 
 
+@jobs_cli.command("audit")
+@click.argument("ids_file", type=click.File("r"), default="-")
+def jobs_audit(ids_file) -> None:
+    """What became of the job ids in IDS_FILE (one per line; default stdin): JSON on stdout with
+    per-job status/attempts/timestamps, and the store-wide duplicate-result and running counts."""
+    import json
+
+    from .store.audit import audit_jobs
+
+    ids = [line.strip() for line in ids_file if line.strip()]
+    report = audit_jobs(current_app.extensions["joblab_db"].engine, ids)
+    click.echo(json.dumps(report, separators=(",", ":"), sort_keys=True))
+
+
 def init_app(app: Flask) -> None:
     app.cli.add_command(users_cli)
     app.cli.add_command(db_cli)
     app.cli.add_command(kafka_cli)
+    app.cli.add_command(jobs_cli)

@@ -108,3 +108,52 @@ def test_list_is_newest_first_paginated_and_per_user(engine, user):
     js.cancel_job(engine, mine[0], user)
     cancelled, _ = js.list_jobs(engine, user, limit=10, status="cancelled")
     assert [r["id"] for r in cancelled] == [mine[0]]
+
+
+def test_audit_reports_each_id_and_table_wide_anomalies(engine, user):
+    from app.store.audit import audit_jobs
+
+    done = js.create_job(engine, user, "sum", {"numbers": [1]})["id"]
+    js.claim_job(engine, done)
+    js.claim_job(engine, done)  # redelivered after a crash: a second claim, a duplicate execution
+    js.store_success(engine, done, {"sum": 1})
+    stuck = js.create_job(engine, user, "sleep", {"seconds": 1})["id"]
+    js.claim_job(engine, stuck)
+    queued = js.create_job(engine, user, "sum", {"numbers": []})["id"]
+
+    report = audit_jobs(engine, [done, stuck, queued, "no-such-id", done])
+    assert report["ids"] == 4 and report["unknown"] == ["no-such-id"]
+    assert report["status_counts"] == {"succeeded": 1, "running": 1, "queued": 1}
+    assert report["not_terminal"] == sorted([stuck, queued]) and report["running"] == [stuck]
+    assert report["running_in_table"] == 1 and report["duplicate_result_rows"] == 0
+    assert report["result_mismatch"] == []
+    job = report["jobs"][done]
+    assert job["attempts"] == 2 and job["has_result"] and job["created"] <= job["finished"]
+    assert report["jobs"][queued]["finished"] is None
+
+
+def test_audit_counts_a_result_row_on_an_unfinished_job(engine, user):
+    from app.store.audit import audit_jobs
+
+    job_id = js.create_job(engine, user, "sum", {"numbers": [1]})["id"]
+    with engine.begin() as conn:  # what a broken writer could leave behind
+        conn.execute(results.insert().values(job_id=job_id, result="{}", created_at=js.utcnow()))
+    assert audit_jobs(engine, [job_id])["result_mismatch"] == [job_id]
+
+
+def test_jobs_audit_command_reads_ids_and_prints_json(make_app, sqlite_url):
+    import json
+
+    app = make_app(sqlite_url)
+    uid, _token, _ = issue_token(app.extensions["joblab_db"].engine, "carol")
+    job_id = js.create_job(app.extensions["joblab_db"].engine, uid, "sum", {"numbers": [2]})["id"]
+    out = app.test_cli_runner().invoke(args=["jobs", "audit"], input="%s\n\nnope\n" % job_id)
+    assert out.exit_code == 0, out.output
+    report = json.loads(out.output)
+    assert report["ids"] == 2 and report["unknown"] == ["nope"] and report["not_terminal"] == [job_id]
+
+
+def test_created_row_is_what_a_read_returns(engine, user):
+    created = js.create_job(engine, user, "sum", {"numbers": [1, 2.5]})
+    assert created == js.get_job(engine, created["id"])
+    assert created["status"] is JobStatus.QUEUED and created["seq"] >= 1
