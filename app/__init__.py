@@ -41,7 +41,13 @@ def create_app(test_config: Optional[Mapping[str, Any]] = None) -> Flask:
     Database().init_app(app)
     JobQueue().init_app(app)
 
-    api = Api(app, spec_kwargs={"info": {"description": "Submit jobs, poll them, fetch results."}})
+    from .api.schemas import ErrorSchema
+
+    class JoblabApi(Api):
+        # Document error bodies as app/api/errors.py writes them (not flask-smorest's own shape).
+        ERROR_SCHEMA = ErrorSchema
+
+    api = JoblabApi(app, spec_kwargs={"info": {"description": "Submit jobs, poll them, fetch results."}})
     api.spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
     api.register_blueprint(health.bp)
     api.register_blueprint(jobs.bp)

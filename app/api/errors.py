@@ -77,6 +77,11 @@ def handle_http_exception(exc: HTTPException):
         first = sorted(fields)[0]
         message = "%s: %s" % (first, fields[first][0])
     resp = error_response(exc.code or 500, message, fields, **(data.get("extra") or {}))
+    # Werkzeug's own headers are part of the answer (RFC 9110: a 405 must say `Allow`); only its
+    # HTML Content-Type is replaced by the JSON body's.
+    for name, value in exc.get_headers():
+        if name.lower() != "content-type":
+            resp.headers[name] = value
     for name, value in (data.get("headers") or {}).items():
         resp.headers[name] = value
     return resp

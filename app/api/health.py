@@ -10,18 +10,21 @@ from flask import current_app
 from flask_smorest import Blueprint
 
 from .. import __version__
+from .schemas import HealthSchema, InfoSchema, ReadySchema
 
 bp = Blueprint("health", __name__, description="Liveness, readiness and process information")
 
 
 @bp.route("/healthz", methods=["GET"])
+@bp.response(200, HealthSchema)
 def get_health():
     """The process is alive (checks nothing else)."""
     return {"status": "ok"}
 
 
 @bp.route("/readyz", methods=["GET"])
-@bp.alt_response(503, description="a dependency is down; `checks` says which")
+@bp.response(200, ReadySchema)
+@bp.alt_response(503, schema=ReadySchema, description="a dependency is down; `checks` says which")
 def get_ready():
     """Ready when the database and Kafka both answer now."""
     checks: Dict[str, str] = {}
@@ -55,6 +58,7 @@ def memory_bytes() -> Dict[str, int]:
 
 
 @bp.route("/v1/info", methods=["GET"])
+@bp.response(200, InfoSchema)
 def get_info():
     """Version, the serving worker's pid and its memory."""
     info = {"version": __version__, "pid": os.getpid(), "ppid": os.getppid()}

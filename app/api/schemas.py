@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
-from marshmallow import Schema, ValidationError, fields, post_load, validates_schema
-from marshmallow.validate import OneOf, Range
+from marshmallow import INCLUDE, Schema, ValidationError, fields, post_load, validates_schema
+from marshmallow.validate import OneOf, Range, Regexp
 
 from ..jobtypes import REGISTRY
 from ..states import JobStatus
@@ -18,9 +18,13 @@ def _known_type(value: str) -> None:
 class JobCreateSchema(Schema):
     """POST /v1/jobs body. Unknown keys are rejected (marshmallow's RAISE default)."""
 
-    type = fields.String(required=True, validate=_known_type, metadata={"description": "job type, e.g. sum"})
+    # The enum documents the types registered at import (all of app/jobtypes.py); validation asks
+    # REGISTRY itself, so it can never disagree with the worker.
+    type = fields.String(required=True, validate=_known_type,
+                         metadata={"description": "job type, e.g. sum", "enum": sorted(REGISTRY)})
     args = fields.Dict(
-        keys=fields.String(), required=True, metadata={"description": "arguments of the job type"}
+        keys=fields.String(), required=True,
+        metadata={"description": "arguments of the job type, checked against that type's fields"},
     )
 
     @validates_schema
@@ -50,8 +54,15 @@ class JobSchema(Schema):
 
 class JobListQuerySchema(Schema):
     status = fields.String(validate=OneOf([s.value for s in JobStatus]))
-    limit = fields.Integer(validate=Range(min=1))
-    cursor = fields.String(metadata={"description": "next_cursor of the previous page"})
+    # The ceiling is a setting (PAGE_SIZE_MAX), so it is described, not declared as a maximum.
+    limit = fields.Integer(validate=Range(min=1), metadata={
+        "description": "page size (default PAGE_SIZE, 20); above PAGE_SIZE_MAX (100 by default) is a 400"})
+    # ASCII digits only (str.isdigit() also takes "²", which int() refuses), and short enough to
+    # stay a 64-bit integer in SQL: a `seq` never gets near 10**18.
+    cursor = fields.String(
+        validate=Regexp(r"^[0-9]{1,18}$", error="Not a next_cursor value."),
+        metadata={"description": "next_cursor of the previous page"},
+    )
 
 
 class JobListSchema(Schema):
@@ -64,7 +75,33 @@ class JobResultSchema(Schema):
     result = fields.Raw()
 
 
+class HealthSchema(Schema):
+    status = fields.String(validate=OneOf(["ok"]))
+
+
+class ReadySchema(Schema):
+    """/readyz, for both answers: 200 ready, 503 unavailable (then `failed` names the dependencies)."""
+
+    status = fields.String(validate=OneOf(["ready", "unavailable"]))
+    failed = fields.List(fields.String())
+    checks = fields.Dict(keys=fields.String(), values=fields.String(),
+                         metadata={"description": '"ok" or "unavailable: <error class>", per dependency'})
+
+
+class InfoSchema(Schema):
+    version = fields.String()
+    pid = fields.Integer()
+    ppid = fields.Integer()
+    rss_bytes = fields.Integer()
+    shared_bytes = fields.Integer()
+
+
 class ErrorSchema(Schema):
+    """The body of every error (errors.error_response); meant as flask-smorest's Api.ERROR_SCHEMA."""
+
+    class Meta:
+        unknown = INCLUDE  # api_abort(..., **extra) adds keys: `id` on a 503, `job_status` on a 409
+
     status = fields.Integer()
     error = fields.String()
     message = fields.String()

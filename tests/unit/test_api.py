@@ -2,6 +2,8 @@
 before anything is produced. Kafka points at a closed port; the store is a real SQLite file."""
 import pytest
 
+from app.api.schemas import JobCreateSchema
+from app.jobtypes import REGISTRY
 from app.store import jobs as js
 from tests.conftest import auth
 
@@ -92,7 +94,10 @@ def test_oversize_body_is_413(client, alice):
 
 
 @pytest.mark.parametrize("query, field", [("limit=0", "limit"), ("limit=abc", "limit"), ("limit=1000", "limit"),
-                                          ("status=done", "status"), ("cursor=zz", "cursor")])
+                                          ("status=done", "status"), ("cursor=zz", "cursor"),
+                                          # found by the OpenAPI fuzz: both were 500s
+                                          ("cursor=%C2%B2", "cursor"),  # "²".isdigit(), but int() refuses it
+                                          ("cursor=9223372036854775808", "cursor")])  # > SQL BIGINT
 def test_bad_list_query_is_400(client, alice, query, field):
     assert_error(client.get("/v1/jobs?" + query, headers=alice), 400, field)
 
@@ -184,8 +189,28 @@ def test_openapi_is_generated_and_declares_bearer_auth(client):
     assert "202" in spec["paths"]["/v1/jobs"]["post"]["responses"]
 
 
+def test_openapi_documents_what_the_api_checks(client):
+    """What the OpenAPI fuzz relies on: a valid example body, the job types, the cursor's shape."""
+    spec = client.get("/openapi.json").get_json()
+    post = spec["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]["application/json"]
+    assert JobCreateSchema().validate(post["example"]) == {}
+    assert spec["components"]["schemas"]["JobCreate"]["properties"]["type"]["enum"] == sorted(REGISTRY)
+    cursor = [p for p in spec["paths"]["/v1/jobs"]["get"]["parameters"] if p["name"] == "cursor"][0]
+    assert cursor["schema"]["pattern"] == "^[0-9]{1,18}$"
+    for path in ("/healthz", "/readyz", "/v1/info"):
+        assert "schema" in spec["paths"][path]["get"]["responses"]["200"]["content"]["application/json"]
+
+
 def test_unknown_route_is_json_404(client):
     assert_error(client.get("/nope"), 404)
+
+
+def test_wrong_method_is_json_405_with_allow(client, alice):
+    # RFC 9110: a 405 names the methods that would work.
+    resp = client.delete("/v1/jobs", headers=alice)
+    assert_error(resp, 405)
+    assert {"GET", "POST"} <= {m.strip() for m in resp.headers["Allow"].split(",")}
+    assert resp.headers["Content-Type"] == "application/json"
 
 
 def test_debug_is_off(app):
