@@ -1,0 +1,295 @@
+"""Fault drills: `make drills` (local stack) / `make drills LAB=1` (the running lab).
+
+Submits a mix of jobs at a steady rate while breaking the stack on purpose (worker SIGKILLs, a
+Kafka restart, a database restart, gunicorn graceful reloads, a rebalance), keeping a ledger of
+every job id that got a 202. Then drains and checks the ledger against the store and the topics.
+The last line is the verdict, e.g. `... lost=0 duplicates=0 stuck=0`; exit 1 unless every check
+holds. Every loop is bounded in count and time.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from tests.drills.client import Client, Ledger, Load
+from tests.drills.figures import fmt_latency, latency_summary
+from tests.drills.kafka_side import partition_of, read_all, write_poison
+from tests.drills.targets import LabTarget, LocalTarget
+
+
+def say(msg: str) -> None:
+    print("drills: %s" % msg, flush=True)
+
+
+def wait_succeeded(client: Client, ids: List[str], deadline: float) -> bool:
+    """Poll until every id is succeeded, or the (absolute, time.time()) deadline passes."""
+    remaining = set(ids)
+    while remaining and time.time() < deadline:
+        for job_id in list(remaining):
+            if client.status(job_id) == "succeeded":
+                remaining.discard(job_id)
+        if remaining:
+            time.sleep(0.1)
+    return not remaining
+
+
+def probe_recovery(client: Client, ledger: Ledger, partitions: int, since: float, seconds: float) -> Optional[float]:
+    """Seconds from ``since`` until a fresh job on EVERY partition of the jobs topic has gone
+    through end to end (202, worker, store): the whole pipeline works again. None if not within
+    ``seconds``. The probe ids are computed with the producer's own partitioner."""
+    deadline = since + seconds
+    first: Dict[int, str] = {}
+    for n in range(20 * partitions):  # bounded; ~4x the expected submissions
+        if len(first) == partitions or time.time() >= deadline:
+            break
+        entry = ledger.submit(client, "sum", {"numbers": [n, 1]})
+        if entry is None:
+            time.sleep(0.25)  # refused while the fault lasts
+            continue
+        first.setdefault(partition_of(entry.id, partitions), entry.id)
+    if len(first) < partitions or not wait_succeeded(client, list(first.values()), deadline):
+        return None
+    return time.time() - since
+
+
+def settle(client: Client, ledger: Ledger, partitions: int, seconds: float, quick: float = 2.0) -> Optional[float]:
+    """Probe until a job on every partition goes through within ``quick`` seconds (no backlog
+    left); the seconds it took, or None after ``seconds``."""
+    begin = time.time()
+    while time.time() - begin < seconds:
+        start = time.time()
+        took = probe_recovery(client, ledger, partitions, start, max(1.0, seconds - (start - begin)))
+        if took is not None and took <= quick:
+            return time.time() - begin
+    return None
+
+
+def fault_plan(target: Any) -> List[Tuple[str, Callable[[], str]]]:
+    """Faults in the order they are injected: spread over the run, one at a time."""
+    return [
+        ("worker SIGKILL 1", target.kill_worker),
+        ("gunicorn reload 1", target.reload_web),
+        ("worker SIGKILL 2", target.kill_worker),
+        ("kafka restart", target.restart_kafka),
+        ("worker SIGKILL 3", target.kill_worker),
+        ("rebalance: worker joins", target.worker_join),
+        ("worker SIGKILL 4", target.kill_worker),
+        ("rebalance: worker leaves", target.worker_leave),
+        ("database restart", target.restart_db),
+        ("gunicorn reload 2", target.reload_web),
+        ("worker SIGKILL 5", target.kill_worker),
+    ]
+
+
+def run_faults(target: Any, ledger: Ledger, load: Load, jobs: int, recovery_seconds: float,
+               hard_deadline: float) -> List[Dict[str, Any]]:
+    plan = fault_plan(target)
+    client = Client(target.url, target.token)
+    done: List[Dict[str, Any]] = []
+    try:
+        for i, (name, inject) in enumerate(plan):
+            # Spread over the accepted-jobs count: fault i once (i+1)/(n+1) of the jobs are in.
+            threshold = jobs * (i + 1) // (len(plan) + 1)
+            while len(ledger) < threshold and time.monotonic() < hard_deadline and not load.done():
+                time.sleep(0.1)
+            # Let the previous fault's backlog clear first, so each recovery is measured on its own
+            # and the run has calm stretches (the "without faults" latencies).
+            settled = settle(client, ledger, target.partitions, min(recovery_seconds, max(5.0, hard_deadline - time.monotonic())))
+            if settled is None:
+                say("fault %2d/%d: the stack did not settle; injecting anyway" % (i + 1, len(plan)))
+            start = time.time()
+            what = inject()
+            recovery = probe_recovery(client, ledger, target.partitions, start, recovery_seconds)
+            end = time.time() if recovery is None else start + recovery
+            done.append({"name": name, "what": what, "start": start, "end": end, "recovery": recovery,
+                         "accepted_before": len(ledger)})
+            say("fault %2d/%d %-26s recovered in %s  (%s)" % (
+                i + 1, len(plan), name, "%.1f s" % recovery if recovery is not None else "NOT WITHIN %.0f s" % recovery_seconds, what))
+    finally:
+        client.close()
+    return done
+
+
+def drain(target: Any, ids: List[str], seconds: float) -> Dict[str, Any]:
+    """Audit until no accepted job is left unfinished, or ``seconds`` pass; the last audit."""
+    deadline = time.monotonic() + seconds
+    while True:
+        report = target.audit(ids)
+        if not report["not_terminal"] and not report["unknown"]:
+            return report
+        if time.monotonic() > deadline:
+            return report
+        time.sleep(2)
+
+
+def analyse(target: Any, entries: List[Any], audit: Dict[str, Any], faults: List[Dict[str, Any]],
+            poison: List[bytes], poison_at: float, max_attempts: int) -> Dict[str, Any]:
+    jobs = audit["jobs"]
+    by_type: Dict[str, List[str]] = {}
+    for e in entries:
+        by_type.setdefault(e.type, []).append(e.id)
+    expected = {"sum": "succeeded", "sleep": "succeeded", "fail": "failed"}
+    wrong = [e.id for e in entries if e.id in jobs and jobs[e.id]["status"] in ("succeeded", "failed", "cancelled")
+             and jobs[e.id]["status"] != expected[e.type]]
+    # Claims beyond what the job needed: a job that cannot fail needs one; `fail` needs max_attempts.
+    dup_exec = sum(max(0, jobs[i]["attempts"] - 1) for t in ("sum", "sleep") for i in by_type.get(t, []) if i in jobs)
+    dup_exec += sum(max(0, jobs[i]["attempts"] - max_attempts) for i in by_type.get("fail", []) if i in jobs)
+
+    dead = read_all(target.bootstrap, target.topics.dead)
+    dead_keys: Dict[str, int] = {}
+    for key, _value, _headers in dead:
+        k = key.decode("utf-8", "replace")
+        dead_keys[k] = dead_keys.get(k, 0) + 1
+    dead_values = {value for _k, value, _h in dead}
+    fail_ids = by_type.get("fail", [])
+    missing_dlq = [i for i in fail_ids if i not in dead_keys]
+    unexpected_dlq = [e.id for e in entries if e.type != "fail" and e.id in dead_keys]
+    poison_dead = sum(1 for v in poison if v in dead_values)
+    after_poison = [e.id for e in entries if e.accepted > poison_at]
+    after_poison_done = sum(1 for i in after_poison if i in jobs and jobs[i]["status"] in ("succeeded", "failed"))
+
+    # End-to-end latency (store clock: created -> finished) of jobs that cannot fail, split by
+    # whether the job's lifetime overlapped a fault (injection until recovery).
+    windows = [(f["start"], f["end"]) for f in faults]
+    calm, faulty = [], []
+    for t in ("sum", "sleep"):
+        for i in by_type.get(t, []):
+            j = jobs.get(i)
+            if not j or j["status"] != "succeeded" or j["finished"] is None:
+                continue
+            overlaps = any(j["created"] <= end and j["finished"] >= start for start, end in windows)
+            (faulty if overlaps else calm).append(j["finished"] - j["created"])
+    return {
+        "accepted": len(entries),
+        "by_type": {t: len(v) for t, v in by_type.items()},
+        "status_counts": audit["status_counts"],
+        "lost": len(audit["not_terminal"]) + len(audit["unknown"]),
+        "stuck": len(audit["running"]),
+        "running_in_table": audit["running_in_table"],
+        "duplicates": audit["duplicate_result_rows"],
+        "result_mismatch": len(audit["result_mismatch"]),
+        "wrong_outcome": len(wrong),
+        "dup_executions": dup_exec,
+        "dead_letters": len(dead),
+        "fail_jobs": len(fail_ids),
+        "dead_letter_missing": len(missing_dlq),
+        "fail_dead_lettered_twice": sum(1 for i in fail_ids if dead_keys.get(i, 0) > 1),
+        "unexpected_dead_letters": len(unexpected_dlq),
+        "poison_dead_lettered": poison_dead,
+        "poison_written": len(poison),
+        "after_poison": len(after_poison),
+        "after_poison_done": after_poison_done,
+        "latency_calm": latency_summary(calm),
+        "latency_faults": latency_summary(faulty),
+        "examples": {"lost": (audit["not_terminal"] + audit["unknown"])[:5], "wrong": wrong[:5],
+                     "missing_dlq": missing_dlq[:5]},
+    }
+
+
+def fuzz_api(target: Any, examples: int) -> Optional[Dict[str, Any]]:
+    from tests.drills.openapi_fuzz import fuzz
+
+    return fuzz(target.url, target.token, max_examples=examples)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.drills", description=__doc__.split("\n")[0])
+    parser.add_argument("--lab", action="store_true", default=os.environ.get("LAB") == "1",
+                        help="drill the running lab (make lab) instead of a local stack (also: LAB=1)")
+    parser.add_argument("--jobs", type=int, default=2000, help="accepted jobs at least (default 2000)")
+    parser.add_argument("--rate", type=float, default=20.0, help="submissions per second (default 20)")
+    parser.add_argument("--threads", type=int, default=4, help="submitting threads (default 4)")
+    parser.add_argument("--max-seconds", type=float, default=900, help="bound of the load phase")
+    parser.add_argument("--recovery-seconds", type=float, default=120, help="bound of each fault's recovery")
+    parser.add_argument("--drain-seconds", type=float, default=300, help="bound of the drain")
+    parser.add_argument("--fuzz-examples", type=int, default=30,
+                        help="schemathesis examples per operation (0: skip the API fuzzing)")
+    parser.add_argument("--work-dir", help="local stack's files (default: a new temp dir, kept for its logs)")
+    args = parser.parse_args(argv)
+
+    if args.lab:
+        target: Any = LabTarget()
+    else:
+        target = LocalTarget(args.work_dir or tempfile.mkdtemp(prefix="joblab-drill-"))
+    t_begin = time.monotonic()
+    try:
+        target.start()
+        where = target.url if args.lab else "%s (logs in %s)" % (target.url, target.stack.work_dir)
+        say("target %s: %s, %d partitions" % (target.name, where, target.partitions))
+        client = Client(target.url, target.token)
+        warm = time.time()
+        if probe_recovery(client, Ledger(), target.partitions, warm, 120) is None:
+            raise RuntimeError("the stack does not complete jobs on every partition (warm-up, 120 s)")
+        say("warm-up: a job on every partition succeeded in %.1f s" % (time.time() - warm))
+
+        poison_at = time.time()
+        poison = write_poison(target.bootstrap, target.topics.jobs, target.partitions)
+        say("poison: %d undecodable records written straight to %s" % (len(poison), target.topics.jobs))
+
+        ledger = Ledger()
+        load = Load(ledger, target.url, target.token, rate=args.rate, threads=args.threads,
+                    max_jobs=3 * args.jobs, max_seconds=args.max_seconds)
+        hard_deadline = time.monotonic() + args.max_seconds
+        load.start()
+        say("load: %.0f jobs/s from %d threads until >= %d accepted and every fault is done" % (
+            args.rate, args.threads, args.jobs))
+        faults = run_faults(target, ledger, load, args.jobs, args.recovery_seconds, hard_deadline)
+        while len(ledger) < args.jobs and time.monotonic() < hard_deadline and not load.done():
+            time.sleep(0.2)
+        load.stop()
+        entries = ledger.snapshot()
+        say("load: %d accepted, refused: %s" % (len(entries), dict(ledger.refused) or "none"))
+
+        t_drain = time.monotonic()
+        audit = drain(target, [e.id for e in entries], args.drain_seconds)
+        say("drain: %.1f s" % (time.monotonic() - t_drain))
+        max_attempts = int(getattr(target, "max_attempts", 3))
+        r = analyse(target, entries, audit, faults, poison, poison_at, max_attempts)
+
+        say("jobs: %s; store: %s" % (r["by_type"], r["status_counts"]))
+        say("dead-letter topic: %d records; fail jobs %d, missing there %d, dead-lettered twice %d, "
+            "other jobs there %d" % (r["dead_letters"], r["fail_jobs"], r["dead_letter_missing"],
+                                     r["fail_dead_lettered_twice"], r["unexpected_dead_letters"]))
+        say("poison: %d/%d dead-lettered; %d/%d jobs accepted after it finished" % (
+            r["poison_dead_lettered"], r["poison_written"], r["after_poison_done"], r["after_poison"]))
+        say("duplicate executions (allowed, counted): %d" % r["dup_executions"])
+        say("e2e latency without faults: %s" % fmt_latency(r["latency_calm"]))
+        say("e2e latency during faults:  %s" % fmt_latency(r["latency_faults"]))
+        for f in faults:
+            say("recovery %-26s %s" % (f["name"], "%.1f s" % f["recovery"] if f["recovery"] is not None else "NONE"))
+        if any(r["examples"].values()):
+            say("examples: %s" % r["examples"])
+        if hasattr(target, "unexpected_exits") and target.unexpected_exits:
+            say("workers that exited by themselves (restarted): exit codes %s" % target.unexpected_exits)
+
+        fuzz = fuzz_api(target, args.fuzz_examples) if args.fuzz_examples > 0 else None
+        if fuzz is not None:
+            say("openapi fuzz: %d requests over %d operations, %d server errors" % (
+                fuzz["requests"], fuzz["operations"], fuzz["server_errors"]))
+
+        unrecovered = sum(1 for f in faults if f["recovery"] is None)
+        ok = (r["lost"] == 0 and r["duplicates"] == 0 and r["stuck"] == 0 and r["wrong_outcome"] == 0
+              and r["result_mismatch"] == 0 and r["dead_letter_missing"] == 0 and r["unexpected_dead_letters"] == 0
+              and r["poison_dead_lettered"] == r["poison_written"] and unrecovered == 0
+              and len(faults) == len(fault_plan(target)) and r["accepted"] >= args.jobs
+              and (fuzz is None or (fuzz["server_errors"] == 0 and fuzz["requests"] > 0)))
+        print("drills %s: %s in %.0f s; jobs=%d faults=%d unrecovered=%d dup_executions=%d wrong_outcome=%d "
+              "dead_letter_missing=%d poison=%d/%d server_errors=%s lost=%d duplicates=%d stuck=%d" % (
+                  target.name, "PASS" if ok else "FAIL", time.monotonic() - t_begin, r["accepted"], len(faults),
+                  unrecovered, r["dup_executions"], r["wrong_outcome"], r["dead_letter_missing"],
+                  r["poison_dead_lettered"], r["poison_written"], "-" if fuzz is None else fuzz["server_errors"],
+                  r["lost"], r["duplicates"], r["stuck"]), flush=True)
+        return 0 if ok else 1
+    except Exception as exc:
+        print("drills %s: FAIL: %s" % (target.name, exc), flush=True)
+        return 1
+    finally:
+        target.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""The drill's direct dealings with Kafka: writing poison into the jobs topic, reading the
+dead-letter topic back, and which partition a job id lands on (the producer's partitioner)."""
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Dict, List, Tuple
+
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.partitioner.default import murmur2
+from kafka.structs import TopicPartition
+
+
+def partition_of(job_id: str, partitions: int) -> int:
+    """Where the app's producer puts a job keyed by ``job_id`` (kafka-python's default partitioner:
+    murmur2 of the key, positive, modulo the partition count)."""
+    return (murmur2(job_id.encode("utf-8")) & 0x7FFFFFFF) % partitions
+
+
+def write_poison(bootstrap: str, topic: str, partitions: int) -> List[bytes]:
+    """One undecodable record (not UTF-8, not JSON) on every partition of ``topic``; returns them."""
+    marker = uuid.uuid4().hex
+    producer = KafkaProducer(bootstrap_servers=bootstrap.split(","), acks="all", linger_ms=0)
+    try:
+        values = [b"\xff\xfe drill poison %s/%d \x00" % (marker.encode(), p) for p in range(partitions)]
+        for p, value in enumerate(values):
+            producer.send(topic, key=b"drill-poison", value=value, partition=p).get(timeout=30)
+    finally:
+        producer.close(timeout=10)
+    return values
+
+
+def read_all(bootstrap: str, topic: str, seconds: float = 60) -> List[Tuple[bytes, bytes, Dict[str, bytes]]]:
+    """(key, value, headers) of every record now in ``topic``; bounded by ``seconds``."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap.split(","), enable_auto_commit=False,
+                             consumer_timeout_ms=1000)
+    try:
+        parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+        if not parts:
+            raise RuntimeError("topic %s does not exist" % topic)
+        consumer.assign(parts)
+        consumer.seek_to_beginning(*parts)
+        end = consumer.end_offsets(parts)
+        out = []
+        deadline = time.monotonic() + seconds
+        while any(consumer.position(tp) < end[tp] for tp in parts):
+            if time.monotonic() > deadline:
+                raise RuntimeError("reading %s took longer than %.0f s" % (topic, seconds))
+            for records in consumer.poll(timeout_ms=500).values():
+                out.extend((r.key or b"", r.value or b"", dict(r.headers or [])) for r in records)
+        return out
+    finally:
+        consumer.close(autocommit=False)

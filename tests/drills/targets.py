@@ -1,0 +1,215 @@
+"""Where the drill runs and how it breaks things. Both targets offer the same faults:
+
+    kill_worker()   SIGKILL a job worker (restarted like supervisor would: at once)
+    restart_kafka() restart the broker
+    restart_db()    restart the database server
+    reload_web()    gunicorn graceful reload (HUP: new workers, old ones finish their requests)
+    worker_join() / worker_leave()  a second job worker joins the group, later leaves it (TERM)
+
+LocalTarget runs its own stack (tests/support/stack.py): Kafka, PostgreSQL, gunicorn, workers.
+LabTarget drives the running lab (`make lab`) over SSH: supervisor, init.d scripts, the app's env.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import threading
+import time
+from typing import Any, Dict, List, Optional
+
+from app.topics import Topics
+from tests.support.services import ROOT, WorkerProcess
+from tests.support.stack import LocalStack
+
+
+class LocalTarget:
+    name = "local"
+
+    def __init__(self, work_dir: str) -> None:
+        # One supervised worker, as on the lab (LAB_JOB_WORKERS=1); PostgreSQL so that a database
+        # restart means something (SQLite has no server to restart).
+        self.stack = LocalStack(work_dir, store="postgresql", job_workers=1)
+        self.supervised: Optional[WorkerProcess] = None
+        self.joined: Optional[WorkerProcess] = None
+        self.unexpected_exits: List[int] = []
+        self._watch_stop = threading.Event()
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        self.stack.start()
+        self.supervised = self.stack.workers[0]
+        self.url, self.token = self.stack.url, self.stack.token
+        self.bootstrap = self.stack.broker.bootstrap
+        self.topics = self.stack.topics
+        self.partitions = int(self.stack.settings["KAFKA_PARTITIONS"])
+        threading.Thread(target=self._supervise, daemon=True, name="supervise").start()
+
+    def _supervise(self) -> None:
+        """What supervisor's autorestart does on the lab: a worker that exits is started again."""
+        while not self._watch_stop.wait(0.5):
+            with self._lock:
+                w = self.supervised
+                if w is not None and not w.running():
+                    assert w.proc is not None
+                    self.unexpected_exits.append(w.proc.returncode)
+                    self.supervised = self.stack.add_worker()
+
+    def close(self) -> None:
+        self._watch_stop.set()
+        self.stack.stop_quietly()
+
+    # -- faults --------------------------------------------------------------------------------
+    def kill_worker(self) -> str:
+        with self._lock:
+            assert self.supervised is not None
+            pid = self.supervised.pid
+            self.supervised.kill()
+            self.supervised = self.stack.add_worker()
+        return "SIGKILL worker pid %d, restarted as %d" % (pid, self.supervised.pid)
+
+    def restart_kafka(self) -> str:
+        self.stack.broker.restart()
+        return "broker restarted (kafka-local.sh restart)"
+
+    def restart_db(self) -> str:
+        assert self.stack.postgres is not None
+        self.stack.postgres.restart()
+        return "PostgreSQL restarted (pg_ctl restart -m fast)"
+
+    def reload_web(self) -> str:
+        assert self.stack.gunicorn is not None
+        self.stack.gunicorn.reload()
+        return "HUP gunicorn master"
+
+    def worker_join(self) -> str:
+        self.joined = self.stack.add_worker()
+        return "second worker pid %d joined" % self.joined.pid
+
+    def worker_leave(self) -> str:
+        assert self.joined is not None
+        code = self.joined.stop()
+        return "second worker left (TERM, exit %s)" % code
+
+    # -- the store -----------------------------------------------------------------------------
+    def audit(self, ids: List[str]) -> Dict[str, Any]:
+        from app.store import make_engine
+        from app.store.audit import audit_jobs
+
+        engine = make_engine(self.stack.settings["DATABASE_URL"])
+        try:
+            return audit_jobs(engine, ids)
+        finally:
+            engine.dispose()
+
+
+class LabTarget:
+    """The lab brought up by `make lab`: hosts from .vagrant/ssh-config, HTTP through nginx on
+    127.0.0.1:$LAB_HTTP_PORT, Kafka at the sidecar's address (reachable from this host)."""
+
+    name = "lab"
+    SUPERVISORCTL = "supervisorctl -c /etc/supervisord.conf"
+    WORKER = "joblab-worker:joblab-worker-0"
+    JOINED_LOG = "/var/log/joblab/drill-worker.log"
+
+    def __init__(self) -> None:
+        self.ssh_config = os.path.join(ROOT, ".vagrant", "ssh-config")
+        if not os.path.exists(self.ssh_config):
+            raise RuntimeError("no lab: %s missing (run: make lab)" % self.ssh_config)
+        import yaml
+
+        with open(os.path.join(ROOT, "lab.yml")) as fh:
+            lab = yaml.safe_load(fh)
+        sidecar = os.environ.get("LAB_SIDECAR_IP") or lab["machines"]["sidecar"]["ip"]
+        port = os.environ.get("LAB_HTTP_PORT") or "8080"  # the Vagrantfile's default forward
+        self.url = "http://127.0.0.1:%s" % port
+        self.joined_pid: Optional[int] = None
+        self.unexpected_exits: List[int] = []
+        self._sidecar = sidecar
+        self._lab = lab
+
+    def ssh(self, host: str, command: str, stdin: Optional[str] = None, timeout: float = 180) -> str:
+        res = subprocess.run(["ssh", "-F", self.ssh_config, "-o", "LogLevel=ERROR", host, command],
+                             input=stdin, capture_output=True, text=True, timeout=timeout)
+        if res.returncode != 0:
+            last = (res.stderr.strip() or res.stdout.strip() or "no output").splitlines()[-1]
+            raise RuntimeError("%s: `%s` failed (exit %d): %s" % (host, command, res.returncode, last))
+        return res.stdout
+
+    def app_env(self, name: str) -> str:
+        return self.ssh("app", "sudo bash -c %s" % shlex.quote('. /etc/joblab/joblab.env; echo "$%s"' % name)).strip()
+
+    def start(self) -> None:
+        out = subprocess.run([os.path.join(ROOT, "provision", "host", "lab-user.sh"), "drill"],
+                             capture_output=True, text=True, timeout=120, cwd=ROOT)
+        if out.returncode != 0:
+            raise RuntimeError(out.stderr.strip() or "could not create the drill user on the lab")
+        self.token = out.stdout.strip().splitlines()[-1]
+        self.bootstrap = self.app_env("JOBLAB_KAFKA_BOOTSTRAP")
+        self.topics = Topics.with_prefix(self.app_env("JOBLAB_KAFKA_TOPIC_PREFIX"))
+        self.partitions = int(self.app_env("JOBLAB_KAFKA_PARTITIONS") or 4)
+
+    def close(self) -> None:
+        if self.joined_pid is not None:
+            self.worker_leave()
+
+    # -- faults --------------------------------------------------------------------------------
+    def _worker_pid(self) -> int:
+        pid = self.ssh("app", "sudo %s pid %s" % (self.SUPERVISORCTL, self.WORKER)).strip()
+        if not pid.isdigit() or pid == "0":
+            raise RuntimeError("app: %s is not running (%r)" % (self.WORKER, pid))
+        return int(pid)
+
+    def kill_worker(self) -> str:
+        pid = self._worker_pid()
+        self.ssh("app", "sudo kill -KILL %d" % pid)
+        # supervisor restarts it (autorestart=true); wait until it has, bounded.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                new = self._worker_pid()
+                if new != pid:
+                    return "SIGKILL worker pid %d; supervisor restarted it as %d" % (pid, new)
+            except RuntimeError:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError("supervisor did not restart %s within 60 s" % self.WORKER)
+
+    def restart_kafka(self) -> str:
+        self.ssh("sidecar", "sudo /etc/init.d/kafka restart")
+        return "sidecar: /etc/init.d/kafka restart"
+
+    def restart_db(self) -> str:
+        self.ssh("sidecar", "sudo /etc/init.d/postgresql restart")
+        return "sidecar: /etc/init.d/postgresql restart"
+
+    def reload_web(self) -> str:
+        pidfile = self.app_env("GUNICORN_PIDFILE")
+        pid = self.ssh("app", "sudo cat %s" % shlex.quote(pidfile)).strip()
+        self.ssh("app", "sudo kill -HUP %d" % int(pid))
+        return "app: HUP gunicorn master %s" % pid
+
+    def worker_join(self) -> str:
+        # As the app user with the app's env, like supervisor's program; detached from this SSH session.
+        # (setsid does not fork here and joblab-exec execs python: $! is the worker's own pid.)
+        inner = ("setsid /usr/local/bin/joblab-exec python -m worker --max-seconds 900 </dev/null >>%s 2>&1 & "
+                 "echo $!" % self.JOINED_LOG)
+        cmd = "sudo -u joblab bash -c %s" % shlex.quote(inner)
+        self.ssh("app", "sudo touch %s && sudo chown joblab %s" % (self.JOINED_LOG, self.JOINED_LOG))
+        self.joined_pid = int(self.ssh("app", cmd).strip().splitlines()[-1])
+        return "app: second worker pid %d joined" % self.joined_pid
+
+    def worker_leave(self) -> str:
+        pid, self.joined_pid = self.joined_pid, None
+        assert pid is not None
+        # One TERM: it finishes its job, commits and leaves the group; wait (bounded) until gone.
+        self.ssh("app", "sudo kill -TERM %d; for i in $(seq 180); do sudo kill -0 %d 2>/dev/null || exit 0; "
+                        "sleep 0.5; done; exit 1" % (pid, pid))
+        return "app: second worker %d left (TERM)" % pid
+
+    # -- the store -----------------------------------------------------------------------------
+    def audit(self, ids: List[str]) -> Dict[str, Any]:
+        out = self.ssh("app", "sudo -u joblab /usr/local/bin/joblab-exec flask --app app jobs audit",
+                       stdin="\n".join(ids) + "\n")
+        return json.loads(out.strip().splitlines()[-1])
