@@ -82,3 +82,10 @@ def sleep(seconds: float) -> Dict[str, Any]:
 def fail(message: str) -> None:
     """Always raise: exercises retries and the dead-letter topic."""
     raise JobFailed(message)
+
+
+@job_type("noop")
+def noop() -> Dict[str, Any]:
+    """Do nothing, at once: measures the pipeline's own overhead (API, Kafka, worker, store) in
+    the benchmarks, with no job work to hide it."""
+    return {"ok": True}

@@ -43,7 +43,10 @@ max_requests = int(_env("GUNICORN_MAX_REQUESTS", "2000"))
 max_requests_jitter = 200
 
 # ---------------------------------------------------------------------------- logging & identity
+# "off" turns the access log off (benchmarks; nginx keeps its own access log in front).
 accesslog = _env("GUNICORN_ACCESSLOG", "-")
+if accesslog.lower() in ("off", "none"):
+    accesslog = None
 errorlog = _env("GUNICORN_ERRORLOG", "-")
 loglevel = _env("GUNICORN_LOGLEVEL", "info")
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms "%({x-forwarded-for}i)s"'

@@ -2,6 +2,7 @@ import pytest
 from marshmallow import ValidationError, fields
 
 from app.jobtypes import REGISTRY, JobFailed, job_type
+from tests.conftest import auth
 
 
 def load(name, args):
@@ -9,7 +10,7 @@ def load(name, args):
 
 
 def test_shipped_types():
-    assert {"sum", "sleep", "fail"} <= set(REGISTRY)
+    assert {"sum", "sleep", "fail", "noop"} <= set(REGISTRY)
 
 
 def test_sum_runs():
@@ -35,6 +36,20 @@ def test_sleep_is_bounded():
 def test_fail_always_raises():
     with pytest.raises(JobFailed, match="boom"):
         REGISTRY["fail"].run(load("fail", {"message": "boom"}))
+
+
+def test_noop_takes_no_args_and_returns_at_once():
+    assert REGISTRY["noop"].run(load("noop", {})) == {"ok": True}
+    with pytest.raises(ValidationError) as err:
+        load("noop", {"seconds": 1})
+    assert "seconds" in err.value.messages
+
+
+def test_the_api_refuses_args_for_noop(make_app, sqlite_url):
+    app = make_app(sqlite_url)
+    resp = app.test_client().post("/v1/jobs", json={"type": "noop", "args": {"x": 1}}, headers=auth(app, "a"))
+    assert resp.status_code == 400
+    assert "args.x" in resp.get_json()["fields"]
 
 
 def test_unknown_args_are_refused():

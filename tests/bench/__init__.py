@@ -1,0 +1,1 @@
+"""Benchmarks behind `make bench`: each module runs real local stacks and prints a table."""
