@@ -16,8 +16,9 @@ export LAB_HTTP_PORT ?= 8080
 APP_WHEEL_STAMP := $(ARTIFACT_CACHE)/app/.built
 APP_SOURCES := $(shell git ls-files app worker pyproject.toml 2>/dev/null)
 
-.PHONY: help venv kafka-jars host-deps-run host-deps-test run test unit integration lint clean \
-        app-wheel lab lab-user infra-test lab-idempotence lab-deploy-test lab-suite lab-destroy lab-ssh-config
+.PHONY: help venv kafka-jars host-deps-run host-deps-test host-deps-bench run test unit integration lint clean \
+        app-wheel lab lab-user infra-test lab-idempotence lab-deploy-test lab-suite lab-destroy lab-ssh-config \
+        drills bench
 
 help: ## this list
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -25,10 +26,10 @@ help: ## this list
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,drills]'
 	@touch $@
 
-venv: $(VENV)/.installed ## create .venv and install the app, worker and test tools
+venv: $(VENV)/.installed ## create .venv and install the app, worker and test tools (schemathesis included)
 
 $(KAFKA_STAMP):
 	provision/fetch-kafka.sh
@@ -40,6 +41,9 @@ host-deps-run:
 
 host-deps-test:
 	@provision/host-deps.sh test
+
+host-deps-bench:
+	@provision/host-deps.sh bench
 
 run: host-deps-run venv kafka-jars ## broker + worker + gunicorn in the foreground; API on http://127.0.0.1:8000 (PORT=... overrides)
 	devops/run-local.sh
@@ -54,8 +58,9 @@ unit: venv ## unit tests (no network)
 integration: host-deps-test venv kafka-jars ## integration tests: real Kafka broker, SQLite and PostgreSQL
 	$(PY) -m pytest tests/integration
 
-test: host-deps-test venv kafka-jars lint ## everything CI runs: lint, unit, integration, then the lab suite
+test: host-deps-test venv kafka-jars lint ## everything CI runs: lint, unit, integration, local drills, then the lab suite
 	$(PY) -m pytest tests/unit tests/integration
+	$(MAKE) --no-print-directory drills
 	$(MAKE) --no-print-directory lab-suite
 
 $(APP_WHEEL_STAMP): $(VENV)/.installed $(APP_SOURCES)
@@ -85,11 +90,27 @@ lab-idempotence: venv lab-ssh-config ## re-provision the running lab and prove n
 lab-deploy-test: venv lab-ssh-config ## fab deploy/rollback/scale under HTTP load: 0 failed requests, no orphans, no lost job
 	$(PY) -m pytest -p no:cacheprovider tests/infra --ssh-config=.vagrant/ssh-config -m deploy
 
-lab-suite: ## make lab, infra tests, idempotence check, destroy (part of make test; SKIP_LAB=1 skips)
+lab-suite: ## make lab, infra tests, idempotence check, deploy test, drills on the lab, destroy (part of make test; SKIP_LAB=1 skips)
 	provision/host/lab-suite.sh
+
+# Drills and benchmarks (README "Fault drills", "Benchmarks").
+BENCH_VENV := .venv-bench
+
+drills: host-deps-test venv kafka-jars ## fault drills + API fuzzing on a local stack (LAB=1: the running lab); ends lost=0 duplicates=0 stuck=0
+	$(PY) -m tests.drills $(if $(filter 1,$(LAB)),--lab) $(DRILL_ARGS)
+
+# Celery, Redis's client and matplotlib live only here, never in .venv.
+$(BENCH_VENV)/.installed: pyproject.toml tests/bench/requirements.txt
+	@test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install -q --upgrade pip
+	$(BENCH_VENV)/bin/python -m pip install -q -e '.[test]' -r tests/bench/requirements.txt
+	@touch $@
+
+bench: host-deps-bench venv kafka-jars $(BENCH_VENV)/.installed ## HTTP (wrk), pipeline vs Celery + Redis, lab timings: tables + var/bench/bench.png (BENCH_LAB=0 skips the lab)
+	$(BENCH_VENV)/bin/python -m tests.bench $(BENCH_ARGS)
 
 lab-destroy: ## remove the lab machines (base image and artifact cache stay)
 	vagrant destroy -f
 
-clean: ## remove the venv and local state (the artifact cache stays)
-	rm -rf $(VENV) var .pytest_cache
+clean: ## remove the venvs and local state (the artifact cache stays)
+	rm -rf $(VENV) $(BENCH_VENV) var .pytest_cache

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The lab end to end, as `make test` runs it: make lab -> testinfra -> idempotence (vagrant
-# provision changes nothing) -> fab deploy/rollback/scale under load -> destroy. Skipped (exit 0, one line) with SKIP_LAB=1, or when the
+# provision changes nothing) -> fab deploy/rollback/scale under load -> fault drills -> destroy. Skipped (exit 0, one line) with SKIP_LAB=1, or when the
 # docker provider is chosen and no Docker engine can run on this machine.
 set -euo pipefail
 
@@ -31,5 +31,7 @@ t2=$SECONDS
 t3=$SECONDS
 "$MAKE" --no-print-directory lab-deploy-test
 t4=$SECONDS
+"$MAKE" --no-print-directory drills LAB=1
+t5=$SECONDS
 echo "lab suite: make lab $((t1 - t0)) s, infra tests $((t2 - t1)) s, re-provision check $((t3 - t2)) s," \
-    "deploy/rollback/scale under load $((t4 - t3)) s"
+    "deploy/rollback/scale under load $((t4 - t3)) s, fault drills $((t5 - t4)) s"
