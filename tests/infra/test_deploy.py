@@ -113,15 +113,30 @@ def served_version(token):
     return call("GET", "/v1/info", token)[1]["version"]
 
 
-def assert_no_orphans(app_host):
-    """One supervised wrapper, one master (the pidfile's), its workers; nothing else named gunicorn."""
-    pidfile = app_host.run("sudo cat /var/lib/joblab/gunicorn.pid").stdout.strip()
-    procs = [p for p in app_host.process.filter(user="joblab") if "gunicorn" in p.args]
-    masters = [p for p in procs if "joblab-gunicorn" not in p.args and all(q.pid != p.ppid for q in procs
-                                                                         if "joblab-gunicorn" not in q.args)]
-    assert [str(p.pid) for p in masters] == [pidfile], [(p.pid, p.ppid, p.args) for p in procs]
-    workers = [p for p in procs if str(p.ppid) == pidfile]
-    assert len(procs) == 1 + 1 + len(workers)  # wrapper + master + workers
+def gunicorn_processes(app_host):
+    """(pid, ppid, args) of the app user's gunicorn processes, from ONE ps snapshot (asking per
+    attribute races with processes that exit meanwhile)."""
+    out = app_host.run("ps -u joblab -o pid=,ppid=,args=").stdout
+    rows = [line.split(None, 2) for line in out.splitlines() if line.strip()]
+    return [(int(r[0]), int(r[1]), r[2]) for r in rows if len(r) == 3 and "gunicorn" in r[2]]
+
+
+def assert_no_orphans(app_host, seconds=60):
+    """One supervised wrapper, one master (the pidfile's), its workers; nothing else named gunicorn.
+    A replaced master finishes its in-flight requests before it exits (graceful timeout 30 s), so
+    the final state is awaited, bounded."""
+    deadline = time.monotonic() + seconds
+    while True:
+        pidfile = int(app_host.run("sudo cat /var/lib/joblab/gunicorn.pid").stdout.strip())
+        procs = gunicorn_processes(app_host)
+        others = [p for p in procs if "joblab-gunicorn" not in p[2]]
+        masters = [p for p in others if all(q[0] != p[1] for q in others)]
+        workers = [p for p in procs if p[1] == pidfile]
+        if [p[0] for p in masters] == [pidfile] and len(procs) == 1 + 1 + len(workers):  # wrapper + master + workers
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError("gunicorn processes (pid, ppid, args), master %d: %r" % (pidfile, procs))
+        time.sleep(1)
 
 
 def assert_jobs_done(load, token):
