@@ -86,7 +86,21 @@ class JobQueue:
             future = producer.send(topic, key=key.encode("utf-8"), value=value, headers=headers or None)
             future.get(timeout=self.timeout + 1)
         except KafkaError as exc:
+            self._discard(producer)
             raise QueueUnavailable("kafka: %s" % (exc.__class__.__name__,)) from exc
+
+    def _discard(self, producer: KafkaProducer) -> None:
+        """Replace a producer whose send failed. Seen in the fault drills: after a broker restart
+        expired its in-flight batch, kafka-python 3.0's idempotent producer timed out every later
+        send although the broker was back. A fresh producer costs a few milliseconds once."""
+        with self._lock:
+            if self._producer is not producer:
+                return  # another request replaced it already
+            self._producer = None
+        try:
+            producer.close(timeout=0)  # its unsent records were already answered 503 (or retried)
+        except Exception as exc:  # closing a broken client must not turn a 503 into a 500
+            log.warning("closing the failed Kafka producer: %s", exc.__class__.__name__)
 
     def ping(self, timeout: float = 3.0) -> None:
         """Raise QueueUnavailable unless a broker answers a metadata request now."""

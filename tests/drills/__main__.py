@@ -94,7 +94,13 @@ def run_faults(target: Any, ledger: Ledger, load: Load, jobs: int, recovery_seco
         for i, (name, inject) in enumerate(plan):
             # Spread over the accepted-jobs count: fault i once (i+1)/(n+1) of the jobs are in.
             threshold = jobs * (i + 1) // (len(plan) + 1)
+            seen, progress_at = len(ledger), time.monotonic()
             while len(ledger) < threshold and time.monotonic() < hard_deadline and not load.done():
+                if len(ledger) != seen:
+                    seen, progress_at = len(ledger), time.monotonic()
+                elif time.monotonic() - progress_at > recovery_seconds:
+                    raise RuntimeError("no job accepted for %.0f s before fault %d (%s); refused so far: %s" % (
+                        recovery_seconds, i + 1, name, dict(ledger.refused)))
                 time.sleep(0.1)
             # Let the previous fault's backlog clear first, so each recovery is measured on its own
             # and the run has calm stretches (the "without faults" latencies).

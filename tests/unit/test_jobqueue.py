@@ -1,0 +1,47 @@
+"""The producer side: a producer whose send failed is replaced, not reused."""
+from kafka.errors import KafkaTimeoutError
+
+import app.jobqueue as jq
+
+
+class FakeFuture:
+    def __init__(self, error):
+        self.error = error
+
+    def get(self, timeout):
+        if self.error:
+            raise self.error
+
+
+class FakeProducer:
+    made = []
+
+    def __init__(self, *args, **kwargs):
+        self.fail = len(FakeProducer.made) == 0  # the first producer is the broken one
+        self.sent = []
+        self.closed = None
+        FakeProducer.made.append(self)
+
+    def send(self, topic, key, value, headers):
+        self.sent.append((topic, key))
+        return FakeFuture(KafkaTimeoutError("expired") if self.fail else None)
+
+    def close(self, timeout=None):
+        self.closed = timeout
+
+
+def test_failed_send_replaces_the_producer(monkeypatch):
+    FakeProducer.made = []
+    monkeypatch.setattr(jq, "make_producer", FakeProducer)
+    queue = jq.JobQueue("127.0.0.1:1", "", timeout=1.0)
+    try:
+        queue.send("jobs", "a", b"{}")
+        raise AssertionError("a failed send must raise QueueUnavailable")
+    except jq.QueueUnavailable as exc:
+        assert "KafkaTimeoutError" in str(exc)
+    first = FakeProducer.made[0]
+    assert first.closed == 0  # closed at once, not waited for
+    queue.send("jobs", "b", b"{}")  # a fresh producer, which works
+    assert len(FakeProducer.made) == 2 and FakeProducer.made[1].sent == [("jobs", b"b")]
+    queue.send("jobs", "c", b"{}")  # and is kept while it works
+    assert len(FakeProducer.made) == 2
