@@ -23,7 +23,7 @@ from typing import Dict, List, Optional
 
 from celery import Celery
 
-from tests.support.services import ROOT, free_port, wait_until
+from tests.support.services import ROOT, check_running, free_port, terminate, wait_until
 
 
 def make_app(redis_url: str) -> Celery:
@@ -73,16 +73,14 @@ class RedisServer:
     def _answers(self) -> bool:
         import redis
 
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            raise RuntimeError("redis-server exited with %s; see %s/redis.log" % (self.proc.returncode, self.data_dir))
+        check_running(self.proc, "redis-server", os.path.join(self.data_dir, "redis.log"))
         try:
             return bool(redis.Redis.from_url(self.url, socket_timeout=1).ping())
         except redis.RedisError:
             return False
 
     def stop(self) -> None:
-        _terminate(self.proc, 20)
+        terminate(self.proc, 20)
 
 
 class CeleryWorkers:
@@ -107,8 +105,7 @@ class CeleryWorkers:
 
     def _all_answer(self) -> bool:
         for p in self.procs:
-            if p.poll() is not None:
-                raise RuntimeError("a celery worker exited with %s; see %s" % (p.returncode, self.log_dir))
+            check_running(p, "a celery worker", self.log_dir)
         replies: List[Dict] = self.client.control.ping(timeout=1.0)
         return len(replies) >= self.count
 
@@ -120,16 +117,4 @@ class CeleryWorkers:
             if p.poll() is None:
                 p.terminate()
         for p in self.procs:
-            _terminate(p, 30)
-
-
-def _terminate(proc: Optional[subprocess.Popen], seconds: float) -> None:
-    """TERM, then KILL the process's group after ``seconds``."""
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(seconds)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, 9)
-        proc.wait(10)
+            terminate(p, 30)

@@ -34,7 +34,7 @@ import tempfile
 import urllib.request
 from typing import Any, Dict, List, Optional
 
-from tests.support.services import ROOT, free_port, http_ok, wait_until
+from tests.support.services import ROOT, check_running, free_port, http_ok, terminate, wait_until
 from tests.support.stack import LocalStack
 
 NGINX_TEMPLATE = os.path.join(ROOT, "devops", "nginx.conf")
@@ -224,20 +224,10 @@ class Nginx:
                    "nginx -> gunicorn :%d" % upstream_port)
 
     def _alive(self) -> bool:
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            raise RuntimeError("nginx exited with %s; see %s" % (self.proc.returncode, self.error_log))
-        return True
+        return check_running(self.proc, "nginx", self.error_log)
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()  # TERM: fast shutdown of master and workers
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
+        terminate(self.proc, 15)  # TERM: fast shutdown of master and workers
 
 
 # ------------------------------------------------------------------------------------------- run

@@ -19,7 +19,6 @@ import argparse
 import http.client
 import itertools
 import json
-import math
 import os
 import pstats
 import shutil
@@ -37,6 +36,7 @@ from sqlalchemy import func, select
 
 from app.store import make_engine
 from app.store.schema import jobs as jobs_table
+from tests.support.figures import percentile
 from tests.support.services import ROOT
 from tests.support.stack import LocalStack
 
@@ -49,11 +49,6 @@ POLL = 0.25
 def _deadline(jobs: int) -> float:
     """Seconds allowed for one batch: generous (~20 jobs/s), but an error rather than a hang."""
     return 60 + jobs / 20.0
-
-
-def percentile(sorted_values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile of an ascending sequence."""
-    return sorted_values[max(0, math.ceil(q / 100.0 * len(sorted_values)) - 1)]
 
 
 def _row(system: str, workers: int, span: float, submit_s: float, latencies: List[float]) -> Dict[str, Any]:

@@ -16,7 +16,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from tests.drills.client import Client, Ledger, Load
-from tests.drills.figures import fmt_latency, latency_summary
+from tests.support.figures import fmt_latency, latency_summary
 from tests.drills.kafka_side import partition_of, read_all, write_poison
 from tests.drills.targets import LabTarget, LocalTarget
 

@@ -20,6 +20,7 @@ import time
 from typing import Any, Dict, List, Optional
 
 from app.topics import Topics
+from fablib.remote import ENV_FILE, SUPERVISORCTL
 from tests.support.services import ROOT, WorkerProcess
 from tests.support.stack import LocalStack
 
@@ -109,7 +110,6 @@ class LabTarget:
     127.0.0.1:$LAB_HTTP_PORT, Kafka at the sidecar's address (reachable from this host)."""
 
     name = "lab"
-    SUPERVISORCTL = "supervisorctl -c /etc/supervisord.conf"
     WORKER = "joblab-worker:joblab-worker-0"
     JOINED_LOG = "/var/log/joblab/drill-worker.log"
 
@@ -138,7 +138,7 @@ class LabTarget:
         return res.stdout
 
     def app_env(self, name: str) -> str:
-        return self.ssh("app", "sudo bash -c %s" % shlex.quote('. /etc/joblab/joblab.env; echo "$%s"' % name)).strip()
+        return self.ssh("app", "sudo bash -c %s" % shlex.quote('. %s; echo "$%s"' % (ENV_FILE, name))).strip()
 
     def start(self) -> None:
         out = subprocess.run([os.path.join(ROOT, "provision", "host", "lab-user.sh"), "drill"],
@@ -156,7 +156,7 @@ class LabTarget:
 
     # -- faults --------------------------------------------------------------------------------
     def _worker_pid(self) -> int:
-        pid = self.ssh("app", "sudo %s pid %s" % (self.SUPERVISORCTL, self.WORKER)).strip()
+        pid = self.ssh("app", "sudo %s pid %s" % (SUPERVISORCTL, self.WORKER)).strip()
         if not pid.isdigit() or pid == "0":
             raise RuntimeError("app: %s is not running (%r)" % (self.WORKER, pid))
         return int(pid)

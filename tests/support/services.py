@@ -128,6 +128,29 @@ def wait_until(check, seconds: float, what: str, step: float = 0.1) -> None:
         time.sleep(step)
 
 
+def check_running(proc: Optional[subprocess.Popen], what: str, log: str) -> bool:
+    """True while ``proc`` runs; once it has exited, RuntimeError naming ``what`` and its ``log``
+    (a readiness wait then fails at once instead of running into its timeout)."""
+    if proc is None or proc.poll() is not None:
+        raise RuntimeError("%s exited with %s; see %s" % (what, None if proc is None else proc.returncode, log))
+    return True
+
+
+def terminate(proc: Optional[subprocess.Popen], seconds: float) -> Optional[int]:
+    """TERM, wait up to ``seconds``, then SIGKILL the process's group (every process started here
+    has its own session). Returns the exit status (None if it was never started)."""
+    if proc is None:
+        return None
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(seconds)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+    return proc.returncode
+
+
 def stack_env(settings: Dict[str, object], **extra: str) -> Dict[str, str]:
     """The environment of gunicorn / worker processes for JOBLAB_* ``settings``."""
     env = dict(os.environ)
@@ -156,13 +179,8 @@ class Gunicorn:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen([os.path.join(BIN, "gunicorn"), "-c", GUNICORN_CONF], env=self.env,
                                          stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT)
-        wait_until(lambda: self._check_alive() and http_ok(self.port), seconds, "gunicorn on :%d" % self.port)
-
-    def _check_alive(self) -> bool:
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            raise RuntimeError("gunicorn exited with %s; see %s" % (self.proc.returncode, self.log_path))
-        return True
+        wait_until(lambda: check_running(self.proc, "gunicorn", self.log_path) and http_ok(self.port), seconds,
+                   "gunicorn on :%d" % self.port)
 
     def reload(self) -> None:
         """HUP: new workers from the master, old ones finish their requests (graceful)."""
@@ -170,13 +188,7 @@ class Gunicorn:
         self.proc.send_signal(signal.SIGHUP)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(40)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
+        terminate(self.proc, 40)
 
 
 class WorkerProcess:
@@ -209,13 +221,4 @@ class WorkerProcess:
 
     def stop(self, seconds: float = 90) -> Optional[int]:
         """One TERM (finish the job, commit, leave the group); SIGKILL after ``seconds``."""
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(seconds)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        return self.proc.returncode
+        return terminate(self.proc, seconds)

@@ -2,7 +2,7 @@
 from kafka.partitioner.default import DefaultPartitioner
 
 from tests.drills.client import job_for
-from tests.drills.figures import latency_summary, percentile
+from tests.support.figures import latency_summary, percentile
 from tests.drills.kafka_side import partition_of
 
 

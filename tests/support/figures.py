@@ -1,4 +1,4 @@
-"""Small statistics for the drill's report."""
+"""Small statistics for the drills' and benchmarks' reports."""
 from __future__ import annotations
 
 import math
