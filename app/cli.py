@@ -1,6 +1,10 @@
-"""Admin commands: ``flask --app app users create NAME``, ``db upgrade``, ``kafka create-topics``,
-``jobs audit``."""
+"""Admin commands: ``flask --app app users create|revoke|list``, ``db upgrade``, ``kafka
+create-topics``, ``jobs audit``."""
 from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta
+from typing import Any, Optional
 
 import click
 from flask import Flask, current_app
@@ -12,18 +16,83 @@ kafka_cli = AppGroup("kafka", help="Kafka topics.")
 jobs_cli = AppGroup("jobs", help="Jobs in the store.")
 
 
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str) -> timedelta:
+    """``30d``, ``12h``, ``90m``, ``3600s``, ``2w`` (a bare number is seconds) -> timedelta."""
+    m = re.fullmatch(r"\s*(\d{1,9})\s*([smhdw]?)\s*", text.lower())
+    if not m or int(m.group(1)) == 0:
+        raise ValueError("%r is not a duration like 30d, 12h, 90m (s, m, h, d, w)" % text)
+    return timedelta(seconds=int(m.group(1)) * _UNITS[m.group(2) or "s"])
+
+
+def _engine() -> Any:
+    return current_app.extensions["joblab_db"].engine
+
+
+def _when(value: Optional[datetime]) -> str:
+    return "-" if value is None else value.strftime("%Y-%m-%d %H:%M:%SZ")
+
+
 @users_cli.command("create")
 @click.argument("name")
-def create_user(name: str) -> None:
+@click.option("--expires-in", metavar="DURATION", help="the token expires after this long: 30d, 12h, 90m (default: never)")
+def create_user(name: str, expires_in: Optional[str]) -> None:
     """Create user NAME (if new) and print a fresh API token alone on the last line."""
-    from .store.users import issue_token
+    from .store.users import issue_token, valid_name
 
-    name = name.strip()
-    if not name or len(name) > 64:
-        raise click.BadParameter("must be 1 to 64 characters", param_hint="NAME")
-    _uid, token, created = issue_token(current_app.extensions["joblab_db"].engine, name)
-    click.echo("%s user %s; new API token (shown once, stored hashed):" % ("created" if created else "existing", name))
+    if not valid_name(name):
+        raise click.BadParameter("1 to 64 letters, digits or . _ @ + - (starting with a letter or digit)",
+                                 param_hint="NAME")
+    try:
+        ttl = None if expires_in is None else parse_duration(expires_in)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--expires-in") from None
+    _uid, token, created = issue_token(_engine(), name, ttl)
+    click.echo("%s user %s; new API token %s(shown once, stored hashed):" % (
+        "created" if created else "existing", name, "" if ttl is None else "valid for %s " % expires_in))
     click.echo(token)
+
+
+@users_cli.command("revoke")
+@click.argument("name")
+@click.argument("token_prefix", required=False)
+@click.option("--prefix", "prefix_opt", metavar="PREFIX", help="revoke only the token starting so (see users list)")
+def revoke_user(name: str, token_prefix: Optional[str], prefix_opt: Optional[str]) -> None:
+    """Revoke all of NAME's tokens, or only the one whose prefix is TOKEN_PREFIX (`users list`
+    shows prefixes; the whole token works too). Revoked tokens answer 401 at once."""
+    from .store.users import UnknownUser, revoke_tokens
+
+    if token_prefix and prefix_opt and token_prefix != prefix_opt:
+        raise click.UsageError("give the token prefix once (argument or --prefix)")
+    try:
+        n = revoke_tokens(_engine(), name, token_prefix or prefix_opt)
+    except UnknownUser:
+        raise click.ClickException("no user %r" % name) from None
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo("revoked %d token%s of user %s" % (n, "" if n == 1 else "s", name))
+
+
+@users_cli.command("list")
+def list_users() -> None:
+    """Users and their tokens: prefix, created, expires, last used, state. Never the secret."""
+    from .store.users import list_tokens, utcnow
+
+    now = utcnow()
+    rows = [("USER", "TOKEN", "CREATED", "EXPIRES", "LAST USED", "STATE")]
+    for r in list_tokens(_engine()):
+        if r["created_at"] is None:  # a user without tokens
+            rows.append((r["name"], "-", "-", "-", "-", "no token"))
+            continue
+        state = ("revoked" if r["revoked_at"] is not None else
+                 "expired" if r["expires_at"] is not None and r["expires_at"] <= now else "active")
+        rows.append((r["name"], (r["prefix"] + "...") if r["prefix"] else "(unknown)", _when(r["created_at"]),
+                     _when(r["expires_at"]) if r["expires_at"] else "never", _when(r["last_used_at"]), state))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
 
 
 @db_cli.command("upgrade")

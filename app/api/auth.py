@@ -1,10 +1,16 @@
-"""Bearer-token authentication for the /v1/jobs routes."""
+"""Bearer-token authentication for the /v1/jobs routes. Every request asks the store: an expired
+or revoked token is refused at once (no cache to outlive a revocation)."""
 from __future__ import annotations
 
-from flask import current_app, g, request
+import logging
 
-from ..store.users import user_for_token
+from flask import current_app, g, request
+from sqlalchemy.exc import SQLAlchemyError
+
+from ..store.users import LastUsed, check_token
 from .errors import api_abort
+
+log = logging.getLogger(__name__)
 
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="joblab"'}
 
@@ -19,7 +25,17 @@ def require_user() -> None:
         api_abort(401, "missing Authorization header (expected: Bearer <token>)", headers=CHALLENGE)
     if scheme.lower() != "bearer" or not token.strip():
         api_abort(401, "Authorization header must be: Bearer <token>", headers=CHALLENGE)
-    found = user_for_token(current_app.extensions["joblab_db"].engine, token.strip())
+    engine = current_app.extensions["joblab_db"].engine
+    found = check_token(engine, token.strip())
     if found is None:
         api_abort(401, "invalid token", headers=CHALLENGE)
-    g.user_id, g.user_name = found
+    if found.problem is not None:
+        # RFC 6750 §3: say why, so a client knows to get a new token rather than retry.
+        api_abort(401, found.problem, headers={
+            "WWW-Authenticate": 'Bearer realm="joblab", error="invalid_token", error_description="%s"' % found.problem})
+    try:
+        # One per app (hence per store and process): token ids are only unique within a store.
+        current_app.extensions.setdefault("joblab_last_used", LastUsed()).seen(engine, found.token_id)
+    except SQLAlchemyError as exc:  # bookkeeping for `users list`: never a reason to refuse a request
+        log.warning("recording the last use of token %d failed: %s", found.token_id, exc.__class__.__name__)
+    g.user_id, g.user_name = found.user_id, found.name

@@ -42,7 +42,16 @@ api_tokens = Table(
     Column("id", BigId, primary_key=True, autoincrement=True),
     Column("user_id", BigId, ForeignKey("users.id"), nullable=False, index=True),
     Column("token_hash", String(64), nullable=False, unique=True),
+    # The token's first characters (TOKEN_PREFIX + 8): names a token in `users list` and `users revoke`
+    # without revealing it (48 random bits: useless to a guesser). NULL for tokens made before 0002.
+    Column("prefix", String(16), nullable=True),
     Column("created_at", DateTime, nullable=False),
+    # NULL: never expires.
+    Column("expires_at", DateTime, nullable=True),
+    # Set by `users revoke`: the token answers 401 from then on.
+    Column("revoked_at", DateTime, nullable=True),
+    # Written at most once a minute per process (app/store/users.py), not on every request.
+    Column("last_used_at", DateTime, nullable=True),
 )
 
 # `seq` orders jobs (newest first, cursor pagination); `id` is the public job token.
@@ -56,6 +65,9 @@ jobs = Table(
     Column("args", Text, nullable=False),
     Column("status", String(16), nullable=False),
     Column("attempts", Integer, nullable=False, default=0),
+    # Claims that found the job still `running`: its worker died mid-job (SIGKILL, OOM) or another
+    # delivery is running it. Once the attempts are used up, such a job is failed, never run again.
+    Column("crashes", Integer, nullable=False, default=0, server_default="0"),
     Column("error", Text, nullable=True),
     Column("created_at", DateTime, nullable=False),
     Column("started_at", DateTime, nullable=True),
@@ -63,6 +75,8 @@ jobs = Table(
     Column("updated_at", DateTime, nullable=False),
     Index("ix_jobs_user_seq", "user_id", "seq"),
     Index("ix_jobs_status", "status"),
+    # The per-user quota counts a user's queued + running jobs on every submit.
+    Index("ix_jobs_user_status", "user_id", "status"),
 )
 
 # One row per job at most: the primary key is what makes a re-delivered job harmless.

@@ -1,17 +1,30 @@
-"""Users and their API tokens. Tokens are random, shown once, and stored only as SHA-256 digests."""
+"""Users and their API tokens. Tokens are random, shown once, and stored only as SHA-256 digests,
+with a short non-secret prefix that names them. A token may expire; `users revoke` ends it at once."""
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
-from datetime import datetime, timezone
-from typing import Optional, Tuple
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any, Dict, List, Optional, Tuple
 
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Engine
 
 from .schema import api_tokens, users
 
 TOKEN_PREFIX = "jl_"
+#: Characters of a token kept in clear to name it: TOKEN_PREFIX + 8 (48 random bits).
+PREFIX_LENGTH = len(TOKEN_PREFIX) + 8
+#: User names: printable, no spaces or line breaks (they appear in logs and tables).
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}")
+#: A token's last use is written at most this often per process: one UPDATE a minute, not one a request.
+LAST_USED_EVERY_SECONDS = 60.0
+#: The shortest prefix `users revoke` takes: TOKEN_PREFIX alone would name every token.
+MIN_PREFIX_GIVEN = len(TOKEN_PREFIX) + 4
 
 
 def utcnow() -> datetime:
@@ -24,8 +37,13 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
-def issue_token(engine: Engine, name: str) -> Tuple[int, str, bool]:
-    """Create user ``name`` if missing and give it a new token. Returns (user id, token, created)."""
+def valid_name(name: str) -> bool:
+    return NAME_PATTERN.fullmatch(name) is not None
+
+
+def issue_token(engine: Engine, name: str, expires_in: Optional[timedelta] = None) -> Tuple[int, str, bool]:
+    """Create user ``name`` if missing and give it a new token (expiring after ``expires_in``, or
+    never). Returns (user id, token, created)."""
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     now = utcnow()
     with engine.begin() as conn:
@@ -33,19 +51,103 @@ def issue_token(engine: Engine, name: str) -> Tuple[int, str, bool]:
         created = user_id is None
         if created:
             user_id = conn.execute(insert(users).values(name=name, created_at=now)).inserted_primary_key[0]
-        conn.execute(
-            insert(api_tokens).values(user_id=user_id, token_hash=hash_token(token), created_at=now)
-        )
+        conn.execute(insert(api_tokens).values(
+            user_id=user_id, token_hash=hash_token(token), prefix=token[:PREFIX_LENGTH], created_at=now,
+            expires_at=None if expires_in is None else now + expires_in,
+        ))
     return int(user_id), token, created
 
 
-def user_for_token(engine: Engine, token: str) -> Optional[Tuple[int, str]]:
-    """(user id, name) for a valid token, else None."""
+@dataclass(frozen=True)
+class TokenCheck:
+    """What a presented token is: ``problem`` is None for a usable one, else why it is refused."""
+
+    user_id: int
+    name: str
+    token_id: int
+    problem: Optional[str]
+
+
+def check_token(engine: Engine, token: str) -> Optional[TokenCheck]:
+    """The token's owner and whether it may be used now; None for a token that was never issued."""
     query = (
-        select(users.c.id, users.c.name)
+        select(users.c.id, users.c.name, api_tokens.c.id.label("token_id"), api_tokens.c.expires_at,
+               api_tokens.c.revoked_at)
         .select_from(api_tokens.join(users, api_tokens.c.user_id == users.c.id))
         .where(api_tokens.c.token_hash == hash_token(token))
     )
     with engine.connect() as conn:
         row = conn.execute(query).first()
-    return (int(row.id), row.name) if row else None
+    if row is None:
+        return None
+    problem = None
+    if row.revoked_at is not None:
+        problem = "token revoked"
+    elif row.expires_at is not None and row.expires_at <= utcnow():
+        problem = "token expired"
+    return TokenCheck(int(row.id), row.name, int(row.token_id), problem)
+
+
+def user_for_token(engine: Engine, token: str) -> Optional[Tuple[int, str]]:
+    """(user id, name) for a usable token (issued, not expired, not revoked), else None."""
+    found = check_token(engine, token)
+    return (found.user_id, found.name) if found is not None and found.problem is None else None
+
+
+class LastUsed:
+    """Records tokens' last use, throttled per process (the table is for people, not for auth)."""
+
+    def __init__(self, every: float = LAST_USED_EVERY_SECONDS) -> None:
+        self.every = every
+        self._written: Dict[int, float] = {}
+        self._lock = threading.Lock()
+
+    def seen(self, engine: Engine, token_id: int) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if now - self._written.get(token_id, -self.every) < self.every:
+                return
+            self._written[token_id] = now
+        with engine.begin() as conn:
+            conn.execute(update(api_tokens).where(api_tokens.c.id == token_id).values(last_used_at=utcnow()))
+
+
+class UnknownUser(LookupError):
+    """No user of that name."""
+
+
+def revoke_tokens(engine: Engine, name: str, prefix: Optional[str] = None) -> int:
+    """Revoke all of user ``name``'s live tokens, or the one whose prefix (or whole token) is
+    ``prefix``. Returns how many were revoked; raises UnknownUser, or ValueError when ``prefix``
+    names no live token of the user or more than one."""
+    now = utcnow()
+    with engine.begin() as conn:
+        user_id = conn.execute(select(users.c.id).where(users.c.name == name)).scalar()
+        if user_id is None:
+            raise UnknownUser(name)
+        live = api_tokens.c.user_id == user_id, api_tokens.c.revoked_at.is_(None)
+        if prefix is None:
+            return conn.execute(update(api_tokens).where(*live).values(revoked_at=now)).rowcount
+        rows = conn.execute(select(api_tokens.c.id, api_tokens.c.prefix, api_tokens.c.token_hash).where(*live)).all()
+        # A whole token matches by its digest; a part of one must overlap the stored prefix.
+        given = prefix.strip()
+        matches = [r.id for r in rows if r.token_hash == hash_token(given) or (
+            r.prefix and len(given) >= MIN_PREFIX_GIVEN and (r.prefix.startswith(given) or given.startswith(r.prefix)))]
+        if not matches:
+            raise ValueError("user %s has no live token starting %r" % (name, prefix))
+        if len(matches) > 1:
+            raise ValueError("%d live tokens of user %s start %r; give more of the prefix" % (len(matches), name, prefix))
+        conn.execute(update(api_tokens).where(api_tokens.c.id == matches[0]).values(revoked_at=now))
+        return 1
+
+
+def list_tokens(engine: Engine) -> List[Dict[str, Any]]:
+    """Every user's tokens (users without one too): never the secret, only its prefix."""
+    query = (
+        select(users.c.name, api_tokens.c.prefix, api_tokens.c.created_at, api_tokens.c.expires_at,
+               api_tokens.c.last_used_at, api_tokens.c.revoked_at)
+        .select_from(users.outerjoin(api_tokens, api_tokens.c.user_id == users.c.id))
+        .order_by(users.c.name, api_tokens.c.id)
+    )
+    with engine.connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(query)]
