@@ -41,7 +41,7 @@ def create_app(test_config: Optional[Mapping[str, Any]] = None) -> Flask:
     Database().init_app(app)
     JobQueue().init_app(app)
 
-    from .api.schemas import ErrorSchema
+    from .api.schemas import ErrorSchema, register_job_type_schemas
 
     class JoblabApi(Api):
         # Document error bodies as app/api/errors.py writes them (not flask-smorest's own shape).
@@ -49,6 +49,7 @@ def create_app(test_config: Optional[Mapping[str, Any]] = None) -> Flask:
 
     api = JoblabApi(app, spec_kwargs={"info": {"description": "Submit jobs, poll them, fetch results."}})
     api.spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
+    register_job_type_schemas(api)
     api.register_blueprint(health.bp)
     api.register_blueprint(jobs.bp)
     errors.init_app(app)

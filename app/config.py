@@ -25,6 +25,12 @@ DEFAULTS: Dict[str, Any] = {
     "KAFKA_SEND_TIMEOUT": 10.0,
     # Largest request body accepted (bytes); larger gets 413.
     "MAX_CONTENT_LENGTH": 64 * 1024,
+    # Deepest nesting of arrays/objects in a request body; deeper gets 400 before it is parsed.
+    "MAX_JSON_DEPTH": 32,
+    # Jobs one user may have queued or running at once; one more submit gets 429 (0: no limit).
+    "USER_MAX_ACTIVE": 1000,
+    # Seconds a 429 over the quota tells the client to wait (Retry-After).
+    "QUOTA_RETRY_AFTER": 5,
     # Page size of GET /v1/jobs when the client gives none, and its ceiling.
     "PAGE_SIZE": 20,
     "PAGE_SIZE_MAX": 100,

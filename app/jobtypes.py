@@ -22,6 +22,13 @@ from marshmallow.validate import Length, Range
 
 # Longest `sleep` job accepted; the worker's max.poll.interval is derived from it.
 SLEEP_MAX_SECONDS = 60.0
+#: Most numbers one `sum` job adds.
+SUM_MAX_NUMBERS = 1000
+#: Largest magnitude of each number: integers up to here are exact in every JSON client (2**53),
+#: and a sum of SUM_MAX_NUMBERS of them stays finite and serialisable.
+SUM_MAX_MAGNITUDE = 2 ** 53
+#: Longest message of a `fail` job.
+FAIL_MESSAGE_MAX = 1000
 
 
 class JobFailed(Exception):
@@ -65,7 +72,9 @@ class Number(fields.Field):
         return value
 
 
-@job_type("sum", numbers=fields.List(Number(), required=True, validate=Length(max=10000)))
+@job_type("sum", numbers=fields.List(
+    Number(validate=Range(min=-SUM_MAX_MAGNITUDE, max=SUM_MAX_MAGNITUDE)),
+    required=True, validate=Length(max=SUM_MAX_NUMBERS)))
 def sum_numbers(numbers: list) -> Dict[str, Any]:
     """Add up ``numbers``."""
     return {"sum": sum(numbers)}
@@ -78,7 +87,7 @@ def sleep(seconds: float) -> Dict[str, Any]:
     return {"slept": seconds}
 
 
-@job_type("fail", message=fields.String(required=True, validate=Length(min=1, max=1000)))
+@job_type("fail", message=fields.String(required=True, validate=Length(min=1, max=FAIL_MESSAGE_MAX)))
 def fail(message: str) -> None:
     """Always raise: exercises retries and the dead-letter topic."""
     raise JobFailed(message)

@@ -7,7 +7,7 @@ import resource
 from typing import Dict
 
 from flask import current_app
-from flask_smorest import Blueprint
+from .jsonbody import Blueprint
 
 from .. import __version__
 from .schemas import HealthSchema, InfoSchema, ReadySchema

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any, Dict, Optional
 
 from flask import current_app, g, request
-from flask_smorest import Blueprint
+from .jsonbody import Blueprint
 
 from .. import store
 from ..messages import encode_job
@@ -67,12 +67,26 @@ def require_json_body() -> None:
 # A valid body: API readers and fuzzers (schemathesis' examples phase) start from it.
 @bp.arguments(JobCreateSchema, error_status_code=400, example={"type": "sum", "args": {"numbers": [1, 2, 3]}})
 @bp.response(202, JobSchema)
-@bp.alt_response(400, description="invalid body; `fields` names each problem")
+@bp.alt_response(400, description="invalid body (bad JSON, nested deeper than MAX_JSON_DEPTH, a field out of "
+                                   "its bounds); `fields` names each problem")
+@bp.alt_response(413, description="body larger than MAX_CONTENT_LENGTH (64 KiB by default)")
+@bp.alt_response(429, description="the caller already has USER_MAX_ACTIVE jobs (1000 by default) queued or "
+                                   "running; nothing was stored. `Retry-After` says when to try again")
 @bp.alt_response(503, description="Kafka did not take the job; it is not queued")
 def create_job(body: Dict[str, Any]):
-    """Submit a job: recorded in the database, then on Kafka (acks=all), then 202."""
+    """Submit a job: recorded in the database, then on Kafka (acks=all), then 202.
+
+    Each type's `args` and their bounds are in the `*Args` schemas (e.g. `sum`: at most 1000
+    numbers, each within ±2^53)."""
     engine = _db().engine
-    row = job_store.create_job(engine, g.user_id, body["type"], body["args"])
+    cfg = current_app.config
+    try:
+        row = job_store.create_job(engine, g.user_id, body["type"], body["args"],
+                                   max_active=int(cfg["USER_MAX_ACTIVE"]) or None)
+    except job_store.QuotaExceeded as exc:
+        log.info("user %r: over quota (%d jobs queued or running)", g.user_name, exc.active)
+        api_abort(429, "you have %d jobs queued or running, the most allowed; try again when some have finished"
+                  % exc.active, headers={"Retry-After": str(int(cfg["QUOTA_RETRY_AFTER"]))}, active=exc.active)
     queue = current_app.extensions["joblab_queue"]
     try:
         queue.send(queue.topics.jobs, row["id"], encode_job(row["id"], row["type"], row["args"]))
@@ -80,7 +94,7 @@ def create_job(body: Dict[str, Any]):
         log.error("job %s: enqueue failed: %s", row["id"], exc)
         job_store.mark_enqueue_failed(engine, row["id"], str(exc))
         api_abort(503, "job queue unavailable, job not accepted; try again later", id=row["id"])
-    log.info("job %s: queued (%s) for user %s", row["id"], row["type"], g.user_name)
+    log.info("job %s: queued (%s) for user %r", row["id"], row["type"], g.user_name)
     return job_json(row), 202, {"Location": "/v1/jobs/%s" % row["id"]}
 
 

@@ -24,7 +24,11 @@ class JobCreateSchema(Schema):
                          metadata={"description": "job type, e.g. sum", "enum": sorted(REGISTRY)})
     args = fields.Dict(
         keys=fields.String(), required=True,
-        metadata={"description": "arguments of the job type, checked against that type's fields"},
+        metadata={
+            "description": "arguments of the job type, checked against that type's *Args schema (bounds included)",
+            # The schemas themselves are registered by register_job_type_schemas().
+            "anyOf": [{"$ref": "#/components/schemas/%s" % jt.schema.__name__} for _n, jt in sorted(REGISTRY.items())],
+        },
     )
 
     @validates_schema
@@ -106,3 +110,13 @@ class ErrorSchema(Schema):
     error = fields.String()
     message = fields.String()
     fields_ = fields.Dict(keys=fields.String(), values=fields.List(fields.String()), data_key="fields")
+
+
+def register_job_type_schemas(api: Any) -> None:
+    """Put each job type's args schema (``SumArgs``...) into the OpenAPI components, with the
+    Number field documented as a JSON number."""
+    from ..jobtypes import Number
+
+    api.register_field(Number, "number", None)
+    for _name, jt in sorted(REGISTRY.items()):
+        api.spec.components.schema(jt.schema.__name__, schema=jt.schema)

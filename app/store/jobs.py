@@ -6,7 +6,7 @@ import json
 import uuid
 from typing import Any, Dict, List, Optional, Tuple
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import case, func, insert, select, update
 from sqlalchemy.engine import Connection, Engine
 
 from ..states import JobStatus
@@ -16,6 +16,15 @@ from .users import utcnow
 Row = Dict[str, Any]
 
 _JOB_COLUMNS = [c for c in jobs.c if c.name != "user_id"]
+_ACTIVE = [JobStatus.QUEUED.value, JobStatus.RUNNING.value]
+
+
+class QuotaExceeded(Exception):
+    """The user already has ``active`` jobs queued or running, the most allowed: nothing was stored."""
+
+    def __init__(self, active: int) -> None:
+        super().__init__("%d jobs queued or running" % active)
+        self.active = active
 
 
 def _row(row: Any) -> Row:
@@ -25,8 +34,12 @@ def _row(row: Any) -> Row:
     return data
 
 
-def create_job(engine: Engine, user_id: int, job_type: str, args: Dict[str, Any]) -> Row:
-    """Insert a queued job and commit it: the row exists before the message is produced."""
+def create_job(engine: Engine, user_id: int, job_type: str, args: Dict[str, Any],
+               max_active: Optional[int] = None) -> Row:
+    """Insert a queued job and commit it: the row exists before the message is produced. With
+    ``max_active``, a user who already has that many jobs queued or running gets QuotaExceeded
+    instead (counted in the same transaction; concurrent submits of one user can overshoot the
+    bound by at most their number)."""
     now = utcnow()
     values = dict(
         id=str(uuid.uuid4()),
@@ -35,10 +48,16 @@ def create_job(engine: Engine, user_id: int, job_type: str, args: Dict[str, Any]
         args=json.dumps(args, separators=(",", ":")),
         status=JobStatus.QUEUED.value,
         attempts=0,
+        crashes=0,
         created_at=now,
         updated_at=now,
     )
     with engine.begin() as conn:
+        if max_active is not None:
+            active = conn.execute(select(func.count()).select_from(jobs).where(
+                jobs.c.user_id == user_id, jobs.c.status.in_(_ACTIVE))).scalar_one()
+            if active >= max_active:
+                raise QuotaExceeded(active)
         seq = conn.execute(insert(jobs).values(**values)).inserted_primary_key[0]
     # Built from what was written rather than read back: one round trip less on the submit path.
     row = {c.name: None for c in _JOB_COLUMNS}
@@ -111,20 +130,53 @@ def cancel_job(engine: Engine, job_id: str, user_id: int) -> Tuple[Optional[Row]
     return get_job(engine, job_id), done
 
 
-def claim_job(engine: Engine, job_id: str) -> Optional[Row]:
+def claim_job(engine: Engine, job_id: str, max_attempts: Optional[int] = None) -> Optional[Row]:
     """queued|running -> running, counting the attempt. A job left `running` by a worker that died
-    is claimed again (at-least-once). Returns the claimed job, or None if it is unknown or terminal."""
+    is claimed again (at-least-once), and that counts as a crash. Returns the claimed job, or None
+    if it is unknown or terminal.
+
+    With ``max_attempts``: a job still `running` that has used them all is not claimed (the
+    workers died running it every time; running it again would kill another). It comes back with
+    ``exhausted`` True, for the caller to fail with give_up(). Claimed jobs have ``exhausted`` False."""
+    running = jobs.c.status == JobStatus.RUNNING.value
+    may_run = jobs.c.status == JobStatus.QUEUED.value
+    if max_attempts is None:
+        may_run = may_run | running
+    else:
+        may_run = may_run | (running & (jobs.c.attempts < max_attempts))
     with engine.begin() as conn:  # read back in the same transaction: one connection checkout
-        done = _transition(
-            conn, job_id, [JobStatus.QUEUED, JobStatus.RUNNING],
-            status=JobStatus.RUNNING.value, attempts=jobs.c.attempts + 1, started_at=utcnow(),
-        )
-        return _get(conn, job_id) if done else None
+        now = utcnow()
+        done = conn.execute(update(jobs).where(jobs.c.id == job_id, may_run).values(
+            status=JobStatus.RUNNING.value, attempts=jobs.c.attempts + 1, started_at=now, updated_at=now,
+            # SET sees the row as it was: a claim of a `running` job counts a crash.
+            crashes=jobs.c.crashes + case((running, 1), else_=0),
+        )).rowcount == 1
+        row = _get(conn, job_id)
+    if row is None or not (done or row["status"] is JobStatus.RUNNING):
+        return None
+    row["exhausted"] = not done
+    return row
 
 
-def store_success(engine: Engine, job_id: str, result: Any) -> bool:
-    """running -> succeeded and the result row, in ONE transaction. False if the job was no longer
-    running (another delivery finished it first): then nothing is written."""
+def give_up(engine: Engine, job_id: str, error: str) -> bool:
+    """running -> failed for a job that crashed its workers once too often; counts this crash too."""
+    with engine.begin() as conn:
+        return _transition(conn, job_id, [JobStatus.RUNNING], status=JobStatus.FAILED.value, error=error,
+                           finished_at=utcnow(), crashes=jobs.c.crashes + 1)
+
+
+def reject_job(engine: Engine, job_id: str, error: str) -> bool:
+    """queued|running -> failed: its message could not be processed at all (not valid, or the
+    worker could not handle it). A finished job is left as it is."""
+    with engine.begin() as conn:
+        return _transition(conn, job_id, [JobStatus.QUEUED, JobStatus.RUNNING], status=JobStatus.FAILED.value,
+                           error=error, finished_at=utcnow())
+
+
+def store_success(engine: Engine, job_id: str, result_json: str) -> bool:
+    """running -> succeeded and the result row (``result_json``: the result already serialised,
+    strictly), in ONE transaction. False if the job was no longer running (another delivery
+    finished it first): then nothing is written."""
     now = utcnow()
     with engine.begin() as conn:
         if not _transition(
@@ -132,7 +184,7 @@ def store_success(engine: Engine, job_id: str, result: Any) -> bool:
         ):
             return False
         conn.execute(
-            insert(results).values(job_id=job_id, result=json.dumps(result, separators=(",", ":")), created_at=now)
+            insert(results).values(job_id=job_id, result=result_json, created_at=now)
         )
     return True
 
@@ -151,7 +203,12 @@ def store_failure(engine: Engine, job_id: str, error: str) -> bool:
         )
 
 
-def get_result(engine: Engine, job_id: str) -> Optional[Any]:
+def get_result_json(engine: Engine, job_id: str) -> Optional[str]:
+    """The stored result as its JSON text (None when there is none)."""
     with engine.connect() as conn:
-        raw = conn.execute(select(results.c.result).where(results.c.job_id == job_id)).scalar()
+        return conn.execute(select(results.c.result).where(results.c.job_id == job_id)).scalar()
+
+
+def get_result(engine: Engine, job_id: str) -> Optional[Any]:
+    raw = get_result_json(engine, job_id)
     return None if raw is None else json.loads(raw)

@@ -8,21 +8,6 @@ from app.store import jobs as js
 from tests.conftest import auth
 
 
-@pytest.fixture
-def app(make_app, sqlite_url):
-    return make_app(sqlite_url)
-
-
-@pytest.fixture
-def client(app):
-    return app.test_client()
-
-
-@pytest.fixture
-def alice(app):
-    return auth(app, "alice")
-
-
 def engine(app):
     return app.extensions["joblab_db"].engine
 
@@ -154,7 +139,7 @@ def test_job_view_and_result_before_success(client, app, alice):
     assert set(body) >= {"id", "type", "status", "attempts", "created_at", "started_at", "finished_at", "error"}
     assert assert_error(client.get(f"/v1/jobs/{job['id']}/result", headers=alice), 409)["job_status"] == "queued"
     js.claim_job(engine(app), job["id"])
-    js.store_success(engine(app), job["id"], {"sum": 3})
+    js.store_success(engine(app), job["id"], '{"sum":3}')
     assert client.get(f"/v1/jobs/{job['id']}/result", headers=alice).get_json() == {
         "id": job["id"], "result": {"sum": 3}}
 
@@ -215,3 +200,39 @@ def test_wrong_method_is_json_405_with_allow(client, alice):
 
 def test_debug_is_off(app):
     assert not app.debug
+
+
+# -- quota -------------------------------------------------------------------------------------
+def test_over_quota_is_429_with_retry_after_and_nothing_stored(make_app, sqlite_url):
+    app = make_app(sqlite_url, USER_MAX_ACTIVE=3, QUOTA_RETRY_AFTER=7, KAFKA_SEND_TIMEOUT=0.3)
+    client, alice, bob = app.test_client(), auth(app, "alice"), auth(app, "bob")
+    mine = [js.create_job(engine(app), user_id(app, alice), "sleep", {"seconds": 60})["id"] for _ in range(3)]
+    js.claim_job(engine(app), mine[0])  # running counts too
+    resp = client.post("/v1/jobs", json={"type": "sum", "args": {"numbers": [1]}}, headers=alice)
+    body = assert_error(resp, 429)
+    assert resp.headers["Retry-After"] == "7" and body["active"] == 3
+    assert len(js.list_jobs(engine(app), user_id(app, alice), limit=10)[0]) == 3
+    # Another user is not held back (their submit goes on to Kafka, down here: 503, not 429).
+    assert client.post("/v1/jobs", json={"type": "noop", "args": {}}, headers=bob).status_code == 503
+    # Finished jobs free the quota.
+    js.cancel_job(engine(app), mine[1], user_id(app, alice))
+    assert client.post("/v1/jobs", json={"type": "noop", "args": {}}, headers=alice).status_code == 503
+
+
+def test_quota_zero_means_no_limit(make_app, sqlite_url):
+    app = make_app(sqlite_url, USER_MAX_ACTIVE=0, KAFKA_SEND_TIMEOUT=0.3)
+    alice = auth(app, "alice")
+    for _ in range(3):
+        js.create_job(engine(app), user_id(app, alice), "sleep", {"seconds": 1})
+    assert app.test_client().post("/v1/jobs", json={"type": "noop", "args": {}}, headers=alice).status_code == 503
+
+
+def test_openapi_documents_bounds_and_quota(client):
+    spec = client.get("/openapi.json").get_json()
+    schemas = spec["components"]["schemas"]
+    numbers = schemas["SumArgs"]["properties"]["numbers"]
+    assert numbers["maxItems"] == 1000 and numbers["items"]["maximum"] == 2 ** 53
+    assert schemas["SleepArgs"]["properties"]["seconds"]["maximum"] == 60
+    assert {"$ref": "#/components/schemas/SumArgs"} in schemas["JobCreate"]["properties"]["args"]["anyOf"]
+    responses = spec["paths"]["/v1/jobs"]["post"]["responses"]
+    assert {"400", "413", "429", "503"} <= set(responses)

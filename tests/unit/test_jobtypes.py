@@ -1,7 +1,8 @@
 import pytest
 from marshmallow import ValidationError, fields
 
-from app.jobtypes import REGISTRY, JobFailed, job_type
+from app.jobtypes import REGISTRY, SUM_MAX_MAGNITUDE, SUM_MAX_NUMBERS, JobFailed, job_type
+from app.messages import encode_result
 from tests.conftest import auth
 
 
@@ -23,6 +24,25 @@ def test_sum_refuses_non_numbers(bad):
     with pytest.raises(ValidationError) as err:
         load("sum", {"numbers": [1, bad]})
     assert 1 in err.value.messages["numbers"]
+
+
+@pytest.mark.parametrize("numbers, where", [
+    ([2 ** 53 + 1], 0),                     # beyond what every JSON client reads exactly
+    ([1, -(2 ** 53) - 1], 1),
+    ([1e308, 1e308], 0),                    # their sum would be Infinity: not JSON
+    ([10 ** 4300, 10 ** 4300], 0),          # their sum has more digits than json.dumps may write
+])
+def test_sum_bounds_each_number(numbers, where):
+    with pytest.raises(ValidationError) as err:
+        load("sum", {"numbers": numbers})
+    assert where in err.value.messages["numbers"]
+
+
+def test_sum_bounds_the_count_and_any_sum_within_is_finite():
+    with pytest.raises(ValidationError, match="1000"):
+        load("sum", {"numbers": [1] * (SUM_MAX_NUMBERS + 1)})
+    biggest = [float(SUM_MAX_MAGNITUDE)] * SUM_MAX_NUMBERS
+    assert encode_result(REGISTRY["sum"].run(load("sum", {"numbers": biggest})))
 
 
 def test_sleep_is_bounded():

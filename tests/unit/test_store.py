@@ -4,22 +4,8 @@ from sqlalchemy import func, select
 
 from app.states import JobStatus
 from app.store import jobs as js
-from app.store import make_engine
 from app.store.schema import results
 from app.store.users import issue_token, user_for_token
-
-
-@pytest.fixture
-def engine(sqlite_url):
-    eng = make_engine(sqlite_url)
-    yield eng
-    eng.dispose()
-
-
-@pytest.fixture
-def user(engine):
-    uid, _token, _ = issue_token(engine, "alice")
-    return uid
 
 
 def result_rows(engine, job_id):
@@ -43,7 +29,7 @@ def test_queued_running_succeeded(engine, user):
     assert job["status"] is JobStatus.QUEUED and job["attempts"] == 0
     claimed = js.claim_job(engine, job["id"])
     assert claimed["status"] is JobStatus.RUNNING and claimed["attempts"] == 1 and claimed["started_at"]
-    assert js.store_success(engine, job["id"], {"sum": 1})
+    assert js.store_success(engine, job["id"], '{"sum":1}')
     done = js.get_job(engine, job["id"])
     assert done["status"] is JobStatus.SUCCEEDED and done["finished_at"]
     assert js.get_result(engine, job["id"]) == {"sum": 1}
@@ -52,9 +38,9 @@ def test_queued_running_succeeded(engine, user):
 def test_finished_job_is_never_claimed_or_stored_again(engine, user):
     job = js.create_job(engine, user, "sum", {"numbers": [1]})
     js.claim_job(engine, job["id"])
-    assert js.store_success(engine, job["id"], {"sum": 1})
+    assert js.store_success(engine, job["id"], '{"sum":1}')
     assert js.claim_job(engine, job["id"]) is None
-    assert not js.store_success(engine, job["id"], {"sum": 2})
+    assert not js.store_success(engine, job["id"], '{"sum":2}')
     assert result_rows(engine, job["id"]) == 1 and js.get_result(engine, job["id"]) == {"sum": 1}
 
 
@@ -116,7 +102,7 @@ def test_audit_reports_each_id_and_table_wide_anomalies(engine, user):
     done = js.create_job(engine, user, "sum", {"numbers": [1]})["id"]
     js.claim_job(engine, done)
     js.claim_job(engine, done)  # redelivered after a crash: a second claim, a duplicate execution
-    js.store_success(engine, done, {"sum": 1})
+    js.store_success(engine, done, '{"sum":1}')
     stuck = js.create_job(engine, user, "sleep", {"seconds": 1})["id"]
     js.claim_job(engine, stuck)
     queued = js.create_job(engine, user, "sum", {"numbers": []})["id"]
@@ -157,3 +143,52 @@ def test_created_row_is_what_a_read_returns(engine, user):
     created = js.create_job(engine, user, "sum", {"numbers": [1, 2.5]})
     assert created == js.get_job(engine, created["id"])
     assert created["status"] is JobStatus.QUEUED and created["seq"] >= 1
+
+
+# -- crash loops, rejected messages, quotas ---------------------------------------------------
+def test_claims_of_a_running_job_count_crashes_until_attempts_are_used(engine, user):
+    job_id = js.create_job(engine, user, "sleep", {"seconds": 1})["id"]
+    first = js.claim_job(engine, job_id, max_attempts=3)
+    assert (first["attempts"], first["crashes"], first["exhausted"]) == (1, 0, False)
+    # The worker died mid-job twice: each redelivery finds it `running`.
+    for n in (2, 3):
+        again = js.claim_job(engine, job_id, max_attempts=3)
+        assert (again["attempts"], again["crashes"], again["exhausted"]) == (n, n - 1, False)
+    # A fourth delivery: all attempts died with their worker. Not claimed, not run.
+    last = js.claim_job(engine, job_id, max_attempts=3)
+    assert last["exhausted"] and last["status"] is JobStatus.RUNNING and last["attempts"] == 3
+    assert js.give_up(engine, job_id, "crashed the worker 3 times")
+    done = js.get_job(engine, job_id)
+    assert done["status"] is JobStatus.FAILED and done["crashes"] == 3 and done["error"] == "crashed the worker 3 times"
+    assert js.claim_job(engine, job_id, max_attempts=3) is None
+
+
+def test_a_retried_job_is_not_a_crash(engine, user):
+    job_id = js.create_job(engine, user, "fail", {"message": "x"})["id"]
+    for _ in range(3):
+        claimed = js.claim_job(engine, job_id, max_attempts=3)
+        assert not claimed["exhausted"] and claimed["crashes"] == 0
+        js.store_retry(engine, job_id, "JobFailed: x")  # back to queued: a normal failed attempt
+
+
+def test_reject_fails_queued_or_running_and_leaves_finished_jobs(engine, user):
+    queued = js.create_job(engine, user, "sum", {"numbers": [1]})["id"]
+    assert js.reject_job(engine, queued, "rejected message: bad")
+    assert js.get_job(engine, queued)["status"] is JobStatus.FAILED
+    done = js.create_job(engine, user, "sum", {"numbers": [1]})["id"]
+    js.claim_job(engine, done)
+    js.store_success(engine, done, '{"sum":1}')
+    assert not js.reject_job(engine, done, "rejected message: bad")
+    assert js.get_job(engine, done)["status"] is JobStatus.SUCCEEDED
+
+
+def test_quota_counts_queued_and_running_of_that_user_only(engine, user):
+    other, _, _ = issue_token(engine, "mallory")
+    ids = [js.create_job(engine, user, "sleep", {"seconds": 1}, max_active=2)["id"] for _ in range(2)]
+    js.create_job(engine, other, "sleep", {"seconds": 1}, max_active=2)
+    with pytest.raises(js.QuotaExceeded) as info:
+        js.create_job(engine, user, "sleep", {"seconds": 1}, max_active=2)
+    assert info.value.active == 2
+    js.claim_job(engine, ids[0])
+    js.store_success(engine, ids[0], '{"slept":1}')
+    assert js.create_job(engine, user, "sleep", {"seconds": 1}, max_active=2)["status"] is JobStatus.QUEUED
