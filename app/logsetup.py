@@ -1,15 +1,37 @@
-"""One log format for the app and the worker: ``time level logger: message``."""
+"""One log format for the app and the worker: ``time level logger: message``.
+
+User text reaches some log lines (a job's error, a user name). Callers quote it with %r; the
+formatter also escapes any line break left in a message and indents tracebacks, so no input can
+start a line that looks like one of ours."""
 from __future__ import annotations
 
 import logging
 import os
 
+FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
+
+
+class OneLineFormatter(logging.Formatter):
+    """Every record's message on one line; traceback lines indented under it."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        if "\n" in record.message or "\r" in record.message:
+            record.message = record.message.replace("\r", "\\r").replace("\n", "\\n")
+        return super().formatMessage(record)
+
+    def formatException(self, ei) -> str:  # type: ignore[no-untyped-def]
+        return "\n".join("    | " + line for line in super().formatException(ei).splitlines())
+
 
 def configure_logging() -> None:
     """Set up root logging once (gunicorn's own handlers are left alone when present)."""
     level = os.environ.get("JOBLAB_LOG_LEVEL", "INFO").upper()
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(OneLineFormatter(FORMAT))
+        root.addHandler(handler)
+        root.setLevel(level)
     # kafka-python logs every reconnect attempt at INFO; keep its warnings and errors only.
     logging.getLogger("kafka").setLevel(max(logging.WARNING, logging.getLogger().level))
     # Alembic announces each of its plugins at INFO on every run.

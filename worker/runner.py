@@ -23,9 +23,10 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from app.jobqueue import JobQueue, QueueUnavailable
 from app.jobtypes import REGISTRY
-from app.messages import PoisonMessage, decode_job, encode_event, encode_job
+from app.messages import JOB_ID_PATTERN, PoisonMessage, decode_job, encode_event, encode_job, encode_result
 from app.states import JobStatus
 from app.store import jobs as job_store
+from app.store import store_unavailable
 from app.topics import Topics
 
 from . import defaults
@@ -67,6 +68,29 @@ def _drop_parked_records(consumer: KafkaConsumer, tp: TopicPartition) -> None:
             stale = parked.pop(tp, None)
             if stale is not None and hasattr(stale, "drain"):
                 stale.drain()
+
+
+#: Longest error text kept with a job (stored, published, put in dead-letter headers).
+ERROR_MAX = 2000
+
+
+def describe(exc: BaseException) -> str:
+    """``Class: message`` of an exception, bounded, even if its ``__str__`` misbehaves."""
+    try:
+        text = str(exc)
+    except Exception:
+        text = "(unprintable)"
+    return ("%s: %s" % (exc.__class__.__name__, text))[:ERROR_MAX]
+
+
+def key_job_id(record: Any) -> Optional[str]:
+    """The record's key when it has the shape of a job id, else None."""
+    key = getattr(record, "key", None)
+    try:
+        text = key.decode("ascii") if isinstance(key, bytes) else None
+    except UnicodeDecodeError:
+        return None
+    return text if text and JOB_ID_PATTERN.fullmatch(text) else None
 
 
 def _fmt(tps: Any) -> str:
@@ -169,64 +193,84 @@ class Worker:
 
     # -- one message --------------------------------------------------------------------------
     def handle(self, tp: TopicPartition, record: Any) -> None:
-        """Process one record and commit it, or rewind and pause its partition."""
+        """Process one record and commit it, or rewind and pause its partition. Nothing a message
+        or a job does escapes from here: it fails that job (or dead-letters that message), never
+        the worker, so no input can crash-loop the consumer group."""
+        where = "%s[%d]@%d" % (tp.topic, tp.partition, record.offset)
+        job_id: Optional[str] = None
         try:
-            msg = decode_job(record.value)
-        except PoisonMessage as exc:
-            log.error("%s[%d]@%d: poison message: %s", tp.topic, tp.partition, record.offset, exc)
-            try:
-                self._dead_letter(record, key="poison", reason=str(exc))
-            except _Infrastructure:
-                self._pause(tp, record.offset, self.clock() + defaults.INFRA_RETRY_SECONDS)
+            msg = decode_job(record.value, max_delay=self.backoff_max, now=self.clock())
+            job_id = msg["job_id"]
+            if msg.get("not_before") and msg["not_before"] > self.clock():
+                self._pause(tp, record.offset, msg["not_before"])  # a retry not yet due
                 return
-            self._commit(tp, record.offset)
-            self.handled += 1
-            return
-        if msg.get("not_before") and msg["not_before"] > self.clock():
-            self._pause(tp, record.offset, msg["not_before"])  # a retry not yet due
-            return
-        try:
             self.process(msg, record)
         except _Infrastructure as exc:
-            log.warning("job %s: %s; will try again in %.0fs", msg["job_id"], exc, defaults.INFRA_RETRY_SECONDS)
+            log.warning("%s: job %s: %s; will try again in %.0fs", where, job_id, exc, defaults.INFRA_RETRY_SECONDS)
             self._pause(tp, record.offset, self.clock() + defaults.INFRA_RETRY_SECONDS)
             return
+        except PoisonMessage as exc:
+            log.error("%s: poison message: %s", where, exc)
+            # Our producers key every message by its job id: an undecodable payload still names
+            # its job that way, and that job is failed rather than left queued for ever.
+            if not self._reject(tp, record, exc.job_id or key_job_id(record), "rejected message: %s" % exc):
+                return
+        except Exception as exc:  # a bug, or an input nobody foresaw: that job fails, the worker lives on
+            log.exception("%s: job %s: unexpected error; failing the job", where, job_id)
+            if not self._reject(tp, record, job_id, "worker error: " + describe(exc)):
+                return
         self._commit(tp, record.offset)
         self.handled += 1
 
+    def _reject(self, tp: TopicPartition, record: Any, job_id: Optional[str], reason: str) -> bool:
+        """Dead-letter a message that cannot be processed and fail its job (if it names one, so
+        the job never stays queued). True when done; False when the partition was paused to try
+        again later (the store or Kafka is down, or even this failed)."""
+        try:
+            self._dead_letter(record, key=job_id or "poison", reason=reason)
+            if job_id is not None:
+                self._store(job_store.reject_job, job_id, reason)
+            return True
+        except Exception as exc:  # _Infrastructure, or worse: never the process
+            log.error("%s[%d]@%d: could not dead-letter (%s); will try again in %.0fs", tp.topic, tp.partition,
+                      record.offset, exc, defaults.INFRA_RETRY_SECONDS)
+            self._pause(tp, record.offset, self.clock() + defaults.INFRA_RETRY_SECONDS)
+            return False
+
     def process(self, msg: Dict[str, Any], record: Any) -> None:
         job_id = msg["job_id"]
-        try:
-            job = job_store.claim_job(self.engine, job_id)
-            if job is None:
-                self._skip(job_id, msg, record)
-                return
-        except SQLAlchemyError as exc:
-            raise _Infrastructure("store unavailable (%s)" % exc.__class__.__name__) from exc
+        job = self._store(job_store.claim_job, job_id, self.max_attempts)
+        if job is None:
+            self._skip(job_id, msg, record)
+            return
+        if job["exhausted"]:
+            # Every attempt so far died with its worker (SIGKILL, OOM...): running it again would
+            # take down one worker after another. Fail it instead, as an operator would.
+            error = "crashed the worker %d times" % (job["crashes"] + 1)
+            self._give_up(job, record, error, crashed=True)
+            return
         log.info("job %s: -> running (attempt %d of %d)", job_id, job["attempts"], self.max_attempts)
         jt = REGISTRY.get(job["type"])
         self.executions += 1
         try:
             if jt is None:
                 raise LookupError("unknown job type %r" % job["type"])
-            result = jt.run(jt.schema().load(job["args"]))
-        except Exception as exc:  # a job may raise anything; that is the job failing, not us
-            error = "%s: %s" % (exc.__class__.__name__, exc)
+            # Results are checked here, with the job: a result that is not strict JSON fails the
+            # attempt like an exception would (SystemExit too: a job cannot end the worker).
+            result_json = encode_result(jt.run(jt.schema().load(job["args"])))
+        except (Exception, SystemExit) as exc:  # a job may raise anything; that is the job failing, not us
+            error = describe(exc)
             self._failed_attempt(job, msg, record, error, permanent=jt is None)
             return
-        try:
-            stored = job_store.store_success(self.engine, job_id, result)
-        except SQLAlchemyError as exc:
-            raise _Infrastructure("store unavailable (%s)" % exc.__class__.__name__) from exc
-        if stored:
+        if self._store(job_store.store_success, job_id, result_json):
             log.info("job %s: running -> succeeded", job_id)
-            self._publish(self.topics.succeeded, job_id, encode_event(job_id, "succeeded", result=result))
+            self._publish(self.topics.succeeded, job_id, encode_event(job_id, "succeeded", result_json=result_json))
         else:
             log.info("job %s: finished elsewhere meanwhile; result kept as stored", job_id)
 
     def _skip(self, job_id: str, msg: Dict[str, Any], record: Any) -> None:
         """The job is unknown or already terminal: a duplicate delivery."""
-        existing = job_store.get_job(self.engine, job_id)
+        existing = self._store(job_store.get_job, job_id)
         if existing is None:
             log.error("job %s: not in the store; dead-lettering the message", job_id)
             self._dead_letter(record, key=job_id, reason="unknown job id")
@@ -234,30 +278,43 @@ class Worker:
         log.info("job %s: already %s; redelivery skipped", job_id, existing["status"].value)
         if existing["status"] is JobStatus.SUCCEEDED:
             # The event may not have gone out before a crash; consumers dedupe by job id.
-            result = job_store.get_result(self.engine, job_id)
-            self._publish(self.topics.succeeded, job_id, encode_event(job_id, "succeeded", result=result))
+            result_json = self._store(job_store.get_result_json, job_id)
+            self._publish(self.topics.succeeded, job_id, encode_event(job_id, "succeeded", result_json=result_json))
 
     def _failed_attempt(self, job: Dict[str, Any], msg: Dict[str, Any], record: Any, error: str,
                         permanent: bool) -> None:
         job_id, attempts = job["id"], job["attempts"]
+        if attempts >= self.max_attempts or permanent:
+            self._give_up(job, record, error)
+            return
+        delay = defaults.backoff_seconds(attempts, self.backoff, self.backoff_max)
+        self._store(job_store.store_retry, job_id, error)
+        retry = encode_job(job_id, job["type"], job["args"], attempt=attempts + 1, not_before=self.clock() + delay)
+        self._publish(self.topics.retry, job_id, retry)
+        # %r: the error carries user text (a `fail` job's message); quoted, it cannot forge log lines.
+        log.warning("job %s: attempt %d failed (%r); retry in %.1fs", job_id, attempts, error, delay)
+
+    def _give_up(self, job: Dict[str, Any], record: Any, error: str, crashed: bool = False) -> None:
+        """Attempts used up (or the job can never succeed): dead-letter, publish `failed`, store it.
+        Dead-letter first, then mark failed: a crash in between re-runs this and dead-letters the
+        job again, rather than leaving a failed job missing from the topic."""
+        job_id, attempts = job["id"], job["attempts"]
+        self._dead_letter(record, key=job_id, reason=error, attempts=attempts)
+        self._publish(self.topics.failed, job_id, encode_event(job_id, "failed", error=error, attempts=attempts))
+        self._store(job_store.give_up if crashed else job_store.store_failure, job_id, error)
+        log.error("job %s: running -> failed after %d attempts: %r", job_id, attempts, error)
+
+    # -- the store ----------------------------------------------------------------------------
+    def _store(self, call: Callable[..., Any], *args: Any) -> Any:
+        """``call(engine, *args)``; a store that is down becomes _Infrastructure (try this message
+        again later). Any other store error (bad data) propagates: it fails the job instead, since
+        retrying it would stall the partition for ever."""
         try:
-            if attempts < self.max_attempts and not permanent:
-                delay = defaults.backoff_seconds(attempts, self.backoff, self.backoff_max)
-                job_store.store_retry(self.engine, job_id, error)
-                retry = encode_job(job_id, job["type"], job["args"], attempt=attempts + 1,
-                                   not_before=self.clock() + delay)
-                self._publish(self.topics.retry, job_id, retry)
-                log.warning("job %s: attempt %d failed (%s); retry in %.1fs", job_id, attempts, error, delay)
-                return
-            # Dead-letter first, then mark failed: a crash in between re-runs the job and
-            # dead-letters it again, rather than leaving a failed job missing from the topic.
-            self._dead_letter(record, key=job_id, reason=error, attempts=attempts)
-            self._publish(self.topics.failed, job_id,
-                          encode_event(job_id, "failed", error=error, attempts=attempts))
-            job_store.store_failure(self.engine, job_id, error)
-            log.error("job %s: running -> failed after %d attempts: %s", job_id, attempts, error)
+            return call(self.engine, *args)
         except SQLAlchemyError as exc:
-            raise _Infrastructure("store unavailable (%s)" % exc.__class__.__name__) from exc
+            if store_unavailable(exc):
+                raise _Infrastructure("store unavailable (%s)" % exc.__class__.__name__) from exc
+            raise
 
     # -- producing ----------------------------------------------------------------------------
     def _publish(self, topic: str, key: str, value: bytes, headers: Optional[Headers] = None) -> None:

@@ -16,6 +16,8 @@ from typing import Any, Optional
 
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as SATimeoutError
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,16 @@ def _install_pymssql_gevent_callback() -> None:
 
     pymssql.set_wait_callback(wait_read)
     log.info("pymssql: gevent wait callback installed")
+
+
+def store_unavailable(exc: BaseException) -> bool:
+    """Whether a store error means "the database is down or unreachable now" (worth trying again
+    later) rather than "this statement can never succeed" (bad data: trying again would stall).
+    Connection-level errors only: OperationalError (refused, terminated, locked), InterfaceError,
+    a pool timeout, or any driver error that invalidated the connection."""
+    if isinstance(exc, (OperationalError, InterfaceError, DisconnectionError, SATimeoutError)):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
 
 
 def make_engine(url: str) -> Engine:
