@@ -255,12 +255,16 @@ class Worker:
         try:
             if jt is None:
                 raise LookupError("unknown job type %r" % job["type"])
+            args = jt.schema().load(job["args"])
+        except Exception as exc:  # an unknown type or args its schema refuses: no attempt can succeed
+            self._failed_attempt(job, msg, record, describe(exc), permanent=True)
+            return
+        try:
             # Results are checked here, with the job: a result that is not strict JSON fails the
             # attempt like an exception would (SystemExit too: a job cannot end the worker).
-            result_json = encode_result(jt.run(jt.schema().load(job["args"])))
+            result_json = encode_result(jt.run(args))
         except (Exception, SystemExit) as exc:  # a job may raise anything; that is the job failing, not us
-            error = describe(exc)
-            self._failed_attempt(job, msg, record, error, permanent=jt is None)
+            self._failed_attempt(job, msg, record, describe(exc), permanent=False)
             return
         if self._store(job_store.store_success, job_id, result_json):
             log.info("job %s: running -> succeeded", job_id)

@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import json
+import time
 
 from sqlalchemy import func, select
 
 from app.messages import encode_job
+from app.store import jobs as js
 from app.store.schema import results
+from app.store.users import user_for_token
 
 pytestmark = __import__("pytest").mark.integration
 
@@ -123,6 +126,35 @@ def test_poison_message_is_dead_lettered_and_the_partition_moves_on(make_stack, 
     reasons = {r.key: dict(r.headers)["error"].decode() for r in dead}
     assert "undecodable" in reasons[b"poison"] and reasons[b"no-such-job"] == "unknown job id"
     assert [r.value for r in dead if r.key == b"poison"] == [b"\x00not json"]
+
+
+def test_hostile_messages_fail_their_jobs_and_the_worker_lives_on(make_stack, db_url):
+    """What reached Kafka without the API's checks (a bug, a replayed or hand-written record):
+    each hostile record fails its job and is dead-lettered; the same worker runs the next job."""
+    stack = make_stack(db_url, KAFKA_PARTITIONS=1)
+    user = user_for_token(stack.engine, stack.user["Authorization"].split()[1])[0]
+    ids = [js.create_job(stack.engine, user, "sum", {"numbers": [1]})["id"] for _ in range(3)]
+    inf_retry = encode_job(ids[0], "sum", {"numbers": [1]}, attempt=2, not_before=1.0).replace(
+        b'"not_before":1.0', b'"not_before":Infinity')
+    stack.produce_raw(stack.topics.retry, ids[0], inf_retry)
+    stack.produce_raw(stack.topics.retry, ids[1], encode_job(ids[1], "sum", {"numbers": [1]}, attempt=2,
+                                                             not_before=time.time() + 10 ** 9))
+    stack.produce_raw(stack.topics.jobs, ids[2], b'{"job_id": "%s", "args": %s}' % (
+        ids[2].encode(), b"[" * 30000 + b"]" * 30000))
+    # Args the API would refuse, straight into the store: the worker validates them again.
+    huge = js.create_job(stack.engine, user, "sum", {"numbers": [10 ** 4000, 10 ** 4000]})["id"]
+    stack.produce_raw(stack.topics.jobs, huge, encode_job(huge, "sum", {"numbers": [1]}))
+    wt = stack.start_worker()
+    for job_id in ids + [huge]:
+        assert stack.wait_status(job_id, "failed", timeout=60)["status"] == "failed"
+    after = stack.submit("sum", {"numbers": [2, 3]})
+    stack.wait_status(after, "succeeded")
+    assert wt.thread.is_alive() and wt.error is None
+    errors = [stack.job(i)["error"] for i in ids + [huge]]
+    assert "Infinity" in errors[0] and "ahead" in errors[1] and "nested too deeply" in errors[2]
+    assert errors[3].startswith("ValidationError")
+    dead = {r.key.decode() for r in stack.read_topic(stack.topics.dead)}
+    assert set(ids + [huge]) <= dead
 
 
 def test_readiness_follows_the_broker(make_stack, db_url, broker):

@@ -110,3 +110,38 @@ def test_a_job_longer_than_the_session_timeout_does_not_cost_the_worker_its_part
     # Evicted mid-job, the worker's commit would fail and the job would run a second time.
     assert job["attempts"] == 1 and wt.worker.executions == 1
     assert committed_lag(stack) == 0
+
+
+def wait_attempts(stack, job_id, attempts, seconds=60):
+    deadline = time.monotonic() + seconds
+    while stack.job(job_id)["attempts"] < attempts:
+        assert time.monotonic() < deadline, "job %s never reached attempt %d" % (job_id, attempts)
+        time.sleep(0.1)
+
+
+def test_a_job_that_keeps_killing_its_worker_is_failed_not_run_again(make_stack, sqlite_url, tmp_path):
+    """The worker dies mid-job every time (SIGKILL here; OOM in life): after MAX_ATTEMPTS such
+    deaths the next worker fails the job instead of running it, and goes on with the rest."""
+    stack = make_stack(sqlite_url, MAX_ATTEMPTS=2)
+    first, job_id = worker_running_a_job(stack, 30, tmp_path / "w1.log")
+    first.kill()
+    first.wait(10)
+    second = spawn_worker(stack, tmp_path / "w2.log")
+    try:
+        wait_attempts(stack, job_id, 2)
+    finally:
+        second.kill()
+        second.wait(10)
+    third = spawn_worker(stack, tmp_path / "w3.log")
+    try:
+        job = stack.wait_status(job_id, "failed", timeout=90)
+        assert job["error"] == "crashed the worker 2 times" and job["attempts"] == 2
+        after = stack.submit("sum", {"numbers": [1]})
+        stack.wait_status(after, "succeeded", timeout=30)
+        assert third.poll() is None  # alive
+    finally:
+        third.send_signal(signal.SIGTERM)
+        assert third.wait(30) == 0
+    dead = [r for r in stack.read_topic(stack.topics.dead) if r.key == job_id.encode()]
+    assert [dict(r.headers)["error"] for r in dead] == [b"crashed the worker 2 times"]
+    assert committed_lag(stack) == 0
