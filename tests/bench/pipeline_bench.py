@@ -38,7 +38,7 @@ from app.store import make_engine
 from app.store.schema import jobs as jobs_table
 from tests.support.figures import percentile
 from tests.support.services import ROOT
-from tests.support.stack import LocalStack
+from tests.support.stack import BENCH_QUOTA, LocalStack
 
 # Jobs run before each measured batch (and left out of it): gunicorn workers open their Kafka
 # producer and database connections lazily, and Celery's first task imports and connects too.
@@ -199,7 +199,7 @@ def submit_joblab(stack: LocalStack, jobs: int, clients: int) -> Tuple[List[str]
 
 
 def run_joblab(work_dir: str, jobs: int, workers: int, clients: int) -> Dict[str, Any]:
-    with LocalStack(work_dir, job_workers=workers, LOG_LEVEL="WARNING") as stack:
+    with LocalStack(work_dir, job_workers=workers, LOG_LEVEL="WARNING", USER_MAX_ACTIVE=BENCH_QUOTA) as stack:
         engine = make_engine(stack.settings["DATABASE_URL"])
         try:
             wait_for_group(stack, workers)
@@ -331,7 +331,7 @@ STAGES = [
 def profile(work_dir: str, jobs: int = 2000, clients: int = 8) -> str:
     """Queue ``jobs`` noop jobs with no worker running, then drain them with one worker under
     cProfile: the profile is the per-job path alone, never waiting for new jobs."""
-    with LocalStack(work_dir, job_workers=0, LOG_LEVEL="WARNING") as stack:
+    with LocalStack(work_dir, job_workers=0, LOG_LEVEL="WARNING", USER_MAX_ACTIVE=BENCH_QUOTA) as stack:
         submit_joblab(stack, jobs, clients)
         out = os.path.join(work_dir, "worker.prof")
         with open(stack.log("worker-profiled"), "ab") as log:

@@ -1,6 +1,8 @@
 """Fault drills: `make drills` (local stack) / `make drills LAB=1` (the running lab).
 
-Submits a mix of jobs at a steady rate while breaking the stack on purpose (worker SIGKILLs, a
+First a hostile-input phase (tests/drills/hostile.py): hostile requests and records from several
+users while normal jobs flow; no worker may die of them. Then it submits a mix of jobs at a steady
+rate while breaking the stack on purpose (worker SIGKILLs, a
 Kafka restart, a database restart, gunicorn graceful reloads, a rebalance), keeping a ledger of
 every job id that got a 202. Then drains and checks the ledger against the store and the topics.
 The last line is the verdict, e.g. `... lost=0 duplicates=0 stuck=0`; exit 1 unless every check
@@ -16,6 +18,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from tests.drills.client import Client, Ledger, Load
+from tests.drills.hostile import HostilePhase
 from tests.support.figures import fmt_latency, latency_summary
 from tests.drills.kafka_side import partition_of, read_all, write_poison
 from tests.drills.targets import LabTarget, LocalTarget
@@ -196,6 +199,21 @@ def analyse(target: Any, entries: List[Any], audit: Dict[str, Any], faults: List
     }
 
 
+def say_hostile(h: Dict[str, Any]) -> None:
+    say("hostile: %d requests and records in %.0f s; %d/%d hostile shapes refused 4xx; fuzzed args %s; "
+        "revoked token 401: %s" % (h["hostile"], h["seconds"], h["refused_4xx"], h["shapes"], h["fuzz"],
+                                   h["revoked_401"]))
+    q = h["quota"]
+    say("hostile: quota %d: filled %d, 429 %s, another user's job ran %s, %d cancelled" % (
+        q["quota"], q["filled"], "yes" if q["got_429"] else "NO", "yes" if q["other_ran"] else "NO", q["cancelled"]))
+    say("hostile: %d/%d bad records dead-lettered; normal jobs %d (%d wrong), hostile-phase jobs %d (%d wrong); "
+        "worker crashes %d, forged log lines %d" % (
+            h["records_dead_lettered"], h["records"], h["normal_jobs"], h["normal_wrong"], h["hostile_jobs"],
+            h["hostile_wrong"], h["worker_crashes"], h["forged_log_lines"]))
+    for problem in h["problems"]:
+        say("hostile: PROBLEM %s" % problem)
+
+
 def fuzz_api(target: Any, examples: int) -> Optional[Dict[str, Any]]:
     from tests.drills.openapi_fuzz import fuzz
 
@@ -214,6 +232,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--drain-seconds", type=float, default=300, help="bound of the drain")
     parser.add_argument("--fuzz-examples", type=int, default=30,
                         help="schemathesis examples per operation (0: skip the API fuzzing)")
+    parser.add_argument("--hostile-fuzz", type=int, default=40,
+                        help="fuzzed submissions per job type in the hostile-input phase (default 40)")
     parser.add_argument("--work-dir", help="local stack's files (default: a new temp dir, kept for its logs)")
     args = parser.parse_args(argv)
 
@@ -231,6 +251,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         if probe_recovery(client, Ledger(), target.partitions, warm, 120) is None:
             raise RuntimeError("the stack does not complete jobs on every partition (warm-up, 120 s)")
         say("warm-up: a job on every partition succeeded in %.1f s" % (time.time() - warm))
+
+        hostile = HostilePhase(target, fuzz_per_type=args.hostile_fuzz).run()
+        say_hostile(hostile)
 
         poison_at = time.time()
         poison = write_poison(target.bootstrap, target.topics.jobs, target.partitions)
@@ -282,13 +305,15 @@ def main(argv: Optional[List[str]] = None) -> int:
               and r["result_mismatch"] == 0 and r["dead_letter_missing"] == 0 and r["unexpected_dead_letters"] == 0
               and r["poison_dead_lettered"] == r["poison_written"] and unrecovered == 0
               and len(faults) == len(fault_plan(target)) and r["accepted"] >= args.jobs
-              and (fuzz is None or (fuzz["server_errors"] == 0 and fuzz["requests"] > 0)))
+              and (fuzz is None or (fuzz["server_errors"] == 0 and fuzz["requests"] > 0))
+              and hostile["ok"])
         print("drills %s: %s in %.0f s; jobs=%d faults=%d unrecovered=%d dup_executions=%d wrong_outcome=%d "
-              "dead_letter_missing=%d poison=%d/%d server_errors=%s lost=%d duplicates=%d stuck=%d" % (
+              "dead_letter_missing=%d poison=%d/%d server_errors=%s hostile=%d worker_crashes=%d "
+              "lost=%d duplicates=%d stuck=%d" % (
                   target.name, "PASS" if ok else "FAIL", time.monotonic() - t_begin, r["accepted"], len(faults),
                   unrecovered, r["dup_executions"], r["wrong_outcome"], r["dead_letter_missing"],
                   r["poison_dead_lettered"], r["poison_written"], "-" if fuzz is None else fuzz["server_errors"],
-                  r["lost"], r["duplicates"], r["stuck"]), flush=True)
+                  hostile["hostile"], hostile["worker_crashes"], r["lost"], r["duplicates"], r["stuck"]), flush=True)
         return 0 if ok else 1
     except Exception as exc:
         print("drills %s: FAIL: %s" % (target.name, exc), flush=True)

@@ -26,20 +26,28 @@ class Client:
 
     def request(self, method: str, path: str, body: Any = None) -> Tuple[int, Any]:
         """(status, parsed JSON or None). Transport errors come back as status 0 and the error's name."""
+        status, parsed, _headers = self.raw(method, path, None if body is None else json.dumps(body).encode())
+        return status, parsed
+
+    def raw(self, method: str, path: str, data: Optional[bytes],
+            headers: Optional[Dict[str, str]] = None) -> Tuple[int, Any, Dict[str, str]]:
+        """Send ``data`` as it is (hostile bodies too): (status, parsed JSON or text, headers)."""
         if self.conn is None:
             self.conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
         try:
-            data = None if body is None else json.dumps(body)
-            self.conn.request(method, path, body=data, headers=self.headers)
+            self.conn.request(method, path, body=data, headers=dict(self.headers, **(headers or {})))
             resp = self.conn.getresponse()
             raw = resp.read()
         except (OSError, http.client.HTTPException) as exc:
             self.close()
-            return 0, exc.__class__.__name__
+            return 0, exc.__class__.__name__, {}
+        answer = {k.lower(): v for k, v in resp.getheaders()}
+        if resp.will_close:
+            self.close()
         try:
-            return resp.status, json.loads(raw) if raw else None
+            return resp.status, json.loads(raw) if raw else None, answer
         except ValueError:
-            return resp.status, raw[:200].decode("utf-8", "replace")
+            return resp.status, raw[:200].decode("utf-8", "replace"), answer
 
     def submit(self, job_type: str, args: Dict[str, Any]) -> Tuple[int, Any]:
         return self.request("POST", "/v1/jobs", {"type": job_type, "args": args})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.partitioner.default import murmur2
@@ -20,14 +20,19 @@ def partition_of(job_id: str, partitions: int) -> int:
 def write_poison(bootstrap: str, topic: str, partitions: int) -> List[bytes]:
     """One undecodable record (not UTF-8, not JSON) on every partition of ``topic``; returns them."""
     marker = uuid.uuid4().hex
+    values = [b"\xff\xfe drill poison %s/%d \x00" % (marker.encode(), p) for p in range(partitions)]
+    write_records(bootstrap, topic, [(b"drill-poison", value, p) for p, value in enumerate(values)])
+    return values
+
+
+def write_records(bootstrap: str, topic: str, records: List[Tuple[bytes, bytes, Optional[int]]]) -> None:
+    """Write (key, value, partition or None) records as they are, each acknowledged by the broker."""
     producer = KafkaProducer(bootstrap_servers=bootstrap.split(","), acks="all", linger_ms=0)
     try:
-        values = [b"\xff\xfe drill poison %s/%d \x00" % (marker.encode(), p) for p in range(partitions)]
-        for p, value in enumerate(values):
-            producer.send(topic, key=b"drill-poison", value=value, partition=p).get(timeout=30)
+        for key, value, partition in records:
+            producer.send(topic, key=key, value=value, partition=partition).get(timeout=30)
     finally:
         producer.close(timeout=10)
-    return values
 
 
 def read_all(bootstrap: str, topic: str, seconds: float = 60) -> List[Tuple[bytes, bytes, Dict[str, bytes]]]:

@@ -11,18 +11,25 @@ LabTarget drives the running lab (`make lab`) over SSH: supervisor, init.d scrip
 """
 from __future__ import annotations
 
+import glob
 import json
 import os
+import re
 import shlex
 import subprocess
 import threading
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Set
 
+from app.config import DEFAULTS
 from app.topics import Topics
 from fablib.remote import ENV_FILE, SUPERVISORCTL
 from tests.support.services import ROOT, WorkerProcess
 from tests.support.stack import LocalStack
+
+
+#: The app machine's logs that carry user text (gunicorn's and the job workers').
+APP_LOGS = "/var/log/joblab/*.log"
 
 
 class LocalTarget:
@@ -93,16 +100,47 @@ class LocalTarget:
         code = self.joined.stop()
         return "second worker left (TERM, exit %s)" % code
 
+    # -- users, processes, logs (the hostile phase) -------------------------------------------
+    @property
+    def quota(self) -> int:
+        return int(self.stack.settings.get("USER_MAX_ACTIVE", DEFAULTS["USER_MAX_ACTIVE"]))
+
+    def new_token(self, name: str) -> str:
+        from app.store.users import issue_token
+
+        return self._with_engine(lambda engine: issue_token(engine, name)[1])
+
+    def revoke(self, name: str) -> None:
+        from app.store.users import revoke_tokens
+
+        self._with_engine(lambda engine: revoke_tokens(engine, name))
+
+    def worker_pids(self) -> Set[int]:
+        with self._lock:
+            return {w.pid for w in self.stack.workers if w.running()}
+
+    def forged_log_lines(self, marker: str) -> int:
+        """Lines of the stack's logs (gunicorn, workers) that start with ``marker``."""
+        count = 0
+        for path in glob.glob(os.path.join(self.stack.work_dir, "*.log")):
+            with open(path, errors="replace") as fh:
+                count += sum(1 for line in fh if line.startswith(marker))
+        return count
+
     # -- the store -----------------------------------------------------------------------------
-    def audit(self, ids: List[str]) -> Dict[str, Any]:
+    def _with_engine(self, use: Any) -> Any:
         from app.store import make_engine
-        from app.store.audit import audit_jobs
 
         engine = make_engine(self.stack.settings["DATABASE_URL"])
         try:
-            return audit_jobs(engine, ids)
+            return use(engine)
         finally:
             engine.dispose()
+
+    def audit(self, ids: List[str]) -> Dict[str, Any]:
+        from app.store.audit import audit_jobs
+
+        return self._with_engine(lambda engine: audit_jobs(engine, ids))
 
 
 class LabTarget:
@@ -140,12 +178,29 @@ class LabTarget:
     def app_env(self, name: str) -> str:
         return self.ssh("app", "sudo bash -c %s" % shlex.quote('. %s; echo "$%s"' % (ENV_FILE, name))).strip()
 
-    def start(self) -> None:
-        out = subprocess.run([os.path.join(ROOT, "provision", "host", "lab-user.sh"), "drill"],
+    def new_token(self, name: str) -> str:
+        out = subprocess.run([os.path.join(ROOT, "provision", "host", "lab-user.sh"), name],
                              capture_output=True, text=True, timeout=120, cwd=ROOT)
         if out.returncode != 0:
-            raise RuntimeError(out.stderr.strip() or "could not create the drill user on the lab")
-        self.token = out.stdout.strip().splitlines()[-1]
+            raise RuntimeError(out.stderr.strip() or "could not create user %s on the lab" % name)
+        return out.stdout.strip().splitlines()[-1]
+
+    def revoke(self, name: str) -> None:
+        self.ssh("app", "sudo -u joblab /usr/local/bin/joblab-exec flask --app app users revoke %s" % shlex.quote(name))
+
+    def worker_pids(self) -> Set[int]:
+        """Pids of supervisor's job workers: a worker that died and was restarted has a new one."""
+        out = self.ssh("app", "sudo %s status 'joblab-worker:*' || true" % SUPERVISORCTL)
+        return {int(m) for m in re.findall(r"\bpid (\d+),", out)}
+
+    def forged_log_lines(self, marker: str) -> int:
+        """Lines of the app's logs (gunicorn, workers) that start with ``marker``."""
+        script = "awk -v m=%s 'index($0, m) == 1 {n++} END {print n+0}' %s" % (shlex.quote(marker), APP_LOGS)
+        return int(self.ssh("app", "sudo sh -c %s" % shlex.quote(script)).strip() or 0)
+
+    def start(self) -> None:
+        self.token = self.new_token("drill")
+        self.quota = int(self.app_env("JOBLAB_USER_MAX_ACTIVE") or DEFAULTS["USER_MAX_ACTIVE"])
         self.bootstrap = self.app_env("JOBLAB_KAFKA_BOOTSTRAP")
         self.topics = Topics.with_prefix(self.app_env("JOBLAB_KAFKA_TOPIC_PREFIX"))
         self.partitions = int(self.app_env("JOBLAB_KAFKA_PARTITIONS") or 4)
