@@ -7,10 +7,10 @@ import resource
 from typing import Dict
 
 from flask import current_app
-from .jsonbody import Blueprint
 
 from .. import __version__
 from .schemas import HealthSchema, InfoSchema, ReadySchema
+from .jsonbody import Blueprint
 
 bp = Blueprint("health", __name__, description="Liveness, readiness and process information")
 

@@ -7,7 +7,6 @@ from datetime import datetime
 from typing import Any, Dict, Optional
 
 from flask import current_app, g, request
-from .jsonbody import Blueprint
 
 from .. import store
 from ..messages import encode_job
@@ -17,6 +16,7 @@ from ..store import jobs as job_store
 from .auth import require_user
 from .errors import api_abort
 from .schemas import JobCreateSchema, JobListQuerySchema, JobListSchema, JobResultSchema, JobSchema
+from .jsonbody import Blueprint
 
 log = logging.getLogger(__name__)
 
