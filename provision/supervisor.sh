@@ -64,6 +64,21 @@ $(tail -n 20 /var/log/joblab/web-error.log 2>/dev/null)"
     fi
 }
 
+# supervisord (root) opens, appends to and rotates the programs' log files in /var/log/joblab.
+# The directory is root's: the app user may read its logs (group) but can create, rename or
+# unlink nothing there, so it cannot plant a link (say web-access.log -> /etc/cron.d/x) for
+# root to follow. A host provisioned before had the directory owned by the app user: links and
+# hard links left there go, files it owns become root's (find -P never follows a link; the
+# directory is root's first, so nothing can be swapped in between).
+secure_program_log_dir() {
+    local dir=/var/log/joblab found
+    ensure_dir "$dir" 750 "root:$LAB_APP_USER"
+    found="$(find -P "$dir" -mindepth 1 -maxdepth 1 \( -type l -o \( -type f -links +1 \) \) -print -delete)"
+    [[ -z "$found" ]] || say "removed links from $dir (root opens the files there): ${found//$'\n'/ }"
+    found="$(find -P "$dir" -mindepth 1 -maxdepth 1 -type f -user "$LAB_APP_USER" -print -exec chown root:root {} +)"
+    [[ -z "$found" ]] || say "$dir: $(wc -l <<<"$found") file(s) of $LAB_APP_USER now root's"
+}
+
 require_root
 detect_os
 [[ -x "$LAB_ENV_PREFIX/bin/python" ]] || die "no Python env at $LAB_ENV_PREFIX (run provision/python-env.sh first)"
@@ -78,7 +93,7 @@ ensure_link "$SUPERVISOR_PREFIX/bin/supervisord" /usr/local/bin/supervisord
 
 ensure_dir /var/log/supervisor 700 root:root
 ensure_dir /var/run/supervisor 700 root:root
-ensure_dir /var/log/joblab 750 "$LAB_APP_USER:$LAB_APP_USER"
+secure_program_log_dir
 ensure_dir /etc/supervisord.d 755 root:root
 
 main_changed=0
