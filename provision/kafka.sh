@@ -93,16 +93,19 @@ run_storage_tool() {
 }
 
 # KRaft refuses to start on unformatted log dirs. Format exactly once; the cluster id is kept so
-# a lost meta.properties is re-created with the id the data was written under.
+# a lost meta.properties is re-created with the id the data was written under. The id file is in
+# kafka's own directory, so it is written and read as kafka: root following a link planted there
+# would write (or read) wherever it points.
 format_storage_once() {
     local cluster_id out
     [[ -f "$LOG_DIRS/meta.properties" ]] && return 0
-    if [[ ! -s "$CLUSTER_ID_FILE" ]]; then
+    cluster_id="$(as_kafka head -c 64 "$CLUSTER_ID_FILE" 2>/dev/null || true)"
+    if [[ ! "$cluster_id" =~ ^[A-Za-z0-9_-]{22}$ ]]; then
         cluster_id="$(run_storage_tool random-uuid)" || die "could not generate a cluster id"
-        (umask 022 && echo "$cluster_id" >"$CLUSTER_ID_FILE")
-        chown "$KAFKA_USER:$KAFKA_USER" "$CLUSTER_ID_FILE"
+        # shellcheck disable=SC2016  # $0 and $1 belong to the inner shell
+        as_kafka sh -c 'umask 022 && echo "$1" >"$0"' "$CLUSTER_ID_FILE" "$cluster_id" \
+            || die "could not write $CLUSTER_ID_FILE"
     fi
-    cluster_id="$(<"$CLUSTER_ID_FILE")"
     out="$(run_storage_tool format -t "$cluster_id" -c "$KAFKA_CONF_DIR/server.properties" --ignore-formatted 2>&1)" \
         || die "formatting $LOG_DIRS failed: $out"
     say "formatted $LOG_DIRS (cluster id $cluster_id)"
