@@ -16,8 +16,8 @@ Errors are one line with the cause and exit non-zero (invoke's Exit). Helpers: t
 """
 from __future__ import annotations
 
-import io
 import os
+import posixpath
 import shlex
 import time
 
@@ -27,11 +27,11 @@ from invoke.exceptions import Exit, UnexpectedExit
 from fablib import REPO_ROOT as ROOT
 from fablib.releases import (KEEP_RELEASES, RELEASES_ROOT, DeployError, activate, build_wheel, link_target,
                              list_releases, set_link, wheel_version)
-from fablib.remote import (LAB_HOSTS, LOGS, SUPERVISORCTL, capped_workers, consumer_lag, env_value,
+from fablib.remote import (APP_USER, LAB_HOSTS, LOGS, SUPERVISORCTL, capped_workers, consumer_lag, env_value,
                            gunicorn_master_pid, gunicorn_worker_count, http_get, lab_settings, name_of,
                            one_line_errors, parse_supervisor_status, restart_job_workers, role_of,
-                           wait_for_worker_count, web_scale_signals)
-from fablib.shipping import source_tarball
+                           signal_app_process, wait_for_worker_count, web_scale_signals)
+from fablib.shipping import run_provision_scripts, source_tarball, staged_upload
 
 
 @task(hosts=LAB_HOSTS)
@@ -77,17 +77,19 @@ def restart(c, hard=False):
     if role_of(c) != "app":
         raise Exit("fab: %s: restart is for the app host" % name_of(c))
     if hard:
-        # The seed's kill-everything: stop all, kill stragglers, start services afresh.
+        # The seed's kill-everything: stop all, kill stragglers, start services afresh. Only the
+        # app user's stragglers: a root process that happens to match the pattern is not ours.
         c.sudo("service supervisord stop", warn=True, hide=True)
-        c.sudo("pkill -KILL -f 'gunicorn|python -m worker'", warn=True, hide=True)
+        c.sudo("pkill -KILL -u %s -f 'gunicorn|python -m worker'" % APP_USER, warn=True, hide=True)
         c.sudo("service supervisord start", hide=True)
         c.sudo("service nginx restart", hide=True)
         print("%s: hard restart done" % name_of(c))
         return
+    master = gunicorn_master_pid(c)  # first: a pidfile fab refuses to trust stops it before anything changed
     c.sudo("nginx -t", hide=True)
     c.sudo("service nginx reload", hide=True)
     # HUP: new workers from the (preloaded) master; in-flight requests finish on the old ones.
-    c.sudo("kill -HUP %d" % gunicorn_master_pid(c), hide=True)
+    signal_app_process(c, master, "HUP")
     restart_job_workers(c)
     print("%s: nginx reloaded, gunicorn workers re-forked, job workers restarted" % name_of(c))
 
@@ -104,7 +106,7 @@ def scale(c, web=None, workers=None):
         sig, times = web_scale_signals(str(web), current)
         target = current + (times if sig == "TTIN" else -times)
         for _ in range(times):
-            c.sudo("kill -%s %d" % (sig, master), hide=True)
+            signal_app_process(c, master, sig)
         now = wait_for_worker_count(c, master, target)
         if now != target:
             raise Exit("fab: %s: gunicorn has %d workers, not %d, after 30 s" % (name_of(c), now, target))
@@ -137,20 +139,21 @@ def deploy(c, source=ROOT, keep=KEEP_RELEASES):
     rel = "%s/releases/%s" % (RELEASES_ROOT, name)
     pip = "%s/bin/python -m pip install -q --disable-pip-version-check --root-user-action=ignore" % (
         env_value(c, "JOBLAB_ENV_PREFIX"))
-    remote_wheel = "/var/tmp/" + os.path.basename(wheel)
-    c.put(wheel, remote_wheel)
-    try:
-        c.sudo("%s --no-deps --target %s/site %s" % (pip, rel, remote_wheel), hide=True)
-        c.sudo("%s --prefer-binary %s" % (pip, remote_wheel), hide=True)  # the release's dependencies
-        # Migrations run with the new code before anything serves it (they must suit both versions);
-        # they import the app, so a release that cannot even import stops here.
-        c.sudo("-u joblab env JOBLAB_RELEASE_SITE=%s/site /usr/local/bin/joblab-exec flask --app app db upgrade"
-               % rel, hide=True)
-    except UnexpectedExit as exc:
-        c.sudo("rm -rf %s" % rel, hide=True, warn=True)
-        last = ((exc.result.stderr or exc.result.stdout).strip().splitlines() or ["no output"])[-1]
-        raise Exit("fab: %s: deploy of %s failed before the switch: %s; still serving %s"
-                   % (name_of(c), version, last, previous))
+    # Installed by root from a fresh root-only directory, once its sha256 matches the local wheel's
+    # (staged_upload); the directory is gone afterwards, whatever happened.
+    with staged_upload(c, wheel) as remote_wheel:
+        try:
+            c.sudo("%s --no-deps --target %s/site %s" % (pip, rel, remote_wheel), hide=True)
+            c.sudo("%s --prefer-binary %s" % (pip, remote_wheel), hide=True)  # the release's dependencies
+            # Migrations run with the new code before anything serves it (they must suit both
+            # versions); they import the app, so a release that cannot even import stops here.
+            c.sudo("-u %s env JOBLAB_RELEASE_SITE=%s/site /usr/local/bin/joblab-exec flask --app app db upgrade"
+                   % (APP_USER, rel), hide=True)
+        except UnexpectedExit as exc:
+            c.sudo("rm -rf %s" % rel, hide=True, warn=True)
+            last = ((exc.result.stderr or exc.result.stdout).strip().splitlines() or ["no output"])[-1]
+            raise Exit("fab: %s: deploy of %s failed before the switch: %s; still serving %s"
+                       % (name_of(c), version, last, previous))
     before_previous = link_target(c, "previous")
     try:
         activate(c, name)
@@ -199,21 +202,19 @@ def provision(c, role=None):
         env["LAB_%s_HOST" % up] = (os.environ.get("LAB_%s_HOST" % up) or os.environ.get("LAB_%s_IP" % up)
                                    or lab["machines"][machine]["ip"])
     if c.run("test -f /vagrant/provision/lib/common.sh", hide=True, warn=True).ok:
-        remote = "/vagrant"  # a lab machine: the repository is already there (and the handoff dir)
+        # A lab machine: the repository is already there (and the handoff dir).
+        run_provision_scripts(c, lab["machines"][role]["provision"], dict(env, LAB_ROOT="/vagrant"))
     else:
-        # Any other host: ship the committed tree and the role's artifacts. Separate hosts share no
-        # folder: copy the sidecar's /etc/joblab/secrets/db-password to the app's LAB_HANDOFF first.
-        remote = "/var/tmp/joblab-provision"
-        env.update(LAB_HANDOFF="/etc/joblab/handoff")
-        c.put(io.BytesIO(source_tarball(role)), remote + ".tar.gz")
-        c.sudo("bash -c %s" % shlex.quote("rm -rf %s && mkdir -p %s && tar -xzf %s.tar.gz -C %s"
-                                          % (remote, remote, remote, remote)), hide=True)
-    env.update(LAB_ROOT=remote)
-    assignments = " ".join("%s=%s" % (k, shlex.quote(v)) for k, v in sorted(env.items()))
-    for script in lab["machines"][role]["provision"]:
-        print("%s: provision/%s.sh" % (name_of(c), script))
-        res = c.sudo("env %s bash %s/provision/%s.sh" % (assignments, remote, script), warn=True)
-        if not res.ok:
-            last = (res.stderr.strip() or res.stdout.strip() or "no output").splitlines()[-1]
-            raise Exit("fab: %s: provision/%s.sh failed (exit %d): %s" % (name_of(c), script, res.exited, last))
+        # Any other host: ship the committed tree and the role's artifacts into a fresh root-only
+        # directory (staged_upload: checked by sha256, removed afterwards, also on failure); the
+        # scripts run as root from there. Separate hosts share no folder: copy the sidecar's
+        # /etc/joblab/secrets/db-password to the app's LAB_HANDOFF first.
+        with staged_upload(c, source_tarball(role), "joblab-provision.tar.gz") as tarball:
+            tree = posixpath.join(posixpath.dirname(tarball), "tree")
+            # --no-same-owner: root's files, whatever uid the tarball recorded.
+            c.sudo("bash -c %s" % shlex.quote("mkdir -m 0700 %s && tar -xzf %s --no-same-owner -C %s"
+                                              % (tree, tarball, tree)), hide=True)
+            run_provision_scripts(c, lab["machines"][role]["provision"],
+                                  dict(env, LAB_ROOT=tree, LAB_HANDOFF="/etc/joblab/handoff"))
     print("%s: provisioned as %s" % (name_of(c), role))
+

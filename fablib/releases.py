@@ -12,7 +12,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from invoke.exceptions import Exit
 
-from .remote import alive, env_value, gunicorn_master_pid, gunicorn_worker_count, read_pid, restart_job_workers
+from .remote import (alive, check_app_process, env_value, gunicorn_master_pid, gunicorn_worker_count, read_pid,
+                     restart_job_workers, signal_app_process)
 
 RELEASES_ROOT = "/opt/joblab"
 KEEP_RELEASES = 5
@@ -82,11 +83,13 @@ def reload_code(c: Any, version: str, timeout: int = 90) -> None:
     <pidfile>.2) that imports the release `current` points at; once its workers answer with
     `version`, TERM retires the old master gracefully (its workers finish their requests; the
     listening socket stays open in the new master, so no connection is refused). The new master
-    then promotes itself and renames <pidfile>.2 to <pidfile>."""
+    then promotes itself and renames <pidfile>.2 to <pidfile>. Both pidfiles are the app user's to
+    write: a pid from them is signalled only once checked (gunicorn_master_pid, check_app_process)
+    and only as the app user (signal_app_process)."""
     pidfile = env_value(c, "GUNICORN_PIDFILE")
     old = gunicorn_master_pid(c)
     workers = gunicorn_worker_count(c, old)
-    c.sudo("kill -USR2 %d" % old, hide=True)
+    signal_app_process(c, old, "USR2")
     started = time.monotonic()
     new = None
     while True:
@@ -102,9 +105,12 @@ def reload_code(c: Any, version: str, timeout: int = 90) -> None:
             raise DeployError("the new gunicorn master exited at start (see fab logs)")
         if time.monotonic() - started > timeout:
             if new is not None and alive(c, new):
-                c.sudo("kill -TERM %d" % new, hide=True, warn=True)
+                try:
+                    signal_app_process(c, check_app_process(c, new, "gunicorn", pidfile + ".2"), "TERM", warn=True)
+                except Exit:
+                    pass  # not the app user's gunicorn (any more): not ours to stop
             raise DeployError("no gunicorn master serving %s within %d s" % (version, timeout))
-    c.sudo("kill -TERM %d" % old, hide=True)
+    signal_app_process(c, old, "TERM")
     for _ in range(2 * 45):
         time.sleep(0.5)
         if not alive(c, old) and read_pid(c, pidfile) == new:

@@ -1,6 +1,7 @@
 """Talking to a joblab host: one-line errors, what a host is, and the app host's state."""
 from __future__ import annotations
 
+import base64
 import functools
 import os
 import re
@@ -27,6 +28,11 @@ LOGS = {
 def lab_settings() -> Dict[str, Any]:
     with open(os.path.join(REPO_ROOT, "lab.yml")) as fh:
         return yaml.safe_load(fh)
+
+
+#: The unprivileged user gunicorn and the job workers run as (lab.yml's LAB_APP_USER, with the
+#: same environment override the provisioning uses).
+APP_USER = os.environ.get("LAB_APP_USER") or str(lab_settings()["settings"]["LAB_APP_USER"])
 
 
 def one_line_errors(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -83,6 +89,30 @@ def capped_workers(wanted: int, partitions: int) -> Tuple[int, bool]:
     return (partitions, True) if wanted > partitions else (wanted, False)
 
 
+def is_program(argv: List[str], program: str) -> bool:
+    """Whether a process's argv runs ``program`` (e.g. gunicorn): as the command or the script an
+    interpreter runs (``python .../bin/gunicorn -c ...``), or as the title setproctitle gives it
+    (``gunicorn: master [joblab-gunicorn]``). Only the first two words count: an argument that
+    merely mentions the program does not make a process that program."""
+    for word in argv[:2]:
+        if os.path.basename(word) == program or word.startswith(program + ": "):
+            return True
+    return False
+
+
+def signal_refusal(pid: int, owner: Optional[str], argv: List[str], app_user: str, program: str) -> Optional[str]:
+    """Why root must not signal ``pid`` as the app's ``program`` (None: it may). The pid comes from
+    a pidfile the app user can write, so it may name any process: init, a root daemon, a process
+    of another user. Only a live process of the app user running that program qualifies."""
+    if owner is None or not argv:
+        return "no live process %d" % pid
+    if owner != app_user:
+        return "pid %d belongs to %s, not %s" % (pid, owner, app_user)
+    if not is_program(argv, program):
+        return "pid %d is not %s: %s" % (pid, program, " ".join(argv)[:80])
+    return None
+
+
 def parse_supervisor_status(text: str) -> List[Tuple[str, str]]:
     """`supervisorctl status` -> [(program, state)]."""
     out = []
@@ -100,8 +130,10 @@ def env_value(c: Any, name: str) -> str:
 
 
 def read_pid(c: Any, path: str) -> Optional[int]:
-    """The pid in a pidfile of the host, or None when missing or empty."""
-    pid = c.sudo("cat %s 2>/dev/null || true" % path, hide=True).stdout.strip()
+    """The pid in a pidfile of the host, or None when missing or empty. gunicorn's pidfiles are in
+    the app user's directory: read as that user (a link planted there gives root's reading
+    rights to nobody), at most 32 bytes (a link to /dev/zero would never end)."""
+    pid = c.sudo("-u %s head -c 32 %s 2>/dev/null || true" % (APP_USER, shlex.quote(path)), hide=True).stdout.strip()
     return int(pid) if pid.isdigit() else None
 
 
@@ -109,12 +141,43 @@ def alive(c: Any, pid: int) -> bool:
     return c.sudo("kill -0 %d" % pid, hide=True, warn=True).ok
 
 
+def process_identity(c: Any, pid: int) -> Tuple[Optional[str], List[str]]:
+    """(owner, argv) of a process on the host; (None, []) when there is none."""
+    # cmdline is NUL-separated and any argument may hold a newline: shipped as base64.
+    out = c.run("stat -c %%U /proc/%d && base64 -w0 </proc/%d/cmdline" % (pid, pid), hide=True, warn=True)
+    lines = out.stdout.split() if out.ok else []
+    if len(lines) != 2:
+        return None, []
+    try:
+        argv = base64.b64decode(lines[1]).decode("utf-8", "replace").split("\0")
+    except ValueError:
+        return None, []
+    return lines[0], [a for a in argv if a]
+
+
+def check_app_process(c: Any, pid: int, program: str, source: str) -> int:
+    """``pid`` if it is a live ``program`` process of the app user, else a one-line Exit saying why
+    (``source``: where the pid came from). What fab signals from a pidfile passes here first."""
+    refusal = signal_refusal(pid, *process_identity(c, pid), app_user=APP_USER, program=program)
+    if refusal:
+        raise Exit("fab: %s: refusing to signal the pid in %s: %s" % (name_of(c), source, refusal))
+    return pid
+
+
+def signal_app_process(c: Any, pid: int, sig: str, warn: bool = False) -> Any:
+    """kill -SIG as the app user, not root: even a pid reused since it was checked can then only
+    be one of the app user's own processes (the kernel refuses any other)."""
+    return c.sudo("-u %s kill -%s %d" % (APP_USER, sig, pid), hide=True, warn=warn)
+
+
 def gunicorn_master_pid(c: Any) -> int:
-    """The current master (supervisor's own child is joblab-gunicorn, which follows upgrades)."""
-    pid = read_pid(c, env_value(c, "GUNICORN_PIDFILE"))
+    """The current master (supervisor's own child is joblab-gunicorn, which follows upgrades),
+    checked to be the app user's gunicorn before anyone signals it."""
+    pidfile = env_value(c, "GUNICORN_PIDFILE")
+    pid = read_pid(c, pidfile)
     if pid is None or not alive(c, pid):
         raise Exit("fab: %s: no gunicorn master is running (fab status)" % name_of(c))
-    return pid
+    return check_app_process(c, pid, "gunicorn", pidfile)
 
 
 def gunicorn_worker_count(c: Any, master: int) -> int:

@@ -2,26 +2,37 @@
 stand-in for fabric's Connection). The lab suite runs them for real."""
 from __future__ import annotations
 
+import base64
+import hashlib
 import io
+import re
 import socket
 import tarfile
 from types import SimpleNamespace
 
 import pytest
-from invoke.exceptions import Exit
+from invoke.exceptions import Exit, UnexpectedExit
 
 import fabfile
 import fablib.releases
+import fablib.remote
 import fablib.shipping
 
 
+class Failed(str):
+    """An answer that fails the command (non-zero exit) with this text on stderr."""
+
+
 class Recorder:
-    """Answers run/sudo from a table of (command substring -> stdout); records every command."""
+    """Answers run/sudo from a table of (command substring -> stdout, a Failed or an exception to
+    raise); records every command and upload ("put <remote path>")."""
 
     def __init__(self, answers=None, host="app"):
         self.host = self.original_host = host
+        self.user = "vagrant"
         self.answers = answers or {}
         self.commands = []
+        self.uploads = {}
 
     def _answer(self, cmd, **_kw):
         self.commands.append(cmd)
@@ -29,10 +40,37 @@ class Recorder:
             if needle in cmd:
                 if isinstance(out, BaseException):
                     raise out
+                if isinstance(out, Failed):
+                    return SimpleNamespace(stdout="", stderr=str(out), ok=False, exited=1, command=cmd)
                 return SimpleNamespace(stdout=out, stderr="", ok=True, exited=0, command=cmd)
         return SimpleNamespace(stdout="", stderr="", ok=True, exited=0, command=cmd)
 
     run = sudo = _answer
+
+    def put(self, local, remote):
+        self.commands.append("put " + remote)
+        if hasattr(local, "getvalue"):
+            self.uploads[remote] = local.getvalue()
+        else:
+            with open(local, "rb") as fh:
+                self.uploads[remote] = fh.read()
+
+
+PIDFILE = "/var/lib/joblab/gunicorn.pid"
+GUNICORN = ["/usr/local/envs/joblab/bin/python", "/usr/local/envs/joblab/bin/gunicorn", "-c",
+            "/etc/joblab/gunicorn.conf.py"]
+STAGE = "/var/tmp/joblab-stage.Ab3dEf9hIj"
+
+
+def identity(owner, *argv):
+    """What process_identity reads on the host: the owner, then the NUL-joined argv in base64."""
+    return "%s\n%s\n" % (owner, base64.b64encode("\0".join(argv).encode() + b"\0").decode())
+
+
+def master_answers(pid, owner="joblab", argv=GUNICORN):
+    """A host whose gunicorn pidfile names ``pid``, a live process of ``owner`` running ``argv``."""
+    return {"GUNICORN_PIDFILE": PIDFILE + "\n", "head -c 32 " + PIDFILE: "%d\n" % pid,
+            "/proc/%d/cmdline" % pid: identity(owner, *argv)}
 
 
 @pytest.mark.parametrize("spec, current, expected", [
@@ -64,10 +102,11 @@ def test_parse_supervisor_status():
 
 
 def test_scale_web_signals_the_master_and_waits_for_the_count():
-    c = Recorder({"seq 60": "3\n", "GUNICORN_PIDFILE": "/var/lib/joblab/gunicorn.pid\n",
-                  "cat /var/lib/joblab/gunicorn.pid": "4242\n", "pgrep -c -P 4242 || true": "2\n"})
+    c = Recorder(dict(master_answers(4242), **{"seq 60": "3\n", "pgrep -c -P 4242 || true": "2\n"}))
     fabfile.scale.body(c, web="+1")
-    assert "kill -TTIN 4242" in c.commands
+    # Sent as the app user, never root: the kernel itself keeps the signal among joblab's processes.
+    assert "-u joblab kill -TTIN 4242" in c.commands
+    assert not any(cmd.startswith("kill -TTIN") for cmd in c.commands)
 
 
 def test_scale_workers_rewrites_numprocs_and_updates_the_group(capsys):
@@ -91,11 +130,16 @@ def test_unreachable_host_is_one_line():
 
 
 def test_restart_is_graceful_by_default():
-    c = Recorder({"test -x": "app\n", "GUNICORN_PIDFILE": "/var/lib/joblab/gunicorn.pid\n",
-                  "cat /var/lib/joblab/gunicorn.pid": "77\n"})
+    c = Recorder(dict(master_answers(77), **{"test -x": "app\n"}))
     fabfile.restart.body(c)
-    assert "nginx -t" in c.commands and "service nginx reload" in c.commands and "kill -HUP 77" in c.commands
+    assert "nginx -t" in c.commands and "service nginx reload" in c.commands and "-u joblab kill -HUP 77" in c.commands
     assert not any("KILL" in cmd for cmd in c.commands)
+
+
+def test_hard_restart_kills_only_the_app_users_stragglers():
+    c = Recorder({"test -x": "app\n"})
+    fabfile.restart.body(c, hard=True)
+    assert "pkill -KILL -u joblab -f 'gunicorn|python -m worker'" in c.commands
 
 
 def test_source_tarball_ships_the_tree_and_the_roles_artifacts():
@@ -138,3 +182,115 @@ def test_switch_remembers_the_release_it_replaces():
 def test_a_failed_build_is_one_line(tmp_path):
     with pytest.raises(Exit, match="building the app from"):
         fabfile.build_wheel(str(tmp_path))
+
+
+# -- pids from the app user's pidfiles ----------------------------------------------------------
+@pytest.mark.parametrize("owner, argv, reason", [
+    ("root", ["/sbin/init"], "pid 9 belongs to root, not joblab"),
+    ("root", GUNICORN, "pid 9 belongs to root, not joblab"),
+    ("postgres", ["postgres: checkpointer"], "pid 9 belongs to postgres, not joblab"),
+    ("joblab", ["sleep", "300"], "pid 9 is not gunicorn: sleep 300"),
+    ("joblab", ["python", "/usr/local/bin/joblab-gunicorn", "-c", "/etc/joblab/gunicorn.conf.py"], "is not gunicorn"),
+    ("joblab", ["python", "-m", "worker"], "is not gunicorn"),
+    ("joblab", ["bash", "-c", "exec gunicorn"], "is not gunicorn"),
+    (None, [], "no live process 9"),
+    ("joblab", [], "no live process 9"),  # a zombie: no command line left
+])
+def test_signal_refusal_names_the_reason(owner, argv, reason):
+    assert reason in fablib.remote.signal_refusal(9, owner, argv, app_user="joblab", program="gunicorn")
+
+
+@pytest.mark.parametrize("argv", [GUNICORN, ["gunicorn", "-c", "x"], ["gunicorn: master [joblab-gunicorn]"],
+                                  ["/usr/bin/python3", "/usr/local/bin/gunicorn"]])
+def test_the_app_users_gunicorn_may_be_signalled(argv):
+    assert fablib.remote.signal_refusal(9, "joblab", argv, app_user="joblab", program="gunicorn") is None
+
+
+@pytest.mark.parametrize("pid, owner, argv, reason", [
+    (1, "root", ["/sbin/init"], "pid 1 belongs to root, not joblab"),
+    (4711, "root", ["sleep", "600"], "pid 4711 belongs to root, not joblab"),
+    (4712, "joblab", ["sleep", "600"], "pid 4712 is not gunicorn: sleep 600"),
+])
+@pytest.mark.parametrize("task, kwargs", [(fabfile.restart, {}), (fabfile.scale, {"web": "+1"})])
+def test_tasks_refuse_a_pidfile_naming_another_process(task, kwargs, pid, owner, argv, reason):
+    c = Recorder(dict(master_answers(pid, owner, argv), **{"test -x": "app\n"}))
+    with pytest.raises(Exit) as err:
+        task.body(c, **kwargs)
+    assert err.value.message == "fab: app: refusing to signal the pid in %s: %s" % (PIDFILE, reason)
+    # Refused before anything changed: no signal (kill -0 only asks whether it lives), no nginx reload.
+    assert not any(re.search(r"kill -(?!0 )", cmd) or "nginx" in cmd for cmd in c.commands), c.commands
+
+
+def test_pidfiles_are_read_as_the_app_user_and_bounded():
+    c = Recorder({"head -c 32": "/etc/shadow-like text\n"})
+    assert fablib.remote.read_pid(c, PIDFILE) is None
+    assert c.commands == ["-u joblab head -c 32 %s 2>/dev/null || true" % PIDFILE]
+
+
+# -- uploads: a fresh root-only directory, checked by sha256, always removed -----------------------
+def test_staged_upload_hands_root_a_checked_copy_and_always_cleans_up():
+    data = b"wheel bytes"
+    c = Recorder({"mktemp -d": STAGE + "\n", "sha256sum": "%s  %s/x.whl\n" % (hashlib.sha256(data).hexdigest(), STAGE)})
+    with fablib.shipping.staged_upload(c, data, "x.whl") as remote:
+        assert remote == STAGE + "/x.whl" and c.uploads[remote] == data
+        c.sudo("use " + remote)
+    assert c.commands == [
+        "mktemp -d /var/tmp/joblab-stage.XXXXXXXXXX", "chown vagrant " + STAGE, "put %s/x.whl" % STAGE,
+        "chown -R root:root " + STAGE, "sha256sum %s/x.whl" % STAGE, "use %s/x.whl" % STAGE, "rm -rf " + STAGE]
+
+
+def test_staged_upload_refuses_an_odd_mktemp_answer():
+    with pytest.raises(Exit, match="not a staging directory"):
+        with fablib.shipping.staged_upload(Recorder({"mktemp -d": "/var/tmp/joblab\n"}), b"x", "x.whl"):
+            pass
+
+
+@pytest.fixture
+def local_wheel(tmp_path, monkeypatch):
+    """deploy without building: a fake joblab-0.2.0 wheel."""
+    wheel = tmp_path / "joblab-0.2.0-py3-none-any.whl"
+    wheel.write_bytes(b"PK fake wheel")
+    monkeypatch.setattr(fabfile, "build_wheel", lambda source: str(wheel))
+    return wheel
+
+
+RELEASES = {"ls -1": "20260101000000-0.1.0\n", "readlink /opt/joblab/current": "/opt/joblab/releases/20260101000000-0.1.0\n",
+            "JOBLAB_ENV_PREFIX": "/usr/local/envs/joblab\n", "mktemp -d": STAGE + "\n"}
+
+
+def test_deploy_refuses_a_wheel_that_changed_in_transit(local_wheel):
+    c = Recorder(dict(RELEASES, **{"sha256sum": "%s  %s/%s\n" % ("0" * 64, STAGE, local_wheel.name)}))
+    with pytest.raises(Exit) as err:
+        fabfile.deploy.body(c)
+    assert err.value.message == ("fab: app: the uploaded %s does not match the local file (sha256 0000000000000000, "
+                                 "expected %s); nothing was installed"
+                                 % (local_wheel.name, hashlib.sha256(local_wheel.read_bytes()).hexdigest()[:16]))
+    assert not any("pip" in cmd or "/opt/joblab/releases/2" in cmd for cmd in c.commands)
+    assert c.commands[-1] == "rm -rf " + STAGE
+
+
+def test_deploy_installs_from_the_stage_and_removes_it_when_the_install_fails(local_wheel):
+    digest = hashlib.sha256(local_wheel.read_bytes()).hexdigest()
+    failed = UnexpectedExit(SimpleNamespace(stdout="", stderr="ERROR: no space left", exited=1, command="pip"))
+    c = Recorder(dict(RELEASES, **{"sha256sum": "%s  x\n" % digest, "--no-deps --target": failed}))
+    with pytest.raises(Exit, match="failed before the switch: ERROR: no space left; still serving"):
+        fabfile.deploy.body(c)
+    pip = [cmd for cmd in c.commands if "pip install" in cmd]
+    assert pip and pip[0].endswith(" %s/%s" % (STAGE, local_wheel.name))
+    assert c.commands[-1] == "rm -rf " + STAGE and any(cmd.startswith("rm -rf /opt/joblab/releases/") for cmd in c.commands)
+
+
+def test_provision_of_another_host_runs_from_a_checked_stage_and_cleans_up(monkeypatch):
+    tarball = b"tar.gz bytes"
+    monkeypatch.setattr(fabfile, "source_tarball", lambda role: tarball)
+    c = Recorder({"test -f /vagrant": Failed(""), "mktemp -d": STAGE + "\n",
+                  "sha256sum": "%s  x\n" % hashlib.sha256(tarball).hexdigest(),
+                  "python-env.sh": Failed("no Python 3.9+")}, host="rhel6.example")
+    with pytest.raises(Exit, match=r"provision/python-env.sh failed \(exit 1\): no Python 3.9\+"):
+        fabfile.provision.body(c, role="app")
+    assert c.uploads == {STAGE + "/joblab-provision.tar.gz": tarball}
+    scripts = [cmd for cmd in c.commands if cmd.startswith("env ")]
+    assert scripts and all("LAB_ROOT=%s/tree " % STAGE in cmd for cmd in scripts)
+    assert "tar -xzf %s/joblab-provision.tar.gz --no-same-owner" % STAGE in " ".join(c.commands)
+    assert not any("/var/tmp/joblab-provision" in cmd for cmd in c.commands)
+    assert c.commands[-1] == "rm -rf " + STAGE
