@@ -9,7 +9,10 @@
 #   LAB_CONDA_CHANNEL     channel of the conda env's packages (default conda-forge: Anaconda's
 #                         defaults need glibc >= 2.17 since 2021)
 # Either way pip is upgraded. An existing env is kept (delete the prefix to rebuild it); then the
-# script prints nothing. Run as root.
+# script prints nothing.
+# On glibc older than 2.17 (CentOS 6) it also builds gevent from source into the env, once: no
+# gevent >= 23.9.1 (pyproject.toml's floor, past CVE-2023-41419) has a wheel for glibc 2.12 (see
+# build_gevent_for_old_glibc). Run as root.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR
 # shellcheck source=lib/common.sh
@@ -22,6 +25,11 @@ LAB_PYTHON_ENV="${LAB_PYTHON_ENV:-auto}"
 LAB_CONDA_CHANNEL="${LAB_CONDA_CHANNEL:-conda-forge}"
 # Written last, holding "venv" or "conda": the env is complete.
 ENV_STAMP="$LAB_ENV_PREFIX/.joblab-env"
+# gevent for glibc < 2.17, built from source: the floor the app asks for (pyproject.toml), and
+# the release built. 23.9.1 bundles libuv 1.44, the last libuv line that supports glibc 2.12
+# (libuv 1.45 moved to glibc 2.17 and kernel 3.10); newer gevents bundle newer libuvs.
+GEVENT_FLOOR=23.9.1
+GEVENT_SOURCE_VERSION=23.9.1
 
 # The newest cached Miniconda installer, or nothing.
 find_miniconda_installer() {
@@ -38,6 +46,44 @@ find_os_python() {
         return 0
     done
     return 1
+}
+
+# True when this machine's glibc is older than $1 (false where getconf cannot tell: not glibc).
+glibc_older_than() {
+    local have
+    have="$(getconf GNU_LIBC_VERSION 2>/dev/null | awk '{print $2}')"
+    [[ -n "$have" && "$have" != "$1" && "$(printf '%s\n' "$have" "$1" | sort -V | head -n 1)" == "$have" ]]
+}
+
+# pip --only-binary=:all: --platform manylinux2010_x86_64 --python-version 3.9 finds gevent up to
+# 22.10.2 only, so on glibc 2.12 pip would build gevent's sdist itself when app.sh installs the
+# app - and fail: gevent's build asks for greenlet >= 3.0rc3, which has no glibc-2.12 wheel either
+# and needs a C++11 compiler (CentOS 6's gcc 4.4 is not one). So it is built here, once:
+#   --no-build-isolation  against what is installed in the env instead: greenlet 2.0.2 (a
+#                         manylinux2010 wheel; ABI-compatible with 3.x, and what gevent 23.9.1
+#                         needs at run time on Python < 3.11), Cython < 3.1 (3.1 rejects gevent
+#                         23.9.1's sources: "undeclared name not builtin: long"), cffi, setuptools
+#   --prefer-binary       the newest of those that has a wheel for this machine
+#   gcc, make             from the OS (base + updates repos); Python's headers come with the env
+# The same pins built gevent 23.9.1 on Debian 12 (Python 3.11, 2026-11); on a real CentOS 6 the
+# build is UNCONFIRMED (no EL6 mirror was reachable from where this was written). If it fails,
+# provisioning stops here with pip's last line: the app cannot run without gevent, whichever
+# LAB_WORKER_CLASS is set (gevent is a dependency of the wheel).
+build_gevent_for_old_glibc() {
+    glibc_older_than 2.17 || return 0
+    local py="$LAB_ENV_PREFIX/bin/python" have out
+    have="$("$py" -c 'import gevent; print(gevent.__version__)' 2>/dev/null || true)"
+    if [[ -n "$have" && "$(printf '%s\n' "$have" "$GEVENT_FLOOR" | sort -V | head -n 1)" == "$GEVENT_FLOOR" ]]; then
+        return 0
+    fi
+    say "building gevent $GEVENT_SOURCE_VERSION from source ($(getconf GNU_LIBC_VERSION): no gevent >= $GEVENT_FLOOR wheel installs here; a few minutes)"
+    pkg_install gcc make
+    local pip=("$py" -m pip install --quiet --disable-pip-version-check --prefer-binary)
+    "${pip[@]}" "greenlet==2.0.2" "Cython>=3.0.2,<3.1" "cffi>=1.12.3" setuptools wheel \
+        || die "pip install of gevent's build requirements failed"
+    if ! out="$("${pip[@]}" --no-build-isolation --no-binary gevent "gevent==$GEVENT_SOURCE_VERSION" 2>&1)"; then
+        die "building gevent $GEVENT_SOURCE_VERSION failed (the app needs gevent >= $GEVENT_FLOOR): $(tail -n 1 <<<"$out")"
+    fi
 }
 
 python_version() {
@@ -73,6 +119,8 @@ if [[ -f "$ENV_STAMP" ]]; then
     if [[ "$LAB_PYTHON_ENV" != auto && "$LAB_PYTHON_ENV" != "$kind" ]]; then
         say "kept the existing $kind env at $LAB_ENV_PREFIX although LAB_PYTHON_ENV=$LAB_PYTHON_ENV (delete it to switch)"
     fi
+    # An env made before the gevent floor was raised still gets its gevent built (no-op elsewhere).
+    build_gevent_for_old_glibc
     exit 0
 fi
 
@@ -102,5 +150,6 @@ else
 fi
 "$LAB_ENV_PREFIX/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip \
     || die "pip upgrade in $LAB_ENV_PREFIX failed"
+build_gevent_for_old_glibc
 echo "$kind" >"$ENV_STAMP"
 say "python env: $kind at $LAB_ENV_PREFIX, Python $(python_version) ($why)"
