@@ -13,7 +13,12 @@
 #   KAFKA_TARBALL    path to an official kafka_<scala>-<version>.tgz; only its
 #                    libs/ directory is used (for people who can download it).
 #
-# Env: KAFKA_VERSION, SCALA_VERSION, ARTIFACT_CACHE, KAFKA_TARBALL.
+# Every download is checked: mvn runs with --strict-checksums, so a jar (or pom, or plugin) whose
+# .sha1/.md5 from the repository does not match fails the fetch instead of drawing Maven's default
+# warning (checksumPolicy "warn"); nothing reaches the cache or the broker's classpath.
+#
+# Env: KAFKA_VERSION, SCALA_VERSION, ARTIFACT_CACHE, KAFKA_TARBALL,
+#      KAFKA_MVN_SETTINGS (a Maven settings.xml for mvn -s, e.g. a mirror; default: mvn's own).
 set -euo pipefail
 
 # Pinned versions; keep the defaults in devops/kafka/pom.xml in sync.
@@ -78,17 +83,22 @@ remove_stale_partials() {
 }
 
 fetch_jars_with_mvn() {
-    local libs_dir="$1" mvn_log="$STAGING_DIR/mvn.log" reason
+    local libs_dir="$1" mvn_log="$STAGING_DIR/mvn.log" reason settings=()
     command -v mvn >/dev/null 2>&1 \
         || die "mvn not found: install Maven, or set KAFKA_TARBALL=/path/kafka_${SCALA_VERSION}-${KAFKA_VERSION}.tgz"
     [[ -f "$KAFKA_POM" ]] || die "missing $KAFKA_POM"
+    if [[ -n "${KAFKA_MVN_SETTINGS:-}" ]]; then
+        [[ -r "$KAFKA_MVN_SETTINGS" ]] || die "KAFKA_MVN_SETTINGS=$KAFKA_MVN_SETTINGS is not readable"
+        settings=(-s "$KAFKA_MVN_SETTINGS")
+    fi
     echo "fetching Kafka $KAFKA_VERSION jars with mvn (first time: ~1-2 min)"
     # -DincludeScope=runtime = compile + runtime scopes: exactly what the
     # broker needs on its classpath, no test or provided jars.
     # In the background + wait: bash only runs the INT/TERM traps once the
     # foreground command ends, so a foreground mvn would delay a kill until
     # the whole download is done.
-    mvn -B --no-transfer-progress -f "$KAFKA_POM" \
+    # --strict-checksums (-C): see the header; it overrides every repository's checksumPolicy.
+    mvn -B --no-transfer-progress --strict-checksums "${settings[@]}" -f "$KAFKA_POM" \
         -Dkafka.version="$KAFKA_VERSION" \
         -Dscala.binary.version="$SCALA_VERSION" \
         dependency:copy-dependencies \
