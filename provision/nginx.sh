@@ -5,6 +5,9 @@
 # rejected one leaves the running config alone and stops here with nginx's message. nginx is
 # reloaded only when the config changed. On RHEL with SELinux enforcing, nginx is allowed to
 # connect to gunicorn (httpd_can_network_connect). Run as root.
+# Settings (environment, lab.yml):
+#   LAB_SUBMIT_RATE    POST /v1/jobs per API token, sustained: N r/s or N r/m (default 100r/s)
+#   LAB_SUBMIT_BURST   ...and how many more at once before nginx answers 429 (default 200)
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR
 # shellcheck source=lib/common.sh
@@ -12,6 +15,17 @@ source "$(dirname "$0")/lib/common.sh"
 
 DEVOPS="$LAB_ROOT/devops"
 NGINX_CONF=/etc/nginx/nginx.conf
+# Generous by default: the lab's deploy test (40 submissions/s from one token, paced) and
+# the fault drills (20/s plus bursts of probes and the API fuzzer) must never meet the limit.
+LAB_SUBMIT_RATE="${LAB_SUBMIT_RATE:-100r/s}"
+LAB_SUBMIT_BURST="${LAB_SUBMIT_BURST:-200}"
+
+check_settings() {
+    [[ "$LAB_SUBMIT_RATE" =~ ^[1-9][0-9]{0,5}r/[sm]$ ]] \
+        || die "LAB_SUBMIT_RATE must be like 100r/s or 600r/m (got '$LAB_SUBMIT_RATE')"
+    [[ "$LAB_SUBMIT_BURST" =~ ^(0|[1-9][0-9]{0,5})$ ]] \
+        || die "LAB_SUBMIT_BURST must be a whole number (got '$LAB_SUBMIT_BURST')"
+}
 
 install_nginx() {
     if [[ "$OS_FAMILY" == rhel ]]; then
@@ -31,7 +45,8 @@ install_nginx_conf() {
     fi
     tmpdir="$(mktemp -d)"
     render_template "$DEVOPS/nginx.conf" "$tmpdir/nginx.conf" 644 root:root \
-        "NGINX_USER=$user" "NGINX_PID=$pid" >/dev/null || true
+        "NGINX_USER=$user" "NGINX_PID=$pid" \
+        "SUBMIT_RATE=$LAB_SUBMIT_RATE" "SUBMIT_BURST=$LAB_SUBMIT_BURST" >/dev/null || true
     if cmp -s "$tmpdir/nginx.conf" "$NGINX_CONF"; then
         rm -rf "$tmpdir"
         return 1
@@ -58,6 +73,7 @@ allow_proxy_connect_selinux() {
 
 require_root
 detect_os
+check_settings
 install_nginx
 conf_changed=0
 install_nginx_conf && conf_changed=1
