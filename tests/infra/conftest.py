@@ -3,6 +3,8 @@ writes it to .vagrant/ssh-config and passes --ssh-config); each module names its
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -26,3 +28,14 @@ def root(host):
     """The same host, commands run through sudo (the vagrant user has passwordless sudo)."""
     with host.sudo():
         yield host
+
+
+FAB = os.path.join(os.path.dirname(sys.executable), "fab")
+
+
+def fab(*args, check=True):
+    """`fab ARGS` from the repository (hosts from .vagrant/ssh-config, see fabric.yaml)."""
+    run = subprocess.run([FAB, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    if check:
+        assert run.returncode == 0, run.stdout + run.stderr
+    return run

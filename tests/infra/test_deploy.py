@@ -60,10 +60,14 @@ def call(method, path, token, body=None, timeout=10):
 
 
 class Load:
-    """Threads mixing POST /v1/jobs and GET /v1/jobs/<id> until stopped (at most 300 s)."""
+    """Threads mixing POST /v1/jobs and GET /v1/jobs/<id> until stopped (at most 300 s), at most
+    ``rate`` submissions per second in all: steady load, not saturation. Unpaced, 4 threads
+    submitted up to ~120/s here, faster than one job worker drains while a deploy takes CPU, and
+    the backlog reached the app's per-user quota (JOBLAB_USER_MAX_ACTIVE: 429 from the app)."""
 
-    def __init__(self, token, threads=4):
+    def __init__(self, token, threads=4, rate=40.0):
         self.token, self.stop_at = token, time.monotonic() + 300
+        self.interval = threads / rate  # seconds between one thread's submissions
         self.ok = 0
         self.failures = []
         self.job_ids = []
@@ -73,9 +77,12 @@ class Load:
 
     def loop(self):
         last = None
+        next_post = time.monotonic()
         while self.running and time.monotonic() < self.stop_at:
             try:
                 if last is None:
+                    time.sleep(max(0.0, next_post - time.monotonic()))
+                    next_post = max(next_post + self.interval, time.monotonic() - self.interval)
                     status, body = call("POST", "/v1/jobs", self.token, {"type": "sum", "args": {"numbers": [1, 2]}})
                     ok = status == 202
                     last = body.get("id")
@@ -161,6 +168,8 @@ def test_deploy_under_load(tmp_path, token, app_host):
     print("deploy: %s; requests ok=%d failed=%d" % (run.stdout.strip(), load.ok, len(load.failures)))
     assert load.failures == [] and load.ok > 20
     assert before != new and served_version(token) == new
+    # The wheel's staging directory (a fresh mktemp -d per deploy) is gone.
+    assert app_host.run("ls -d /var/tmp/joblab-stage.* 2>/dev/null").stdout.strip() == ""
     assert_no_orphans(app_host)
     assert_jobs_done(load, token)
 

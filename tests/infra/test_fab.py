@@ -1,20 +1,7 @@
 """The Fabric tasks for real, against the running lab (hosts from .vagrant/ssh-config)."""
-import os
-import subprocess
-import sys
-
 import pytest
 
-from tests.infra.conftest import ROOT
-
-FAB = os.path.join(os.path.dirname(sys.executable), "fab")
-
-
-def fab(*args, check=True):
-    run = subprocess.run([FAB, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    if check:
-        assert run.returncode == 0, run.stdout + run.stderr
-    return run
+from tests.infra.conftest import fab
 
 
 def test_status_shows_both_hosts_healthy():
