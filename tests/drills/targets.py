@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Optional, Set
 
 from app.config import DEFAULTS
 from app.topics import Topics
-from fablib.remote import ENV_FILE, SUPERVISORCTL
+from fablib.remote import APP_USER, ENV_FILE, SUPERVISORCTL
 from tests.support.services import ROOT, WorkerProcess
 from tests.support.stack import LocalStack
 
@@ -149,7 +149,8 @@ class LabTarget:
 
     name = "lab"
     WORKER = "joblab-worker:joblab-worker-0"
-    JOINED_LOG = "/var/log/joblab/drill-worker.log"
+    # In the app user's home, written by the app user: /var/log/joblab is root's (supervisord's).
+    JOINED_LOG = "/var/lib/joblab/drill-worker.log"
 
     def __init__(self) -> None:
         self.ssh_config = os.path.join(ROOT, ".vagrant", "ssh-config")
@@ -186,7 +187,8 @@ class LabTarget:
         return out.stdout.strip().splitlines()[-1]
 
     def revoke(self, name: str) -> None:
-        self.ssh("app", "sudo -u joblab /usr/local/bin/joblab-exec flask --app app users revoke %s" % shlex.quote(name))
+        self.ssh("app", "sudo -u %s /usr/local/bin/joblab-exec flask --app app users revoke %s" % (
+            APP_USER, shlex.quote(name)))
 
     def worker_pids(self) -> Set[int]:
         """Pids of supervisor's job workers: a worker that died and was restarted has a new one."""
@@ -240,9 +242,11 @@ class LabTarget:
         return "sidecar: /etc/init.d/postgresql restart"
 
     def reload_web(self) -> str:
+        # The pidfile is the app user's: read it and signal as that user, never as root (a planted
+        # pid could then only name one of the app user's own processes).
         pidfile = self.app_env("GUNICORN_PIDFILE")
-        pid = self.ssh("app", "sudo cat %s" % shlex.quote(pidfile)).strip()
-        self.ssh("app", "sudo kill -HUP %d" % int(pid))
+        pid = self.ssh("app", "sudo -u %s head -c 32 %s" % (APP_USER, shlex.quote(pidfile))).strip()
+        self.ssh("app", "sudo -u %s kill -HUP %d" % (APP_USER, int(pid)))
         return "app: HUP gunicorn master %s" % pid
 
     def worker_join(self) -> str:
@@ -250,8 +254,7 @@ class LabTarget:
         # (setsid does not fork here and joblab-exec execs python: $! is the worker's own pid.)
         inner = ("setsid /usr/local/bin/joblab-exec python -m worker --max-seconds 900 </dev/null >>%s 2>&1 & "
                  "echo $!" % self.JOINED_LOG)
-        cmd = "sudo -u joblab bash -c %s" % shlex.quote(inner)
-        self.ssh("app", "sudo touch %s && sudo chown joblab %s" % (self.JOINED_LOG, self.JOINED_LOG))
+        cmd = "sudo -u %s bash -c %s" % (APP_USER, shlex.quote(inner))
         self.joined_pid = int(self.ssh("app", cmd).strip().splitlines()[-1])
         return "app: second worker pid %d joined" % self.joined_pid
 
@@ -259,12 +262,12 @@ class LabTarget:
         pid, self.joined_pid = self.joined_pid, None
         assert pid is not None
         # One TERM: it finishes its job, commits and leaves the group; wait (bounded) until gone.
-        self.ssh("app", "sudo kill -TERM %d; for i in $(seq 180); do sudo kill -0 %d 2>/dev/null || exit 0; "
-                        "sleep 0.5; done; exit 1" % (pid, pid))
+        self.ssh("app", "sudo -u %s kill -TERM %d; for i in $(seq 180); do sudo kill -0 %d 2>/dev/null || exit 0; "
+                        "sleep 0.5; done; exit 1" % (APP_USER, pid, pid))
         return "app: second worker %d left (TERM)" % pid
 
     # -- the store -----------------------------------------------------------------------------
     def audit(self, ids: List[str]) -> Dict[str, Any]:
-        out = self.ssh("app", "sudo -u joblab /usr/local/bin/joblab-exec flask --app app jobs audit",
+        out = self.ssh("app", "sudo -u %s /usr/local/bin/joblab-exec flask --app app jobs audit" % APP_USER,
                        stdin="\n".join(ids) + "\n")
         return json.loads(out.strip().splitlines()[-1])
