@@ -55,11 +55,15 @@ def _bounded_int(literal: str) -> int:
     return int(literal)
 
 
+# Built once: json.loads(text, **options) would build a decoder on every call.
+_STRICT_DECODER = json.JSONDecoder(parse_constant=_no_constants, parse_int=_bounded_int)
+
+
 def strict_loads(text: str) -> Any:
     """json.loads without Python's NaN/Infinity extension, with bounded integer literals
     (RecursionError becomes ValueError)."""
     try:
-        return json.loads(text, parse_constant=_no_constants, parse_int=_bounded_int)
+        return _STRICT_DECODER.decode(text)
     except RecursionError:
         raise ValueError("nested too deeply") from None
 
