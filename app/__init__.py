@@ -26,6 +26,9 @@ def create_app(test_config: Optional[Mapping[str, Any]] = None) -> Flask:
     from .store import Database
 
     app = Flask(__name__)
+    # Never the debugger, whatever FLASK_DEBUG says: it serves tracebacks (and a console) to
+    # anyone who can make a request fail.
+    app.debug = False
     app.config.update(load_settings(test_config))
     app.config.update(
         API_TITLE="joblab job API",

@@ -132,6 +132,16 @@ def decode_job(value: Optional[bytes], max_delay: Optional[float] = None, now: O
     return msg
 
 
+def job_id_of_key(key: Optional[bytes]) -> Optional[str]:
+    """A record's key when it has the shape of a job id (our producers key every message by its
+    job id), else None."""
+    try:
+        text = key.decode("ascii") if isinstance(key, bytes) else None
+    except UnicodeDecodeError:
+        return None
+    return text if text and JOB_ID_PATTERN.fullmatch(text) else None
+
+
 def encode_event(job_id: str, status: str, result_json: Optional[str] = None, **extra: Any) -> bytes:
     """A status event for jobs.succeeded / jobs.failed / jobs.dead. ``result_json`` is spliced in
     as it was stored (already strict JSON: no second serialisation)."""

@@ -11,7 +11,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from app import create_app  # noqa: E402
+from app import create_app, jobtypes  # noqa: E402
 from app.migrate import upgrade  # noqa: E402
 from app.store.users import issue_token  # noqa: E402
 
@@ -53,3 +53,17 @@ def auth(app: Any, name: str) -> Dict[str, str]:
     """Authorization header of a new token for user ``name``."""
     _uid, token, _created = issue_token(app.extensions["joblab_db"].engine, name)
     return {"Authorization": "Bearer " + token}
+
+
+@pytest.fixture
+def job_type():
+    """Register throw-away job types for one test (the worker runs them when it runs in-process)."""
+    added = []
+
+    def register(name, func):
+        jobtypes.job_type(name)(func)
+        added.append(name)
+
+    yield register
+    for name in added:
+        jobtypes.REGISTRY.pop(name, None)

@@ -31,3 +31,25 @@ INFRA_RETRY_SECONDS = 2.0
 def backoff_seconds(attempt: int, base: float, ceiling: float) -> float:
     """Delay before attempt ``attempt + 1``: base, 2*base, 4*base ... capped at ``ceiling``."""
     return min(ceiling, base * (2 ** max(0, attempt - 1)))
+
+#: How long an outbox row stays leased to the worker that wrote it. The writer publishes within
+#: milliseconds and renews the lease while Kafka is down; after this long without renewal (the
+#: writer died) any worker publishes the row.
+OUTBOX_LEASE_SECONDS = 60.0
+
+#: Published outbox rows are deleted this many at a time (one DELETE, inside a transaction the
+#: worker makes anyway), or once the oldest has waited this long, or when the worker idles.
+OUTBOX_DELETE_BATCH = 50
+OUTBOX_DELETE_AFTER_SECONDS = 5.0
+
+#: How often a worker looks for outbox rows whose lease ran out.
+RELAY_EVERY_SECONDS = 30.0
+
+#: A job still `queued` this long after its last change, with nothing left to consume on its
+#: partitions of `jobs` and `jobs.retry` and nothing in the outbox, has no message anywhere (the
+#: API died between its INSERT and its produce, or could not mark a refused submit failed): the
+#: sweep fails it (never enqueued) or re-sends its retry. Far longer than any produce can take.
+STRANDED_AFTER_SECONDS = 600.0
+
+#: How often a worker sweeps for stranded jobs.
+SWEEP_EVERY_SECONDS = 60.0

@@ -12,36 +12,19 @@ import signal
 import sys
 from typing import Any, List, Optional
 
-from kafka import KafkaConsumer
 from kafka.errors import KafkaError
 
 from app.config import load_settings
-from app.jobqueue import RECONNECT_BACKOFF_MAX_MS, JobQueue
+from app.jobqueue import JobQueue
 from app.logsetup import configure_logging
 from app.store import make_engine
 from app.topics import Topics, ensure_topics
 
 from . import defaults
+from .consumer import make_consumer
 from .runner import Worker
 
 log = logging.getLogger("worker")
-
-
-def make_consumer(settings: dict) -> KafkaConsumer:
-    return KafkaConsumer(
-        bootstrap_servers=settings["KAFKA_BOOTSTRAP"].split(","),
-        group_id=settings["KAFKA_GROUP"],
-        client_id="joblab-worker-%d" % os.getpid(),
-        enable_auto_commit=False,  # committed by hand, after the outcome is stored
-        auto_offset_reset="earliest",  # a new group starts from the oldest unprocessed job
-        max_poll_records=defaults.MAX_POLL_RECORDS,
-        max_poll_interval_ms=defaults.MAX_POLL_INTERVAL_MS,
-        session_timeout_ms=defaults.SESSION_TIMEOUT_MS,
-        heartbeat_interval_ms=defaults.HEARTBEAT_INTERVAL_MS,
-        fetch_max_wait_ms=defaults.FETCH_MAX_WAIT_MS,
-        allow_auto_create_topics=False,
-        reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
-    )
 
 
 def install_signal_handlers(worker: Worker) -> None:

@@ -8,8 +8,10 @@ import logging
 from typing import Any, Dict, List, Mapping, NoReturn, Optional
 
 from flask import Flask, jsonify
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.http import HTTP_STATUS_CODES
+
+from ..store.db import store_unavailable
 from werkzeug.exceptions import HTTPException, InternalServerError, ServiceUnavailable, default_exceptions
 
 log = logging.getLogger(__name__)
@@ -87,9 +89,15 @@ def handle_http_exception(exc: HTTPException):
     return resp
 
 
-def handle_db_unavailable(exc: OperationalError):
+def handle_db_error(exc: SQLAlchemyError):
+    """A database that is down or saturated (refused, dropped, pool exhausted) is a 503 the client
+    may retry; any other store error is ours: a 500."""
+    if not store_unavailable(exc):
+        return handle_unexpected(exc)
     log.error("database unavailable: %s", exc.__class__.__name__)
-    return error_response(ServiceUnavailable.code, "database unavailable, try again later")
+    resp = error_response(ServiceUnavailable.code, "database unavailable, try again later")
+    resp.headers["Retry-After"] = "1"
+    return resp
 
 
 def handle_unexpected(exc: Exception):
@@ -101,5 +109,5 @@ def handle_unexpected(exc: Exception):
 def init_app(app: Flask) -> None:
     # Registered after flask-smorest's own handler, so these win.
     app.register_error_handler(HTTPException, handle_http_exception)
-    app.register_error_handler(OperationalError, handle_db_unavailable)
+    app.register_error_handler(SQLAlchemyError, handle_db_error)
     app.register_error_handler(Exception, handle_unexpected)

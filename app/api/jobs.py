@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any, Dict, Optional
 
 from flask import current_app, g, request
+from sqlalchemy.exc import SQLAlchemyError
 
 from .. import store
 from ..messages import encode_job
@@ -92,7 +93,13 @@ def create_job(body: Dict[str, Any]):
         queue.send(queue.topics.jobs, row["id"], encode_job(row["id"], row["type"], row["args"]))
     except QueueUnavailable as exc:
         log.error("job %s: enqueue failed: %s", row["id"], exc)
-        job_store.mark_enqueue_failed(engine, row["id"], str(exc))
+        try:
+            job_store.mark_enqueue_failed(engine, row["id"], str(exc))
+        except SQLAlchemyError as db_exc:
+            # The answer stays the same: not accepted. The row is left queued with no message; the
+            # workers' sweep (worker/sweep.py) fails it once it is clearly stranded.
+            log.error("job %s: marking it failed failed too (%s); the sweep will", row["id"],
+                      db_exc.__class__.__name__)
         api_abort(503, "job queue unavailable, job not accepted; try again later", id=row["id"])
     log.info("job %s: queued (%s) for user %r", row["id"], row["type"], g.user_name)
     return job_json(row), 202, {"Location": "/v1/jobs/%s" % row["id"]}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar, Union
 
 from sqlalchemy import case, func, insert, select, update
 from sqlalchemy.engine import Connection, Engine
@@ -14,6 +14,7 @@ from .schema import jobs, results
 from .users import utcnow
 
 Row = Dict[str, Any]
+T = TypeVar("T")
 
 _JOB_COLUMNS = [c for c in jobs.c if c.name != "user_id"]
 _ACTIVE = [JobStatus.QUEUED.value, JobStatus.RUNNING.value]
@@ -99,14 +100,15 @@ def list_jobs(
     return rows, (rows[-1]["seq"] if more and rows else None)
 
 
-def _transition(conn: Connection, job_id: str, allowed: List[JobStatus], **values: Any) -> bool:
+def _transition(conn: Connection, job_id: str, allowed: List[JobStatus], _attempts: Optional[int] = None,
+                **values: Any) -> bool:
+    """One conditional UPDATE: from one of ``allowed`` (and, with ``_attempts``, only while the
+    job's attempts are still that many) to ``values``. True if it applied."""
     values["updated_at"] = utcnow()
-    res = conn.execute(
-        update(jobs)
-        .where(jobs.c.id == job_id, jobs.c.status.in_([s.value for s in allowed]))
-        .values(**values)
-    )
-    return res.rowcount == 1
+    query = update(jobs).where(jobs.c.id == job_id, jobs.c.status.in_([s.value for s in allowed]))
+    if _attempts is not None:
+        query = query.where(jobs.c.attempts == _attempts)
+    return conn.execute(query.values(**values)).rowcount == 1
 
 
 def mark_enqueue_failed(engine: Engine, job_id: str, reason: str) -> bool:
@@ -132,77 +134,98 @@ def cancel_job(engine: Engine, job_id: str, user_id: int) -> Tuple[Optional[Row]
     return get_job(engine, job_id), done
 
 
-def claim_job(engine: Engine, job_id: str, max_attempts: Optional[int] = None) -> Optional[Row]:
-    """queued|running -> running, counting the attempt. A job left `running` by a worker that died
-    is claimed again (at-least-once), and that counts as a crash. Returns the claimed job, or None
-    if it is unknown or terminal.
+def _in_tx(bind: Union[Engine, Connection], work: Callable[[Connection], T]) -> T:
+    """Run ``work`` in the caller's transaction (a Connection), or in a new one (an Engine): the
+    worker puts a state change and its outbox rows in one transaction; tests and the API call
+    these with an engine."""
+    if isinstance(bind, Connection):
+        return work(bind)
+    with bind.begin() as conn:
+        return work(conn)
 
-    With ``max_attempts``: a job still `running` that has used them all is not claimed (the
-    workers died running it every time; running it again would kill another). It comes back with
-    ``exhausted`` True, for the caller to fail with give_up(). Claimed jobs have ``exhausted`` False."""
+
+def claim_job(bind: Union[Engine, Connection], job_id: str, max_attempts: Optional[int] = None,
+              attempt: Optional[int] = None) -> Optional[Row]:
+    """queued|running -> running, counting the attempt. A job left `running` by a worker that died
+    is claimed again (at-least-once), and that counts as a crash. Returns the job, or None if it
+    is unknown or terminal. The claimed row's ``attempts`` is this claim's number: the attempt's
+    outcome is stored only while no later claim has taken the job (requeue_job, store_failure).
+
+    Not claimed, and said so in the returned row (both False for a claimed job):
+    - ``exhausted``: with ``max_attempts``, a job still `running` that has used them all (its
+      workers died running it every time; running it again would kill another): fail it;
+    - ``stale``: with ``attempt`` (the message's attempt number), a `queued` job whose attempts
+      do not lead to this one: the message is a redelivery of an attempt that already ran, and
+      that attempt's retry is on its way: skip it."""
     running = jobs.c.status == JobStatus.RUNNING.value
     may_run = jobs.c.status == JobStatus.QUEUED.value
+    if attempt is not None:
+        may_run = may_run & (jobs.c.attempts == attempt - 1)
     if max_attempts is None:
         may_run = may_run | running
     else:
         may_run = may_run | (running & (jobs.c.attempts < max_attempts))
-    with engine.begin() as conn:  # read back in the same transaction: one connection checkout
+
+    def work(conn: Connection) -> Tuple[bool, Optional[Row]]:  # read back in the same transaction
         now = utcnow()
         done = conn.execute(update(jobs).where(jobs.c.id == job_id, may_run).values(
             status=JobStatus.RUNNING.value, attempts=jobs.c.attempts + 1, started_at=now, updated_at=now,
             # SET sees the row as it was: a claim of a `running` job counts a crash.
             crashes=jobs.c.crashes + case((running, 1), else_=0),
         )).rowcount == 1
-        row = _get(conn, job_id)
-    if row is None or not (done or row["status"] is JobStatus.RUNNING):
+        return done, _get(conn, job_id)
+
+    done, row = _in_tx(bind, work)
+    if row is None or row["status"].terminal:
         return None
-    row["exhausted"] = not done
+    row["exhausted"] = not done and row["status"] is JobStatus.RUNNING
+    row["stale"] = not done and row["status"] is JobStatus.QUEUED
     return row
 
 
-def give_up(engine: Engine, job_id: str, error: str) -> bool:
-    """running -> failed for a job that crashed its workers once too often; counts this crash too."""
-    with engine.begin() as conn:
-        return _transition(conn, job_id, [JobStatus.RUNNING], status=JobStatus.FAILED.value, error=error,
-                           finished_at=utcnow(), crashes=jobs.c.crashes + 1)
+def store_success(bind: Union[Engine, Connection], job_id: str, result_json: str) -> bool:
+    """running -> succeeded and the result row (``result_json``: the result already serialised,
+    strictly), in ONE transaction. Any delivery's success counts (the job is done); False if the
+    job was no longer running (another delivery finished it first): then nothing is written."""
+    def work(conn: Connection) -> bool:
+        now = utcnow()
+        if not _transition(conn, job_id, [JobStatus.RUNNING], status=JobStatus.SUCCEEDED.value, error=None,
+                           finished_at=now):
+            return False
+        conn.execute(insert(results).values(job_id=job_id, result=result_json, created_at=now))
+        return True
+
+    return _in_tx(bind, work)
 
 
-def reject_job(engine: Engine, job_id: str, error: str) -> bool:
+def requeue_job(bind: Union[Engine, Connection], job_id: str, attempt: int, error: str) -> bool:
+    """running -> queued after failed attempt ``attempt``, keeping its error, until the retry is
+    due. Only while that attempt is the job's latest claim: when another delivery claimed the job
+    meanwhile, that one decides (False, nothing written)."""
+    return _in_tx(bind, lambda conn: _transition(conn, job_id, [JobStatus.RUNNING], status=JobStatus.QUEUED.value,
+                                                 error=error, _attempts=attempt))
+
+
+def store_failure(bind: Union[Engine, Connection], job_id: str, error: str, attempt: Optional[int] = None,
+                  crashed: bool = False) -> bool:
+    """running -> failed: attempts used up, or the job can never succeed; with ``attempt``, only
+    while that claim is the job's latest (see requeue_job). ``crashed``: the job was given up
+    because its workers kept dying, and this delivery found it running once more (a crash)."""
+    extra: Dict[str, Any] = {"crashes": jobs.c.crashes + 1} if crashed else {}
+    return _in_tx(bind, lambda conn: _transition(conn, job_id, [JobStatus.RUNNING], status=JobStatus.FAILED.value,
+                                                 error=error, finished_at=utcnow(), _attempts=attempt, **extra))
+
+
+def touch_queued(bind: Union[Engine, Connection], job_id: str, attempts: int) -> bool:
+    """Mark a queued job as looked at (updated_at), only while it is queued after ``attempts``."""
+    return _in_tx(bind, lambda conn: _transition(conn, job_id, [JobStatus.QUEUED], _attempts=attempts))
+
+
+def reject_job(bind: Union[Engine, Connection], job_id: str, error: str) -> bool:
     """queued|running -> failed: its message could not be processed at all (not valid, or the
     worker could not handle it). A finished job is left as it is."""
-    with engine.begin() as conn:
-        return _transition(conn, job_id, [JobStatus.QUEUED, JobStatus.RUNNING], status=JobStatus.FAILED.value,
-                           error=error, finished_at=utcnow())
-
-
-def store_success(engine: Engine, job_id: str, result_json: str) -> bool:
-    """running -> succeeded and the result row (``result_json``: the result already serialised,
-    strictly), in ONE transaction. False if the job was no longer running (another delivery
-    finished it first): then nothing is written."""
-    now = utcnow()
-    with engine.begin() as conn:
-        if not _transition(
-            conn, job_id, [JobStatus.RUNNING], status=JobStatus.SUCCEEDED.value, error=None, finished_at=now
-        ):
-            return False
-        conn.execute(
-            insert(results).values(job_id=job_id, result=result_json, created_at=now)
-        )
-    return True
-
-
-def store_retry(engine: Engine, job_id: str, error: str) -> bool:
-    """running -> queued again, keeping the error of the failed attempt, until the retry is due."""
-    with engine.begin() as conn:
-        return _transition(conn, job_id, [JobStatus.RUNNING], status=JobStatus.QUEUED.value, error=error)
-
-
-def store_failure(engine: Engine, job_id: str, error: str) -> bool:
-    """running -> failed: attempts are used up (or the job can never succeed)."""
-    with engine.begin() as conn:
-        return _transition(
-            conn, job_id, [JobStatus.RUNNING], status=JobStatus.FAILED.value, error=error, finished_at=utcnow()
-        )
+    return _in_tx(bind, lambda conn: _transition(conn, job_id, [JobStatus.QUEUED, JobStatus.RUNNING],
+                                                 status=JobStatus.FAILED.value, error=error, finished_at=utcnow()))
 
 
 def get_result_json(engine: Engine, job_id: str) -> Optional[str]:

@@ -8,6 +8,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -85,5 +86,24 @@ results = Table(
     metadata,
     Column("job_id", String(36), ForeignKey("jobs.id"), primary_key=True),
     Column("result", Text, nullable=False),
+    Column("created_at", DateTime, nullable=False),
+)
+
+# Messages a worker decided to publish (retry, status event, dead letter), written in the same
+# transaction as the job's state change, deleted once Kafka acknowledged them. A worker that dies
+# in between leaves them here; after `lease_until` any worker publishes them (app/store/outbox.py).
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("topic", String(255), nullable=False),
+    Column("key", String(64), nullable=False),
+    # Raw bytes: a dead letter carries the original record as it was, UTF-8 or not.
+    Column("value", LargeBinary, nullable=True),
+    # JSON list of [name, text] pairs (every header we write is text).
+    Column("headers", Text, nullable=True),
+    Column("job_id", String(36), nullable=True, index=True),
+    Column("owner", String(64), nullable=False),
+    Column("lease_until", DateTime, nullable=False),
     Column("created_at", DateTime, nullable=False),
 )

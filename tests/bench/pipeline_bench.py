@@ -320,10 +320,13 @@ def format_table(rows: List[Dict[str, Any]]) -> str:
 # (file suffix, function) of the worker's per-job stages, as cProfile names them.
 STAGES = [
     ("consumer poll (fetch)", "kafka/consumer/group.py", "poll"),
-    ("claim_job (UPDATE + SELECT + commit)", "app/store/jobs.py", "claim_job"),
+    ("claim_job (UPDATE + SELECT)", "app/store/jobs.py", "claim_job"),
     ("run the job (noop)", "app/jobtypes.py", "run"),
-    ("store_success (UPDATE + INSERT + commit)", "app/store/jobs.py", "store_success"),
-    ("publish event (acks=all)", "worker/runner.py", "_publish"),
+    ("store_success (UPDATE + INSERT result)", "app/store/jobs.py", "store_success"),
+    ("outbox row written (INSERT)", "app/store/outbox.py", "add"),
+    ("outbox rows deleted (batched, 1 per 50)", "app/store/outbox.py", "remove"),
+    ("store transactions (BEGIN/COMMIT + the above)", "worker/publisher.py", "run"),
+    ("publish event (acks=all)", "worker/publisher.py", "flush"),
     ("commit offset (sync)", "worker/runner.py", "_commit"),
 ]
 

@@ -100,12 +100,18 @@ class Stack:
             job = self.job(job_id)
             if job["status"] in statuses:
                 return job
+            for wt in self.threads:
+                wt.check_alive()  # a worker that died says so, rather than "still queued" later
             if time.monotonic() > deadline:
                 raise AssertionError("job %s still %s after %ss (wanted %s)" % (job_id, job["status"], timeout, statuses))
             time.sleep(0.05)
 
-    def start_worker(self) -> "WorkerThread":
-        wt = WorkerThread(build_worker(dict(self.settings)))
+    def start_worker(self, group: Optional[str] = None) -> "WorkerThread":
+        """A worker of the stack's group, or of another ``group`` (which gets every job again)."""
+        settings = dict(self.settings)
+        if group is not None:
+            settings["KAFKA_GROUP"] = group
+        wt = WorkerThread(build_worker(settings))
         self.threads.append(wt)
         return wt
 
@@ -145,11 +151,15 @@ class WorkerThread:
 
     def _run(self) -> None:
         try:
-            self.worker.run(max_seconds=120)
-        except BaseException as exc:  # surfaced by stop()
+            self.worker.run()  # until stop(): no time limit that could end it quietly mid-test
+        except BaseException as exc:  # surfaced by check_alive() and stop()
             self.error = exc
         finally:
             self.worker.queue.close()
+
+    def check_alive(self) -> None:
+        if not self.thread.is_alive() and not self.worker.stopping:
+            raise AssertionError("the worker thread ended by itself: %r" % (self.error,))
 
     def stop(self) -> None:
         self.worker.request_stop()

@@ -11,7 +11,9 @@ from kafka import KafkaConsumer
 from kafka.structs import TopicPartition
 from sqlalchemy import func, select
 
+from app.store import jobs as js
 from app.store.schema import results
+from app.store.users import utcnow
 
 pytestmark = pytest.mark.integration
 
@@ -39,6 +41,23 @@ def committed_lag(stack):
         consumer.close(autocommit=False)
 
 
+def wait_lag(stack, lag, seconds=30):
+    """Committed lag reaching ``lag``: the worker commits just after storing the outcome."""
+    deadline = time.monotonic() + seconds
+    while committed_lag(stack) != lag:
+        assert time.monotonic() < deadline, "committed lag is %d, not %d" % (committed_lag(stack), lag)
+        time.sleep(0.2)
+    return True
+
+
+def wait_log(path, text, seconds=30):
+    """Until ``text`` appears in the log file at ``path`` (the process has reached that point)."""
+    deadline = time.monotonic() + seconds
+    while text not in path.read_text(errors="replace"):
+        assert time.monotonic() < deadline, "%r never appeared in %s" % (text, path)
+        time.sleep(0.05)
+
+
 def worker_running_a_job(stack, seconds, log_path):
     """A `python -m worker` process caught in the middle of a `sleep` job: (process, job id)."""
     job_id = stack.submit("sleep", {"seconds": seconds})
@@ -53,7 +72,8 @@ def worker_running_a_job(stack, seconds, log_path):
 
 def test_worker_killed_mid_job_loses_and_duplicates_nothing(make_stack, db_url, tmp_path):
     stack = make_stack(db_url)
-    first, job_id = worker_running_a_job(stack, 2, tmp_path / "w1.log")
+    # Long enough that the kill lands mid-job on a loaded machine (asserted below).
+    first, job_id = worker_running_a_job(stack, 6, tmp_path / "w1.log")
     try:
         first.send_signal(signal.SIGKILL)
         first.wait(10)
@@ -68,18 +88,21 @@ def test_worker_killed_mid_job_loses_and_duplicates_nothing(make_stack, db_url, 
         assert second.wait(30) == 0
     assert job["attempts"] == 2  # ran twice (at-least-once) ...
     assert result_rows(stack, job_id) == 1  # ... stored once
-    assert committed_lag(stack) == 0
+    assert wait_lag(stack, 0)
 
 
 def test_first_sigterm_finishes_the_current_job_and_commits(make_stack, db_url, tmp_path):
     stack = make_stack(db_url)
-    proc, job_id = worker_running_a_job(stack, 2, tmp_path / "w.log")
+    proc, job_id = worker_running_a_job(stack, 4, tmp_path / "w.log")
     try:
+        signalled = utcnow()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
     finally:
         proc.kill()
-    assert stack.job(job_id)["status"] == "succeeded"
+    job = js.get_job(stack.engine, job_id)
+    assert job["status"].value == "succeeded"
+    assert job["finished_at"] > signalled  # it was mid-job when the signal came, and finished it
     assert committed_lag(stack) == 0  # committed before leaving: no redelivery
 
 
@@ -88,7 +111,7 @@ def test_second_sigterm_exits_at_once_and_the_job_is_redelivered(make_stack, db_
     proc, job_id = worker_running_a_job(stack, 20, tmp_path / "w.log")
     try:
         proc.send_signal(signal.SIGTERM)
-        time.sleep(0.3)
+        wait_log(tmp_path / "w.log", "finishing the current job")  # the first one was handled
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 3  # worker.defaults.EXIT_FORCED

@@ -1,10 +1,13 @@
 """Unit-test fixtures: an app on a fresh SQLite store (Kafka at a closed port), its client, a
-user's auth header, and a bare engine with a user for store-level tests."""
+user's auth header, a bare engine with a user for store-level tests, and the real Worker with
+scripted Kafka doubles."""
 import pytest
 
 from app.store import make_engine
 from app.store.users import issue_token
 from tests.conftest import auth
+from tests.unit.doubles import NOW, TOPICS, Consumer, Queue
+from worker.runner import Worker
 
 
 @pytest.fixture
@@ -33,3 +36,10 @@ def engine(sqlite_url):
 def user(engine):
     uid, _token, _ = issue_token(engine, "alice")
     return uid
+
+
+@pytest.fixture
+def worker(engine):
+    """The real Worker on the SQLite store, with the scripted consumer and queue (tests/unit/doubles.py)."""
+    return Worker(consumer=Consumer(), queue=Queue(), engine=engine, topics=TOPICS, max_attempts=3,
+                  backoff=0.5, backoff_max=30.0, clock=lambda: NOW)

@@ -198,8 +198,20 @@ def test_wrong_method_is_json_405_with_allow(client, alice):
     assert resp.headers["Content-Type"] == "application/json"
 
 
-def test_debug_is_off(app):
+def test_debug_stays_off_and_a_crash_is_a_json_500(make_app, sqlite_url, monkeypatch):
+    # FLASK_DEBUG=1 in the environment (a leftover from development) must not turn on the
+    # debugger: a failing request still gets the JSON 500, no traceback.
+    monkeypatch.setenv("FLASK_DEBUG", "1")
+    app = make_app(sqlite_url)
     assert not app.debug
+
+    @app.route("/boom")
+    def boom():
+        raise RuntimeError("secret detail")
+
+    resp = app.test_client().get("/boom")
+    body = assert_error(resp, 500)
+    assert "secret detail" not in resp.get_data(as_text=True) and body["message"] == "internal error"
 
 
 # -- quota -------------------------------------------------------------------------------------
@@ -236,3 +248,29 @@ def test_openapi_documents_bounds_and_quota(client):
     assert {"$ref": "#/components/schemas/SumArgs"} in schemas["JobCreate"]["properties"]["args"]["anyOf"]
     responses = spec["paths"]["/v1/jobs"]["post"]["responses"]
     assert {"400", "413", "429", "503"} <= set(responses)
+
+
+# -- the store failing under a request ----------------------------------------------------------
+def test_exhausted_pool_is_503_not_500(client, alice, monkeypatch):
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+    from app.api import auth as auth_mod
+
+    def saturated(*_a):
+        raise PoolTimeout("QueuePool limit of size 5 overflow 5 reached, connection timed out")
+
+    monkeypatch.setattr(auth_mod, "check_token", saturated)
+    resp = client.get("/v1/jobs", headers=alice)
+    assert_error(resp, 503)
+    assert resp.headers["Retry-After"] == "1"
+
+
+def test_refused_submit_answers_503_with_the_id_even_when_it_cannot_be_marked(client, app, alice, monkeypatch):
+    from sqlalchemy.exc import OperationalError
+
+    def down(*_a):
+        raise OperationalError("UPDATE jobs", {}, Exception("server closed the connection"))
+
+    monkeypatch.setattr(js, "mark_enqueue_failed", down)
+    body = assert_error(client.post("/v1/jobs", json={"type": "noop", "args": {}}, headers=alice), 503)
+    assert body["id"] and js.get_job(engine(app), body["id"])["status"].value == "queued"  # for the sweep

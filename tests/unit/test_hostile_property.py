@@ -13,8 +13,7 @@ from app.states import JobStatus
 from app.store import jobs as js
 from tests.conftest import auth
 from tests.drills.hostile import hostile_bodies
-from tests.unit.test_runner import NOW, TOPICS, Consumer, Queue, handle
-from worker.runner import Worker
+from tests.unit.doubles import handle
 
 # Fixtures are built once per test, not per example: that is what these tests want.
 SETTINGS = settings(max_examples=150, deadline=None,
@@ -32,12 +31,6 @@ types = st.sampled_from(sorted(REGISTRY) + ["", "nope"])
 def fast_app(make_app, sqlite_url):
     # Valid jobs go on to the closed Kafka port: fail fast there (503), only the status matters.
     return make_app(sqlite_url, KAFKA_SEND_TIMEOUT=0.05)
-
-
-@pytest.fixture
-def worker(engine):
-    return Worker(consumer=Consumer(), queue=Queue(), engine=engine, topics=TOPICS, max_attempts=3,
-                  clock=lambda: NOW)
 
 
 def test_every_shape_the_drill_sends_is_refused_4xx(fast_app):

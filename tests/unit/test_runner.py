@@ -3,89 +3,15 @@ no job and no message can raise out of Worker.handle. Every hostile shape ends c
 the job failed (or retried) and the message dead-lettered, or paused when the store is down."""
 import json
 import logging
-from collections import namedtuple
-
 import sys
 
 import pytest
-from kafka.structs import TopicPartition
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from app import jobtypes
 from app.logsetup import FORMAT, OneLineFormatter
-from app.messages import encode_job
 from app.states import JobStatus
 from app.store import jobs as js
-from app.topics import Topics
-from worker.runner import Worker
-
-Record = namedtuple("Record", "topic partition offset value key")
-TOPICS = Topics.with_prefix("")
-NOW = 1_000_000.0
-
-
-class Consumer:
-    def __init__(self):
-        self.commits, self.paused = [], {}
-
-    def commit(self, offsets):
-        self.commits.extend((tp.topic, tp.partition, o.offset) for tp, o in offsets.items())
-
-    def seek(self, tp, offset):
-        self.paused[tp] = offset
-
-    def pause(self, tp):
-        pass
-
-    def assignment(self):
-        return set()
-
-
-class Queue:
-    def __init__(self):
-        self.sent = []
-
-    def send(self, topic, key, value, headers=None):
-        self.sent.append((topic, key, value, dict(headers or [])))
-
-    def on(self, topic):
-        return [s for s in self.sent if s[0] == topic]
-
-
-@pytest.fixture
-def worker(engine):
-    return Worker(consumer=Consumer(), queue=Queue(), engine=engine, topics=TOPICS, max_attempts=3,
-                  backoff=0.5, backoff_max=30.0, clock=lambda: NOW)
-
-
-@pytest.fixture
-def job_type():
-    """Register throw-away job types for one test."""
-    added = []
-
-    def register(name, func):
-        jobtypes.job_type(name)(func)
-        added.append(name)
-
-    yield register
-    for name in added:
-        jobtypes.REGISTRY.pop(name, None)
-
-
-def handle(worker, value, offset=0, topic="jobs", key=None):
-    record = Record(topic, 0, offset, value, key)
-    worker.handle(TopicPartition(topic, 0), record)
-    return record
-
-
-def committed(worker):
-    return [o for _t, _p, o in worker.consumer.commits]
-
-
-def submit(engine, user, job_type, args):
-    job = js.create_job(engine, user, job_type, args)
-    return job["id"], encode_job(job["id"], job_type, args)
-
+from tests.unit.doubles import NOW, committed, handle, next_retry, submit
 
 # -- results that are not strict JSON -----------------------------------------------------------
 @pytest.mark.parametrize("result", [float("nan"), {"sum": float("inf")}, {"n": 10 ** 5000}, {"at": object()},
@@ -102,8 +28,9 @@ def test_unserialisable_result_fails_the_attempt_not_the_worker(worker, engine, 
 def test_last_attempt_with_unserialisable_result_dead_letters(worker, engine, user, job_type):
     job_type("hostile_result", lambda: float("nan"))
     job_id, value = submit(engine, user, "hostile_result", {})
-    for offset in range(3):
-        handle(worker, value, offset)
+    handle(worker, value, 0)
+    for offset in (1, 2):
+        next_retry(worker, offset)
     job = js.get_job(engine, job_id)
     assert job["status"] is JobStatus.FAILED and job["attempts"] == 3 and "not valid JSON" in job["error"]
     assert [s[1] for s in worker.queue.on("jobs.dead")] == [job_id]

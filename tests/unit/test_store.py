@@ -54,7 +54,7 @@ def test_running_job_of_a_dead_worker_is_claimed_again(engine, user):
 def test_retry_then_failure(engine, user):
     job = js.create_job(engine, user, "fail", {"message": "x"})
     js.claim_job(engine, job["id"])
-    assert js.store_retry(engine, job["id"], "JobFailed: x")
+    assert js.requeue_job(engine, job["id"], 1, "JobFailed: x")
     back = js.get_job(engine, job["id"])
     assert back["status"] is JobStatus.QUEUED and back["error"] == "JobFailed: x"
     js.claim_job(engine, job["id"])
@@ -157,7 +157,7 @@ def test_claims_of_a_running_job_count_crashes_until_attempts_are_used(engine, u
     # A fourth delivery: all attempts died with their worker. Not claimed, not run.
     last = js.claim_job(engine, job_id, max_attempts=3)
     assert last["exhausted"] and last["status"] is JobStatus.RUNNING and last["attempts"] == 3
-    assert js.give_up(engine, job_id, "crashed the worker 3 times")
+    assert js.store_failure(engine, job_id, "crashed the worker 3 times", attempt=3, crashed=True)
     done = js.get_job(engine, job_id)
     assert done["status"] is JobStatus.FAILED and done["crashes"] == 3 and done["error"] == "crashed the worker 3 times"
     assert js.claim_job(engine, job_id, max_attempts=3) is None
@@ -165,10 +165,10 @@ def test_claims_of_a_running_job_count_crashes_until_attempts_are_used(engine, u
 
 def test_a_retried_job_is_not_a_crash(engine, user):
     job_id = js.create_job(engine, user, "fail", {"message": "x"})["id"]
-    for _ in range(3):
-        claimed = js.claim_job(engine, job_id, max_attempts=3)
-        assert not claimed["exhausted"] and claimed["crashes"] == 0
-        js.store_retry(engine, job_id, "JobFailed: x")  # back to queued: a normal failed attempt
+    for attempt in (1, 2, 3):
+        claimed = js.claim_job(engine, job_id, max_attempts=3, attempt=attempt)
+        assert not claimed["exhausted"] and claimed["crashes"] == 0 and claimed["attempts"] == attempt
+        js.requeue_job(engine, job_id, attempt, "JobFailed: x")  # back to queued: a normal failed attempt
 
 
 def test_reject_fails_queued_or_running_and_leaves_finished_jobs(engine, user):

@@ -1,0 +1,95 @@
+"""The worker's outbox: Kafka messages decided in a store transaction, published after it.
+
+A worker writes the messages an outcome implies (a retry, a status event, a dead letter) in the
+same transaction as the job's state change, then publishes them and deletes the rows. So a
+message exists if and only if the state change happened: no `failed` event for a job another
+delivery finished, no second dead letter when the store failed after the first. Each row is
+leased to the worker that wrote it; rows whose lease ran out (their worker died, or Kafka was
+down longer than the lease) are taken over by another worker with a conditional UPDATE, so one
+worker at a time publishes a row."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Iterable, List, Optional, Set, Tuple
+
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.engine import Connection, Engine
+
+from .schema import outbox
+from .users import utcnow
+
+Headers = List[Tuple[str, bytes]]
+
+
+@dataclass(frozen=True)
+class Message:
+    topic: str
+    key: str
+    value: Optional[bytes]
+    headers: Headers = field(default_factory=list)
+    job_id: Optional[str] = None
+
+
+def add(conn: Connection, owner: str, messages: Iterable[Message], lease_seconds: float) -> List[int]:
+    """Insert ``messages`` leased to ``owner``; their row ids, in order."""
+    now = utcnow()
+    ids = []
+    for m in messages:
+        headers = json.dumps([[name, value.decode("utf-8", "replace")] for name, value in m.headers])
+        ids.append(conn.execute(insert(outbox).values(
+            topic=m.topic, key=m.key, value=m.value, headers=headers, job_id=m.job_id, owner=owner,
+            lease_until=now + timedelta(seconds=lease_seconds), created_at=now,
+        )).inserted_primary_key[0])
+    return ids
+
+
+def remove(conn: Connection, ids: Iterable[int]) -> None:
+    """Delete published rows."""
+    ids = list(ids)
+    if ids:
+        conn.execute(delete(outbox).where(outbox.c.id.in_(ids)))
+
+
+def renew(engine: Engine, owner: str, ids: Iterable[int], lease_seconds: float) -> Set[int]:
+    """Extend ``owner``'s lease on ``ids``; the ids it still holds (another worker may have taken
+    over a row whose lease ran out: that one is no longer ours to publish)."""
+    ids = list(ids)
+    if not ids:
+        return set()
+    with engine.begin() as conn:
+        conn.execute(update(outbox).where(outbox.c.id.in_(ids), outbox.c.owner == owner).values(
+            lease_until=utcnow() + timedelta(seconds=lease_seconds)))
+        return set(conn.execute(select(outbox.c.id).where(outbox.c.id.in_(ids), outbox.c.owner == owner)).scalars())
+
+
+def take_abandoned(engine: Engine, owner: str, lease_seconds: float, limit: int = 100) -> List[Tuple[int, Message]]:
+    """Rows whose lease ran out, now leased to ``owner`` (at most ``limit``)."""
+    with engine.begin() as conn:
+        candidates = list(conn.execute(select(outbox.c.id).where(outbox.c.lease_until < utcnow())
+                                       .order_by(outbox.c.id).limit(limit)).scalars())
+        return take(conn, candidates, owner, lease_seconds)
+
+
+def take(conn: Connection, ids: List[int], owner: str, lease_seconds: float) -> List[Tuple[int, Message]]:
+    """Lease to ``owner`` those of ``ids`` whose lease has run out, and return them. Conditional:
+    of two workers that picked the same rows, the second finds a fresh lease and takes nothing."""
+    if not ids:
+        return []
+    now = utcnow()
+    conn.execute(update(outbox).where(outbox.c.id.in_(ids), outbox.c.lease_until < now).values(
+        owner=owner, lease_until=now + timedelta(seconds=lease_seconds)))
+    rows = conn.execute(select(outbox).where(outbox.c.id.in_(ids), outbox.c.owner == owner,
+                                             outbox.c.lease_until > now).order_by(outbox.c.id)).all()
+    return [(r.id, Message(r.topic, r.key, r.value,
+                           [(name, value.encode("utf-8")) for name, value in json.loads(r.headers or "[]")],
+                           r.job_id)) for r in rows]
+
+
+def pending_jobs(conn: Connection, job_ids: Iterable[str]) -> Set[str]:
+    """Which of ``job_ids`` still have messages waiting in the outbox."""
+    ids = list(job_ids)
+    if not ids:
+        return set()
+    return set(conn.execute(select(outbox.c.job_id).where(outbox.c.job_id.in_(ids))).scalars())

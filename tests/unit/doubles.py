@@ -1,0 +1,97 @@
+"""Doubles for driving the real Worker one record at a time: a scripted consumer, a Kafka queue
+that records what is sent and refuses on cue, and helpers that hand the worker its records."""
+from __future__ import annotations
+
+import json
+from collections import namedtuple
+from typing import Any, List, Optional, Tuple
+
+from kafka.errors import KafkaTimeoutError
+from kafka.structs import TopicPartition
+
+from app.jobqueue import QueueUnavailable
+from app.messages import encode_job
+from app.store import jobs as js
+from app.topics import Topics
+
+Record = namedtuple("Record", "topic partition offset value key")
+TOPICS = Topics.with_prefix("")
+NOW = 1_000_000.0
+
+
+class Consumer:
+    """Records commits and seeks; partitions/offsets for the sweep come from ``lags``."""
+
+    def __init__(self) -> None:
+        self.commits: List[Tuple[str, int, int]] = []
+        self.paused = {}
+        self.lags = {}  # topic -> {partition: unconsumed records}
+
+    def commit(self, offsets: Any) -> None:
+        self.commits.extend((tp.topic, tp.partition, o.offset) for tp, o in offsets.items())
+
+    def seek(self, tp: Any, offset: int) -> None:
+        self.paused[tp] = offset
+
+    def pause(self, tp: Any) -> None:
+        pass
+
+    def assignment(self) -> set:
+        return set()
+
+    # What the sweep asks: every partition starts at 0 and ends at its lag; nothing committed.
+    def partitions_for_topic(self, topic: str) -> Optional[set]:
+        return set(self.lags[topic]) if topic in self.lags else None
+
+    def end_offsets(self, tps: Any) -> dict:
+        return {tp: self.lags[tp.topic][tp.partition] for tp in tps}
+
+    def beginning_offsets(self, tps: Any) -> dict:
+        return {tp: 0 for tp in tps}
+
+    def committed(self, tp: Any) -> Optional[int]:
+        return None
+
+
+class Queue:
+    """Records every send; ``refuse(n, topic)`` makes the next ``n`` sends (to ``topic``, or any)
+    fail as a broker that is down would."""
+
+    def __init__(self) -> None:
+        self.sent: List[Tuple[str, str, Optional[bytes], dict]] = []
+        self.refusals: List[Optional[str]] = []
+
+    def refuse(self, n: int = 1, topic: Optional[str] = None) -> None:
+        self.refusals.extend([topic] * n)
+
+    def send(self, topic: str, key: str, value: Optional[bytes], headers: Any = None) -> None:
+        if self.refusals and self.refusals[0] in (None, topic):
+            self.refusals.pop(0)
+            raise QueueUnavailable("kafka: %s" % KafkaTimeoutError.__name__)
+        self.sent.append((topic, key, value, dict(headers or [])))
+
+    def on(self, topic: str) -> list:
+        return [s for s in self.sent if s[0] == topic]
+
+
+def handle(worker: Any, value: Optional[bytes], offset: int = 0, topic: str = "jobs", key: Optional[bytes] = None):
+    record = Record(topic, 0, offset, value, key)
+    worker.handle(TopicPartition(topic, 0), record)
+    return record
+
+
+def next_retry(worker: Any, offset: int) -> None:
+    """Hand the worker the last retry message it published, as Kafka would once it is due."""
+    _topic, _key, value, _headers = worker.queue.on("jobs.retry")[-1]
+    due = json.loads(value)["not_before"]
+    worker.clock = lambda: due
+    handle(worker, value, offset, topic="jobs.retry")
+
+
+def committed(worker: Any) -> List[int]:
+    return [o for _t, _p, o in worker.consumer.commits]
+
+
+def submit(engine: Any, user: int, job_type: str, args: dict) -> Tuple[str, bytes]:
+    job = js.create_job(engine, user, job_type, args)
+    return job["id"], encode_job(job["id"], job_type, args)
