@@ -95,7 +95,8 @@ def fuzz_args(rng: random.Random, job_type: str) -> Any:
 
 class HostilePhase:
     """Run with ``run()``; returns the figures and ``ok``. ``target`` offers new_token, revoke,
-    worker_pids, forged_log_lines, quota, audit, bootstrap, topics, url (see targets.py)."""
+    worker_pids, process_exits, forged_log_lines, quota, audit, bootstrap, topics, url
+    (see targets.py)."""
 
     def __init__(self, target: Any, fuzz_per_type: int = 40, seed: int = 9, seconds: float = 240) -> None:
         self.target = target
@@ -236,7 +237,7 @@ class HostilePhase:
         tokens = {role: t.new_token(name) for role, name in names.items()}
         clients = {role: Client(t.url, token) for role, token in tokens.items()}
         pids_before = t.worker_pids()
-        exits_before = len(getattr(t, "unexpected_exits", []))
+        exits_before = len(t.process_exits())
         normal = Ledger()
         load = Load(normal, t.url, tokens["normal"], rate=10, threads=2, max_jobs=10000,
                     max_seconds=max(10.0, self.deadline - time.monotonic()))
@@ -254,7 +255,8 @@ class HostilePhase:
                 c.close()
         outcome = self._settle(normal)
         pids_after = t.worker_pids()
-        crashes = len(getattr(t, "unexpected_exits", [])) - exits_before + len(pids_before - pids_after)
+        # A worker that died shows in both (its exit, and its replacement's new pid): count it once.
+        crashes = max(len(t.process_exits()) - exits_before, len(pids_before - pids_after))
         forged = t.forged_log_lines(FORGED)
         dead = self._dead_records()
         report = {"hostile": self.sent, "refused_4xx": refused, "shapes": len(hostile_bodies()), "fuzz": fuzz,

@@ -30,6 +30,26 @@ from tests.support.stack import LocalStack
 
 #: The app machine's logs that carry user text (gunicorn's and the job workers').
 APP_LOGS = "/var/log/joblab/*.log"
+SUPERVISORD_LOG = "/var/log/supervisor/supervisord.log"
+WEB_ERROR_LOG = "/var/log/joblab/web-error.log"
+#: supervisord, when a program exited on its own: "exited: joblab-worker-0 (exit status 1; not expected)".
+SUPERVISOR_EXIT = re.compile(r"exited: (\S+) \(([^;]+); not expected\)")
+#: gunicorn's master, when one of its workers died: "Worker (pid:N) exited with code C." / "was sent
+#: SIGKILL!" (not SIGTERM: that is how a graceful reload ends the old workers).
+GUNICORN_WORKER_DIED = re.compile(r"Worker \(pid:\d+\) (exited with code|was sent (?!SIGTERM))")
+
+
+def tail(path: str, lines: int = 15) -> str:
+    try:
+        with open(path, errors="replace") as fh:
+            return "".join(fh.readlines()[-lines:]).rstrip()
+    except OSError as exc:
+        return "(no log: %s)" % exc
+
+
+def exit_record(what: str, w: WorkerProcess) -> Dict[str, Any]:
+    assert w.proc is not None
+    return {"process": what, "pid": w.pid, "code": w.proc.returncode, "tail": tail(w.log_path)}
 
 
 class LocalTarget:
@@ -41,7 +61,7 @@ class LocalTarget:
         self.stack = LocalStack(work_dir, store="postgresql", job_workers=1)
         self.supervised: Optional[WorkerProcess] = None
         self.joined: Optional[WorkerProcess] = None
-        self.unexpected_exits: List[int] = []
+        self.unexpected_exits: List[Dict[str, Any]] = []
         self._watch_stop = threading.Event()
         self._lock = threading.Lock()
 
@@ -55,14 +75,33 @@ class LocalTarget:
         threading.Thread(target=self._supervise, daemon=True, name="supervise").start()
 
     def _supervise(self) -> None:
-        """What supervisor's autorestart does on the lab: a worker that exits is started again."""
+        """What supervisor's autorestart does on the lab: a worker that exits is started again,
+        and the exit is recorded (the drills fail on it: nothing but the drill may end a worker)."""
         while not self._watch_stop.wait(0.5):
             with self._lock:
                 w = self.supervised
                 if w is not None and not w.running():
-                    assert w.proc is not None
-                    self.unexpected_exits.append(w.proc.returncode)
+                    self.unexpected_exits.append(exit_record("job worker", w))
                     self.supervised = self.stack.add_worker()
+                if self.joined is not None and not self.joined.running():
+                    self.unexpected_exits.append(exit_record("joined job worker", self.joined))
+                    self.joined = None
+
+    def process_exits(self) -> List[Dict[str, Any]]:
+        """Every process that ended without the drill ending it: job workers, the gunicorn master,
+        and gunicorn workers (their master logs each such death and starts another)."""
+        exits = list(self.unexpected_exits)
+        web = self.stack.gunicorn
+        if web is not None and web.proc is not None and web.proc.poll() is not None:
+            exits.append({"process": "gunicorn master", "pid": web.proc.pid, "code": web.proc.returncode,
+                          "tail": tail(web.log_path)})
+        if web is not None:
+            with open(web.log_path, errors="replace") as fh:
+                for line in fh:
+                    if GUNICORN_WORKER_DIED.search(line):
+                        exits.append({"process": "gunicorn worker", "pid": None, "code": None,
+                                      "tail": line.strip()})
+        return exits
 
     def close(self) -> None:
         self._watch_stop.set()
@@ -96,8 +135,11 @@ class LocalTarget:
         return "second worker pid %d joined" % self.joined.pid
 
     def worker_leave(self) -> str:
-        assert self.joined is not None
-        code = self.joined.stop()
+        with self._lock:
+            joined, self.joined = self.joined, None
+        if joined is None:
+            raise RuntimeError("the second worker was gone before it was asked to leave")
+        code = joined.stop()
         return "second worker left (TERM, exit %s)" % code
 
     # -- users, processes, logs (the hostile phase) -------------------------------------------
@@ -200,7 +242,39 @@ class LabTarget:
         script = "awk -v m=%s 'index($0, m) == 1 {n++} END {print n+0}' %s" % (shlex.quote(marker), APP_LOGS)
         return int(self.ssh("app", "sudo sh -c %s" % shlex.quote(script)).strip() or 0)
 
+    def _lines(self, path: str) -> int:
+        return int(self.ssh("app", "sudo sh -c %s" % shlex.quote("cat %s 2>/dev/null | wc -l" % path)).strip() or 0)
+
+    def _new_lines(self, path: str) -> List[str]:
+        """Lines ``path`` gained since start()."""
+        out = self.ssh("app", "sudo tail -n +%d %s" % (self.marks[path] + 1, shlex.quote(path)))
+        return out.splitlines()
+
+    def process_exits(self) -> List[Dict[str, Any]]:
+        """Every app process that ended without the drill ending it, since start(): from
+        supervisord's log (its programs' unexpected exits, less the drill's own SIGKILLs of the job
+        worker) and gunicorn's (its workers' deaths)."""
+        exits: List[Dict[str, Any]] = []
+        sigkills = 0
+        for line in self._new_lines(SUPERVISORD_LOG):
+            m = SUPERVISOR_EXIT.search(line)
+            if not m:
+                continue
+            program, how = m.group(1), m.group(2)
+            if program.startswith("joblab-worker") and "SIGKILL" in how and sigkills < self.kills:
+                sigkills += 1  # one of ours
+                continue
+            log_file = "/var/log/joblab/%s.log" % program if program.startswith("joblab-worker") else WEB_ERROR_LOG
+            exits.append({"process": program, "pid": None, "code": how,
+                          "tail": self.ssh("app", "sudo tail -n 15 %s || true" % log_file).rstrip()})
+        for line in self._new_lines(WEB_ERROR_LOG):
+            if GUNICORN_WORKER_DIED.search(line):
+                exits.append({"process": "gunicorn worker", "pid": None, "code": None, "tail": line.strip()})
+        return exits
+
     def start(self) -> None:
+        self.marks = {path: self._lines(path) for path in (SUPERVISORD_LOG, WEB_ERROR_LOG)}
+        self.kills = 0
         self.token = self.new_token("drill")
         self.quota = int(self.app_env("JOBLAB_USER_MAX_ACTIVE") or DEFAULTS["USER_MAX_ACTIVE"])
         self.bootstrap = self.app_env("JOBLAB_KAFKA_BOOTSTRAP")
@@ -220,6 +294,7 @@ class LabTarget:
 
     def kill_worker(self) -> str:
         pid = self._worker_pid()
+        self.kills += 1
         self.ssh("app", "sudo kill -KILL %d" % pid)
         # supervisor restarts it (autorestart=true); wait until it has, bounded.
         deadline = time.monotonic() + 60

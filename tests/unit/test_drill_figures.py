@@ -40,3 +40,30 @@ def test_job_mix():
 
     kinds = [job_for(n, random.Random(1))[0] for n in range(1, 201)]
     assert kinds.count("fail") == 10 and kinds.count("sleep") == 30 and kinds.count("sum") == 160
+
+
+# -- the drills' verdict on processes and duplicates ----------------------------------------------
+def test_log_lines_that_mean_a_process_died():
+    from tests.drills.targets import GUNICORN_WORKER_DIED, SUPERVISOR_EXIT
+
+    died = ["[2026-11-28 10:00:00 +0000] [12] [ERROR] Worker (pid:34) exited with code 1.",
+            "[2026-11-28 10:00:00 +0000] [12] [ERROR] Worker (pid:34) was sent SIGKILL! Perhaps out of memory?",
+            "[2026-11-28 10:00:00 +0000] [12] [WARNING] Worker (pid:34) was sent SIGSEGV!"]
+    graceful = ["[2026-11-28 10:00:00 +0000] [12] [INFO] Worker (pid:34) was sent SIGTERM!",
+                "[2026-11-28 10:00:00 +0000] [34] [INFO] Worker exiting (pid: 34)"]
+    assert all(GUNICORN_WORKER_DIED.search(line) for line in died)
+    assert not any(GUNICORN_WORKER_DIED.search(line) for line in graceful)
+    m = SUPERVISOR_EXIT.search("2026-11-28 10:00:00,000 WARN exited: joblab-worker-0 (exit status 1; not expected)")
+    assert m.groups() == ("joblab-worker-0", "exit status 1")
+    assert SUPERVISOR_EXIT.search("... INFO exited: joblab-worker-0 (terminated by SIGKILL; not expected)")
+    assert not SUPERVISOR_EXIT.search("2026-11-28 10:00:00,000 INFO exited: joblab-worker-0 (exit status 0; expected)")
+
+
+def test_duplicate_execution_bound_counts_the_faults_that_can_cut_a_job_short():
+    from tests.drills.__main__ import dup_execution_bound, fault_plan
+
+    class Target:
+        def __getattr__(self, name):
+            return lambda: name
+
+    assert dup_execution_bound(fault_plan(Target())) == 7  # 5 worker SIGKILLs + a join + a leave
