@@ -39,3 +39,11 @@ def fab(*args, check=True):
     if check:
         assert run.returncode == 0, run.stdout + run.stderr
     return run
+
+
+@pytest.fixture(scope="module")
+def token():
+    """A token of user `load` on the lab (lab-user.sh)."""
+    out = subprocess.run([os.path.join(ROOT, "provision", "host", "lab-user.sh"), "load"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    return out.strip().splitlines()[-1]

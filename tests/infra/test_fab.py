@@ -2,6 +2,7 @@
 import pytest
 
 from tests.infra.conftest import fab
+from tests.infra.load import Load
 
 
 def test_status_shows_both_hosts_healthy():
@@ -22,8 +23,11 @@ def test_scale_workers_is_capped_at_the_partitions_then_restored():
     assert "1 job workers" in fab("scale", "--workers=1").stdout
 
 
-def test_graceful_restart_keeps_serving():
-    fab("restart")
+def test_graceful_restart_keeps_serving(token):
+    # Under steady HTTP load (submits and reads through nginx): a graceful restart fails none.
+    with Load(token) as load:
+        fab("restart")
+    assert load.failures == [] and load.ok > 0
     assert "/readyz   HTTP 200" in fab("status").stdout
 
 

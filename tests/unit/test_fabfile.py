@@ -23,9 +23,15 @@ class Failed(str):
     """An answer that fails the command (non-zero exit) with this text on stderr."""
 
 
+class UnexpectedCommand(AssertionError):
+    """A task ran a command its test did not foresee: the test must say what it expects."""
+
+
 class Recorder:
     """Answers run/sudo from a table of (command substring -> stdout, a Failed or an exception to
-    raise); records every command and upload ("put <remote path>")."""
+    raise); records every command and upload ("put <remote path>"). A command that matches no
+    entry is an error, not a silent success: each test names every command it expects (with ""
+    for "succeeds, prints nothing")."""
 
     def __init__(self, answers=None, host="app"):
         self.host = self.original_host = host
@@ -43,7 +49,7 @@ class Recorder:
                 if isinstance(out, Failed):
                     return SimpleNamespace(stdout="", stderr=str(out), ok=False, exited=1, command=cmd)
                 return SimpleNamespace(stdout=out, stderr="", ok=True, exited=0, command=cmd)
-        return SimpleNamespace(stdout="", stderr="", ok=True, exited=0, command=cmd)
+        raise UnexpectedCommand("no answer for %r (commands so far: %r)" % (cmd, self.commands[:-1]))
 
     run = sudo = _answer
 
@@ -70,7 +76,11 @@ def identity(owner, *argv):
 def master_answers(pid, owner="joblab", argv=GUNICORN):
     """A host whose gunicorn pidfile names ``pid``, a live process of ``owner`` running ``argv``."""
     return {"GUNICORN_PIDFILE": PIDFILE + "\n", "head -c 32 " + PIDFILE: "%d\n" % pid,
-            "/proc/%d/cmdline" % pid: identity(owner, *argv)}
+            "/proc/%d/cmdline" % pid: identity(owner, *argv), "kill -0 %d" % pid: ""}
+
+
+#: A staging directory's life: lent to the SSH user for the upload, removed afterwards.
+STAGE_LIFE = {"chown vagrant " + STAGE: "", "rm -rf " + STAGE: ""}
 
 
 @pytest.mark.parametrize("spec, current, expected", [
@@ -102,7 +112,8 @@ def test_parse_supervisor_status():
 
 
 def test_scale_web_signals_the_master_and_waits_for_the_count():
-    c = Recorder(dict(master_answers(4242), **{"seq 60": "3\n", "pgrep -c -P 4242 || true": "2\n"}))
+    c = Recorder(dict(master_answers(4242), **{"seq 60": "3\n", "pgrep -c -P 4242 || true": "2\n",
+                                                "-u joblab kill -TTIN 4242": ""}))
     fabfile.scale.body(c, web="+1")
     # Sent as the app user, never root: the kernel itself keeps the signal among joblab's processes.
     assert "-u joblab kill -TTIN 4242" in c.commands
@@ -110,7 +121,8 @@ def test_scale_web_signals_the_master_and_waits_for_the_count():
 
 
 def test_scale_workers_rewrites_numprocs_and_updates_the_group(capsys):
-    c = Recorder({"JOBLAB_KAFKA_PARTITIONS": "4\n"})
+    c = Recorder({"JOBLAB_KAFKA_PARTITIONS": "4\n", "sed -i 's/^numprocs=.*/numprocs=4/'": "", " reread": "",
+                  " update joblab-worker": ""})
     fabfile.scale.body(c, workers="6")
     assert any("numprocs=4" in cmd for cmd in c.commands)
     assert any(cmd.endswith("update joblab-worker") for cmd in c.commands)
@@ -130,14 +142,16 @@ def test_unreachable_host_is_one_line():
 
 
 def test_restart_is_graceful_by_default():
-    c = Recorder(dict(master_answers(77), **{"test -x": "app\n"}))
+    c = Recorder(dict(master_answers(77), **{"test -x": "app\n", "nginx -t": "", "service nginx reload": "",
+                                              "-u joblab kill -HUP 77": "", "restart 'joblab-worker:*'": ""}))
     fabfile.restart.body(c)
     assert "nginx -t" in c.commands and "service nginx reload" in c.commands and "-u joblab kill -HUP 77" in c.commands
     assert not any("KILL" in cmd for cmd in c.commands)
 
 
 def test_hard_restart_kills_only_the_app_users_stragglers():
-    c = Recorder({"test -x": "app\n"})
+    c = Recorder({"test -x": "app\n", "service supervisord stop": "", "pkill -KILL -u joblab": "",
+                  "service supervisord start": "", "service nginx restart": ""})
     fabfile.restart.body(c, hard=True)
     assert "pkill -KILL -u joblab -f 'gunicorn|python -m worker'" in c.commands
 
@@ -164,13 +178,14 @@ def test_build_wheel_from_a_tree_carries_its_version():
 
 
 def test_rollback_needs_a_previous_release():
-    c = Recorder({"ls -1": "20260101000000-0.1.0\n", "readlink /opt/joblab/current": "/opt/joblab/releases/20260101000000-0.1.0\n"})
+    c = Recorder({"ls -1": "20260101000000-0.1.0\n", "readlink /opt/joblab/current": "/opt/joblab/releases/20260101000000-0.1.0\n",
+                  "readlink /opt/joblab/previous": ""})
     with pytest.raises(Exit, match="no previous release"):
         fabfile.rollback.body(c)
 
 
 def test_switch_remembers_the_release_it_replaces():
-    c = Recorder({"readlink /opt/joblab/current": "/opt/joblab/releases/A-0.1.0\n"})
+    c = Recorder({"readlink /opt/joblab/current": "/opt/joblab/releases/A-0.1.0\n", "ln -sfn": "", "mv -T": ""})
     fablib.releases.switch_current(c, "B-0.1.1")
     links = [cmd for cmd in c.commands if cmd.startswith(("ln -sfn", "mv -T"))]
     assert links == [
@@ -230,7 +245,8 @@ def test_pidfiles_are_read_as_the_app_user_and_bounded():
 # -- uploads: a fresh root-only directory, checked by sha256, always removed -----------------------
 def test_staged_upload_hands_root_a_checked_copy_and_always_cleans_up():
     data = b"wheel bytes"
-    c = Recorder({"mktemp -d": STAGE + "\n", "sha256sum": "%s  %s/x.whl\n" % (hashlib.sha256(data).hexdigest(), STAGE)})
+    c = Recorder(dict(STAGE_LIFE, **{"mktemp -d": STAGE + "\n", "chown -R root:root " + STAGE: "", "use ": "",
+                                      "sha256sum": "%s  %s/x.whl\n" % (hashlib.sha256(data).hexdigest(), STAGE)}))
     with fablib.shipping.staged_upload(c, data, "x.whl") as remote:
         assert remote == STAGE + "/x.whl" and c.uploads[remote] == data
         c.sudo("use " + remote)
@@ -254,8 +270,10 @@ def local_wheel(tmp_path, monkeypatch):
     return wheel
 
 
-RELEASES = {"ls -1": "20260101000000-0.1.0\n", "readlink /opt/joblab/current": "/opt/joblab/releases/20260101000000-0.1.0\n",
-            "JOBLAB_ENV_PREFIX": "/usr/local/envs/joblab\n", "mktemp -d": STAGE + "\n"}
+RELEASES = dict(STAGE_LIFE, **{"ls -1": "20260101000000-0.1.0\n", "JOBLAB_ENV_PREFIX": "/usr/local/envs/joblab\n",
+                               "readlink /opt/joblab/current": "/opt/joblab/releases/20260101000000-0.1.0\n",
+                               "mktemp -d": STAGE + "\n", "chown -R root:root " + STAGE: "",
+                               "rm -rf /opt/joblab/releases/": ""})
 
 
 def test_deploy_refuses_a_wheel_that_changed_in_transit(local_wheel):
@@ -283,9 +301,11 @@ def test_deploy_installs_from_the_stage_and_removes_it_when_the_install_fails(lo
 def test_provision_of_another_host_runs_from_a_checked_stage_and_cleans_up(monkeypatch):
     tarball = b"tar.gz bytes"
     monkeypatch.setattr(fabfile, "source_tarball", lambda role: tarball)
-    c = Recorder({"test -f /vagrant": Failed(""), "mktemp -d": STAGE + "\n",
-                  "sha256sum": "%s  x\n" % hashlib.sha256(tarball).hexdigest(),
-                  "python-env.sh": Failed("no Python 3.9+")}, host="rhel6.example")
+    c = Recorder(dict(STAGE_LIFE, **{"test -f /vagrant": Failed(""), "mktemp -d": STAGE + "\n",
+                                      "chown -R root:root " + STAGE: "", "mkdir " + STAGE + "/tree": "",
+                                      "tar -xzf": "", "sha256sum": "%s  x\n" % hashlib.sha256(tarball).hexdigest(),
+                                      "ca-certs.sh": "", "base.sh": "", "python-env.sh": Failed("no Python 3.9+")}),
+                 host="rhel6.example")
     with pytest.raises(Exit, match=r"provision/python-env.sh failed \(exit 1\): no Python 3.9\+"):
         fabfile.provision.body(c, role="app")
     assert c.uploads == {STAGE + "/joblab-provision.tar.gz": tarball}

@@ -1,0 +1,74 @@
+"""Steady HTTP load through the lab's nginx (127.0.0.1:$LAB_HTTP_PORT) while a task runs: the
+deploy gate and the graceful-restart test count its failures (there must be none)."""
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import urllib.error
+import urllib.request
+
+from tests.infra.conftest import LAB
+
+BASE = "http://127.0.0.1:%s" % (os.environ.get("LAB_HTTP_PORT") or LAB["machines"]["app"]["forwarded_ports"][0]["host"])
+
+
+def call(method, path, token, body=None, timeout=10):
+    req = urllib.request.Request(BASE + path, method=method, data=None if body is None else json.dumps(body).encode(),
+                                 headers={"Authorization": "Bearer " + token, "Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return resp.status, json.loads(resp.read())
+
+
+class Load:
+    """Threads mixing POST /v1/jobs and GET /v1/jobs/<id> until stopped (at most 300 s), at most
+    ``rate`` submissions per second in all: steady load, not saturation. Unpaced, 4 threads
+    submitted up to ~120/s here, faster than one job worker drains while a deploy takes CPU, and
+    the backlog reached the app's per-user quota (JOBLAB_USER_MAX_ACTIVE: 429 from the app)."""
+
+    def __init__(self, token, threads=4, rate=40.0):
+        self.token, self.stop_at = token, time.monotonic() + 300
+        self.interval = threads / rate  # seconds between one thread's submissions
+        self.ok = 0
+        self.failures = []
+        self.job_ids = []
+        self.lock = threading.Lock()
+        self.running = True
+        self.threads = [threading.Thread(target=self.loop, daemon=True) for _ in range(threads)]
+
+    def loop(self):
+        last = None
+        next_post = time.monotonic()
+        while self.running and time.monotonic() < self.stop_at:
+            try:
+                if last is None:
+                    time.sleep(max(0.0, next_post - time.monotonic()))
+                    next_post = max(next_post + self.interval, time.monotonic() - self.interval)
+                    status, body = call("POST", "/v1/jobs", self.token, {"type": "sum", "args": {"numbers": [1, 2]}})
+                    ok = status == 202
+                    last = body.get("id")
+                    with self.lock:
+                        self.job_ids.append(last)
+                else:
+                    status, _ = call("GET", "/v1/jobs/" + last, self.token)
+                    ok, last = status == 200, None
+            except (urllib.error.URLError, OSError, ValueError) as exc:
+                ok, status, last = False, repr(exc), None
+            with self.lock:
+                if ok:
+                    self.ok += 1
+                else:
+                    self.failures.append(status)
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        time.sleep(1)
+        return self
+
+    def __exit__(self, *exc):
+        time.sleep(1)
+        self.running = False
+        for t in self.threads:
+            t.join(30)
