@@ -181,3 +181,39 @@ def test_readiness_follows_the_broker(make_stack, db_url, broker):
     finally:
         broker.start()
     assert stack.client.get("/readyz").status_code == 200
+
+
+def test_sweep_settles_jobs_whose_message_is_nowhere_on_the_real_broker(make_stack, db_url):
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from app.store.schema import jobs
+    from app.store.users import utcnow
+    from worker.main import build_worker
+    from worker.sweep import sweep
+
+    stack = make_stack(db_url, KAFKA_PARTITIONS=1)
+    done = stack.submit("sum", {"numbers": [1]})
+    stack.start_worker()
+    stack.wait_status(done, "succeeded")
+    stack.close()  # the group has consumed (and committed) everything
+    stack.threads.clear()
+    user = user_for_token(stack.engine, stack.user["Authorization"].split()[1])[0]
+    orphan = js.create_job(stack.engine, user, "noop", {})["id"]  # the API died before producing
+    with stack.engine.begin() as conn:
+        conn.execute(update(jobs).where(jobs.c.id == orphan).values(updated_at=utcnow() - timedelta(seconds=700)))
+    worker = build_worker(dict(stack.settings))
+    try:
+        assert sweep(worker, 600) == 1
+        job = stack.job(orphan)
+        assert job["status"] == "failed" and job["error"].startswith("not enqueued")
+        # A job whose message does wait on the topic is left alone, however old.
+        waiting = stack.submit("noop", {})
+        with stack.engine.begin() as conn:
+            conn.execute(update(jobs).where(jobs.c.id == waiting).values(updated_at=utcnow() - timedelta(seconds=700)))
+        assert sweep(worker, 600) == 0 and stack.job(waiting)["status"] == "queued"
+    finally:
+        worker.consumer.close(autocommit=False)
+        worker.queue.close()
+        worker.engine.dispose()
