@@ -100,6 +100,19 @@ install_file() {
     return 0
 }
 
+# replace_all TEXT PATTERN VALUE — TEXT with every PATTERN (literal) replaced by VALUE (literal),
+# printed. Not ${text//pat/"$value"}: bash <= 4.2 (CentOS 6's 4.1) keeps those inner quotes in
+# the result, and bash >= 5.2 expands & in an unquoted replacement (patsub_replacement). Cutting
+# around the pattern means the same in every bash: quotes in a pattern have always meant literal.
+replace_all() {
+    local rest="$1" pat="$2" value="$3" out=""
+    while [[ "$rest" == *"$pat"* ]]; do
+        out+="${rest%%"$pat"*}$value"
+        rest="${rest#*"$pat"}"
+    done
+    printf '%s' "$out$rest"
+}
+
 # render_template SRC DEST MODE OWNER:GROUP KEY=VALUE... — replace @KEY@ in SRC, then install_file.
 # Substitutes in bash, not sed: values (passwords in URLs) never appear on a command line.
 render_template() {
@@ -111,7 +124,8 @@ render_template() {
     for kv in "$@"; do
         key="${kv%%=*}"
         value="${kv#*=}"
-        text="${text//"@${key}@"/"$value"}"
+        text="$(replace_all "$text" "@${key}@" "$value"; echo x)"
+        text="${text%x}"
     done
     if [[ "$text" =~ @[A-Z_][A-Z0-9_]*@ ]]; then
         die "template $src has an unfilled placeholder: ${BASH_REMATCH[0]}"
