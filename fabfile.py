@@ -25,10 +25,11 @@ from fabric import task
 from invoke.exceptions import Exit, UnexpectedExit
 
 from fablib import REPO_ROOT as ROOT
+from fablib import labfile
 from fablib.releases import (KEEP_RELEASES, RELEASES_ROOT, DeployError, activate, build_wheel, link_target,
                              list_releases, set_link, wheel_version)
 from fablib.remote import (APP_USER, LAB_HOSTS, LOGS, SUPERVISORCTL, capped_workers, consumer_lag, env_value,
-                           gunicorn_master_pid, gunicorn_worker_count, http_get, lab_settings, name_of,
+                           gunicorn_master_pid, gunicorn_worker_count, http_get, lab_settings, name_of, store_extra,
                            one_line_errors, parse_supervisor_status, restart_job_workers, role_of,
                            signal_app_process, wait_for_worker_count, web_scale_signals)
 from fablib.shipping import run_provision_scripts, source_tarball, staged_upload
@@ -144,7 +145,8 @@ def deploy(c, source=ROOT, keep=KEEP_RELEASES):
     with staged_upload(c, wheel) as remote_wheel:
         try:
             c.sudo("%s --no-deps --target %s/site %s" % (pip, rel, remote_wheel), hide=True)
-            c.sudo("%s --prefer-binary %s" % (pip, remote_wheel), hide=True)  # the release's dependencies
+            # The release's dependencies, with the driver of the store the host uses.
+            c.sudo("%s --prefer-binary '%s%s'" % (pip, remote_wheel, store_extra(c)), hide=True)
             # Migrations run with the new code before anything serves it (they must suit both
             # versions); they import the app, so a release that cannot even import stops here.
             c.sudo("-u %s env JOBLAB_RELEASE_SITE=%s/site /usr/local/bin/joblab-exec flask --app app db upgrade"
@@ -199,8 +201,7 @@ def provision(c, role=None):
     # The machines' addresses: LAB_*_HOST for any host, else the lab's (same overrides as the Vagrantfile).
     for machine in ("sidecar", "app"):
         up = machine.upper()
-        env["LAB_%s_HOST" % up] = (os.environ.get("LAB_%s_HOST" % up) or os.environ.get("LAB_%s_IP" % up)
-                                   or lab["machines"][machine]["ip"])
+        env["LAB_%s_HOST" % up] = os.environ.get("LAB_%s_HOST" % up) or labfile.machine_ip(machine, lab)
     if c.run("test -f /vagrant/provision/lib/common.sh", hide=True, warn=True).ok:
         # A lab machine: the repository is already there (and the handoff dir).
         run_provision_scripts(c, lab["machines"][role]["provision"], dict(env, LAB_ROOT="/vagrant"))

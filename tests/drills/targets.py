@@ -198,17 +198,10 @@ class LabTarget:
         self.ssh_config = os.path.join(ROOT, ".vagrant", "ssh-config")
         if not os.path.exists(self.ssh_config):
             raise RuntimeError("no lab: %s missing (run: make lab)" % self.ssh_config)
-        import yaml
-
-        with open(os.path.join(ROOT, "lab.yml")) as fh:
-            lab = yaml.safe_load(fh)
-        sidecar = os.environ.get("LAB_SIDECAR_IP") or lab["machines"]["sidecar"]["ip"]
         port = os.environ.get("LAB_HTTP_PORT") or "8080"  # the Vagrantfile's default forward
         self.url = "http://127.0.0.1:%s" % port
         self.joined_pid: Optional[int] = None
         self.unexpected_exits: List[int] = []
-        self._sidecar = sidecar
-        self._lab = lab
 
     def ssh(self, host: str, command: str, stdin: Optional[str] = None, timeout: float = 180) -> str:
         res = subprocess.run(["ssh", "-F", self.ssh_config, "-o", "LogLevel=ERROR", host, command],

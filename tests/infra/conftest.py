@@ -9,6 +9,8 @@ import sys
 import pytest
 import yaml
 
+from fablib import labfile
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 with open(os.path.join(ROOT, "lab.yml")) as fh:
@@ -16,7 +18,7 @@ with open(os.path.join(ROOT, "lab.yml")) as fh:
 
 
 def machine_ip(name: str) -> str:
-    return os.environ.get("LAB_%s_IP" % name.upper()) or LAB["machines"][name]["ip"]
+    return labfile.machine_ip(name, LAB)
 
 
 APP_USER = os.environ.get("LAB_APP_USER") or LAB["settings"]["LAB_APP_USER"]

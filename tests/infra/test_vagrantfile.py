@@ -1,7 +1,10 @@
 """The Vagrantfile is valid for every provider. VirtualBox and libvirt can't run here, so their
 provider *usability* check is skipped (--ignore-provider); the machines' config for them
 (boxes, networks, synced folders, provisioners) is still built and validated."""
+import ipaddress
+import json
 import os
+import shutil
 import subprocess
 
 import pytest
@@ -21,3 +24,57 @@ def test_unknown_provider_is_one_clear_line():
     env = dict(os.environ, LAB_PROVIDER="hyperv9")
     run = subprocess.run(["vagrant", "validate"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode != 0 and "LAB_PROVIDER=hyperv9 is not one of" in run.stderr + run.stdout
+
+
+def generated(provider, where=ROOT):
+    """What the Vagrantfile computed for ``provider``, as Vagrant itself loaded it."""
+    dump = os.path.join(where, ".vagrant-config-%s.json" % provider)
+    env = dict(os.environ, LAB_PROVIDER=provider, LAB_DUMP_CONFIG=dump)
+    for name in [k for k in env if k.startswith("LAB_") and k not in ("LAB_PROVIDER", "LAB_DUMP_CONFIG")]:
+        del env[name]  # lab.yml's values, not a developer's overrides
+    cmd = ["vagrant", "validate"] + ([] if provider == "docker" else ["--ignore-provider"])
+    run = subprocess.run(cmd, cwd=where, env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+    try:
+        with open(dump) as fh:
+            return json.load(fh)
+    finally:
+        os.unlink(dump)
+
+
+@pytest.mark.parametrize("provider, netmask", [("docker", "24"), ("virtualbox", "255.255.255.0"),
+                                               ("libvirt", "255.255.255.0")])
+def test_network_settings_fit_the_provider(provider, netmask):
+    config = generated(provider)
+    # The VM providers write the netmask into the guest's ifcfg / NetworkManager file: dotted.
+    assert config["netmask"] == netmask
+    subnet = ipaddress.ip_network(config["subnet"])
+    ips = [ipaddress.ip_address(m["ip"]) for m in config["machines"].values()]
+    assert all(ip in subnet for ip in ips) and len(set(ips)) == len(ips)
+    if provider == "virtualbox":
+        # VirtualBox >= 6.1.28 refuses host-only addresses outside 192.168.56.0/21 by default.
+        assert all(ip in ipaddress.ip_network("192.168.56.0/21") for ip in ips)
+
+
+def test_sidecar_has_room_for_sql_server_and_kafka():
+    # mssql-conf setup refuses under 2000 MB; Kafka's heap is 512 MB; the kernel takes its share.
+    assert generated("virtualbox")["machines"]["sidecar"]["memory"] >= 3072
+
+
+def test_vm_names_differ_per_checkout(tmp_path):
+    other = tmp_path / "second-checkout"
+    other.mkdir()
+    for name in ("Vagrantfile", "lab.yml"):
+        shutil.copy(os.path.join(ROOT, name), str(other / name))
+    here = {m["vm_name"] for m in generated("virtualbox")["machines"].values()}
+    there = {m["vm_name"] for m in generated("virtualbox", str(other))["machines"].values()}
+    assert len(here) == 2 and not here & there
+
+
+def test_host_side_tools_compute_the_same_addresses():
+    from fablib import labfile
+
+    for provider in ("docker", "virtualbox", "libvirt"):
+        config = generated(provider)
+        assert {name: labfile.machine_ip(name, on=provider) for name in config["machines"]} == {
+            name: m["ip"] for name, m in config["machines"].items()}
