@@ -27,7 +27,31 @@ check_settings() {
         || die "LAB_SUBMIT_BURST must be a whole number (got '$LAB_SUBMIT_BURST')"
 }
 
+# CentOS 6: nginx.org's el6 RPM and signing key from the artifact cache (`make lab` checks both
+# on the host; lab.yml pins the RPM's name and the key's fingerprint), so the step does not
+# depend on nginx.org still serving its el6 repository. The RPM's signature is checked with
+# that key before anything is installed.
+LAB_NGINX_EL6_RPM="${LAB_NGINX_EL6_RPM:-nginx-1.16.1-1.el6.ngx.x86_64.rpm}"
+LAB_NGINX_KEY_FINGERPRINT="${LAB_NGINX_KEY_FINGERPRINT:-573BFD6B3D8FBC641079A6ABABF5BD827BD9BF62}"
+install_cached_el6_rpm() {
+    local rpm_file="$LAB_ARTIFACTS/nginx/$LAB_NGINX_EL6_RPM" key="$LAB_ARTIFACTS/nginx/nginx_signing.key" keyid check
+    # rpm names an imported key gpg-pubkey-<last 8 hex digits of its fingerprint>.
+    keyid="$(tr 'A-F' 'a-f' <<<"${LAB_NGINX_KEY_FINGERPRINT: -8}")"
+    rpm -q "gpg-pubkey-$keyid" >/dev/null 2>&1 || rpm --import "$key" || die "rpm --import $key failed"
+    rpm -q "gpg-pubkey-$keyid" >/dev/null 2>&1 \
+        || die "$key is not nginx's key $LAB_NGINX_KEY_FINGERPRINT (no gpg-pubkey-$keyid after importing it)"
+    check="$(rpm -K "$rpm_file" 2>&1)" || true
+    [[ "$check" == *"pgp"*"OK"* && "$check" != *"NOT OK"* && "$check" != *"MISSING"* ]] \
+        || die "$LAB_NGINX_EL6_RPM is not signed by nginx's key: $check"
+    yum install -y -q --nogpgcheck "$rpm_file" || die "yum install $rpm_file failed"
+}
+
 install_nginx() {
+    if [[ "$OS_FAMILY" == rhel ]] && ! rpm -q nginx >/dev/null 2>&1 \
+        && [[ "$OS_MAJOR" == 6 && -f "$LAB_ARTIFACTS/nginx/$LAB_NGINX_EL6_RPM" ]]; then
+        install_cached_el6_rpm
+        return 0
+    fi
     if [[ "$OS_FAMILY" == rhel ]]; then
         install_file "$DEVOPS/nginx.repo" /etc/yum.repos.d/nginx.repo 644 root:root || true
     fi

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The app's Python env at $LAB_ENV_PREFIX (/usr/local/envs/joblab), conda or venv at the same prefix.
-#   LAB_PYTHON_ENV=auto   (default) conda when a Miniconda installer is in the artifact cache
-#                         ($LAB_ARTIFACTS/miniconda/Miniconda3-*.sh), else venv
+#   LAB_PYTHON_ENV=auto   (default) conda when the pinned Miniconda installer is in the artifact
+#                         cache ($LAB_ARTIFACTS/miniconda/$LAB_MINICONDA_INSTALLER), and always on
+#                         a RHEL 6 machine (no Python 3 there); else venv
 #   LAB_PYTHON_ENV=conda  run that installer into /usr/local/miniconda (batch mode), then
 #                         `conda create -p PREFIX python=3.9`: the path for CentOS 6, whose own
 #                         Python is 2.6 (RHEL-FACTS §2, §9)
@@ -31,9 +32,24 @@ ENV_STAMP="$LAB_ENV_PREFIX/.joblab-env"
 GEVENT_FLOOR=23.9.1
 GEVENT_SOURCE_VERSION=23.9.1
 
-# The newest cached Miniconda installer, or nothing.
+# The pinned installer (lab.yml: LAB_MINICONDA_INSTALLER, LAB_MINICONDA_SHA256) when it is in the
+# artifact cache, or nothing. `make lab` checks it on the host for CentOS 6 machines already.
+LAB_MINICONDA_INSTALLER="${LAB_MINICONDA_INSTALLER:-Miniconda3-py39_4.9.2-Linux-x86_64.sh}"
+LAB_MINICONDA_SHA256="${LAB_MINICONDA_SHA256:-}"
 find_miniconda_installer() {
-    compgen -G "$LAB_ARTIFACTS/miniconda/Miniconda3-*.sh" | sort -V | tail -n 1 || true
+    local path="$LAB_ARTIFACTS/miniconda/$LAB_MINICONDA_INSTALLER"
+    [[ -f "$path" ]] && echo "$path"
+    return 0
+}
+
+# Run an installer only if it is the one pinned (a truncated download or another file would
+# otherwise run as root).
+check_installer() {
+    local got
+    [[ -n "$LAB_MINICONDA_SHA256" ]] || die "LAB_MINICONDA_SHA256 is not set (lab.yml pins it)"
+    got="$(sha256sum "$1" | awk '{print $1}')"
+    [[ "$got" == "$LAB_MINICONDA_SHA256" ]] \
+        || die "$1 has sha256 $got, not the pinned $LAB_MINICONDA_SHA256: replace it with the real $LAB_MINICONDA_INSTALLER"
 }
 
 # The first OS Python that is 3.9+ and can make venvs with pip.
@@ -93,6 +109,7 @@ python_version() {
 create_conda_env() {
     local installer="$1"
     if [[ ! -x "$CONDA_ROOT/bin/conda" ]]; then
+        check_installer "$installer"
         say "installing Miniconda ($(basename "$installer")) into $CONDA_ROOT"
         rm -rf "$CONDA_ROOT"   # a half-finished earlier attempt; the installer refuses an existing dir
         bash "$installer" -b -p "$CONDA_ROOT" >/dev/null || die "Miniconda installer $installer failed"
@@ -125,14 +142,21 @@ if [[ -f "$ENV_STAMP" ]]; then
 fi
 
 installer="$(find_miniconda_installer)"
+detect_os
+no_python3=0
+[[ "$OS_FAMILY" == rhel && "$OS_MAJOR" == 6 ]] && no_python3=1
+no_installer="no $LAB_MINICONDA_INSTALLER in $LAB_ARTIFACTS/miniconda/ (put it there on the host: sha256 $LAB_MINICONDA_SHA256)"
 case "$LAB_PYTHON_ENV" in
     conda)
-        [[ -n "$installer" ]] || die "LAB_PYTHON_ENV=conda but no Miniconda3-*.sh in $LAB_ARTIFACTS/miniconda/"
+        [[ -n "$installer" ]] || die "LAB_PYTHON_ENV=conda but $no_installer"
         kind=conda why="LAB_PYTHON_ENV=conda" ;;
     venv) kind=venv why="LAB_PYTHON_ENV=venv" ;;
     auto)
         if [[ -n "$installer" ]]; then
             kind=conda why="auto: Miniconda installer $(basename "$installer") in the artifact cache"
+        elif [[ $no_python3 -eq 1 ]]; then
+            # CentOS 6 has no Python 3 to make a venv with: stop now, saying what to do.
+            die "RHEL/CentOS 6 has no Python 3.9: $no_installer"
         else
             kind=venv why="auto: no Miniconda installer in $LAB_ARTIFACTS/miniconda/"
         fi ;;

@@ -15,6 +15,10 @@ say "provider: $provider"
 if [[ "$provider" == docker ]]; then
     "$HERE/docker-engine.sh"
     "$HERE/base-image.sh"
+else
+    # Real VMs: VirtualBox/Vagrant versions, host-only range, memory, what CentOS 6 cannot fetch
+    # itself - each refused in one line before anything boots.
+    python3 "$HERE/vm-preflight.py" "$provider"
 fi
 
 # The machines trust what this host trusts beyond the distro's CAs (e.g. a TLS-inspecting proxy).
