@@ -26,7 +26,7 @@ help: ## this list
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,drills]'
+	$(PY) -m pip install -q -e '.[test,drills,postgresql,mssql]'
 	@touch $@
 
 venv: $(VENV)/.installed ## create .venv and install the app, worker and test tools (schemathesis included)
@@ -105,7 +105,7 @@ drills: host-deps-test venv kafka-jars ## fault drills + API fuzzing on a local 
 $(BENCH_VENV)/.installed: pyproject.toml tests/bench/requirements.txt
 	@test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/python -m pip install -q --upgrade pip
-	$(BENCH_VENV)/bin/python -m pip install -q -e '.[test]' -r tests/bench/requirements.txt
+	$(BENCH_VENV)/bin/python -m pip install -q -e '.[test,postgresql]' -r tests/bench/requirements.txt
 	@touch $@
 
 bench: host-deps-bench venv kafka-jars $(BENCH_VENV)/.installed ## HTTP (wrk), pipeline vs Celery + Redis, lab timings: tables + var/bench/bench.png (BENCH_LAB=0 skips the lab)

@@ -129,6 +129,15 @@ def env_value(c: Any, name: str) -> str:
     return c.sudo("bash -c %s" % shlex.quote('. %s; echo "$%s"' % (ENV_FILE, name)), hide=True).stdout.strip()
 
 
+def store_extra(c: Any) -> str:
+    """``[postgresql]`` or ``[mssql]``: the app's extra for the store the host's
+    JOBLAB_DATABASE_URL names (only its scheme is read; the URL holds the password); empty for
+    SQLite."""
+    script = '. %s; u="${JOBLAB_DATABASE_URL%%%%:*}"; echo "${u%%%%+*}"' % ENV_FILE
+    kind = c.sudo("bash -c %s" % shlex.quote(script), hide=True).stdout.strip()
+    return "[%s]" % kind if kind in ("postgresql", "mssql") else ""
+
+
 def read_pid(c: Any, path: str) -> Optional[int]:
     """The pid in a pidfile of the host, or None when missing or empty. gunicorn's pidfiles are in
     the app user's directory: read as that user (a link planted there gives root's reading

@@ -69,8 +69,8 @@ install_app_wheel() {
     say "installing $(basename "$whl") into $LAB_ENV_PREFIX"
     local pip=("$PY" -m pip install --quiet --disable-pip-version-check --root-user-action=ignore)
     # --prefer-binary: on old glibc (CentOS 6) take the newest release that has a wheel for this
-    # machine rather than try to compile a newer sdist.
-    "${pip[@]}" --prefer-binary "$whl" || die "pip install $whl failed"
+    # machine rather than try to compile a newer sdist. [$LAB_DB_KIND]: this store's driver only.
+    "${pip[@]}" --prefer-binary "${whl}[${LAB_DB_KIND}]" || die "pip install ${whl}[${LAB_DB_KIND}] failed"
     # Same version number, new build: replace the app's own files too.
     "${pip[@]}" --no-deps --force-reinstall "$whl" || die "pip install $whl failed"
     echo "$sha" >"$WHEEL_STAMP"

@@ -314,3 +314,10 @@ def test_provision_of_another_host_runs_from_a_checked_stage_and_cleans_up(monke
     assert "tar -xzf %s/joblab-provision.tar.gz --no-same-owner" % STAGE in " ".join(c.commands)
     assert not any("/var/tmp/joblab-provision" in cmd for cmd in c.commands)
     assert c.commands[-1] == "rm -rf " + STAGE
+
+
+@pytest.mark.parametrize("scheme, extra", [("postgresql", "[postgresql]"), ("mssql", "[mssql]"), ("sqlite", "")])
+def test_deploy_installs_the_driver_of_the_hosts_store(scheme, extra):
+    c = Recorder({"JOBLAB_DATABASE_URL": scheme + "\n"})
+    assert fablib.remote.store_extra(c) == extra
+    assert "echo \"$JOBLAB_DATABASE_URL\"" not in c.commands[0]  # never the whole URL: it holds the password
