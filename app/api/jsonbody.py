@@ -16,19 +16,27 @@ from webargs.flaskparser import FlaskParser, is_json_request
 from ..messages import strict_loads
 from .errors import api_abort
 
-# A JSON string (escapes included) or one bracket: brackets inside strings are not structure.
-_STRUCTURE = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
+# One pass over the significant bytes: an escape (backslash + any byte, consumed together), a
+# quote, a bracket. Each byte is looked at once, whatever the body holds (an earlier pattern that
+# matched whole strings re-scanned to the end from every quote of an unterminated one: quadratic).
+_SIGNIFICANT = re.compile(rb'\\.|["\[\]{}]', re.DOTALL)
 _OPENERS = frozenset(b"[{")
 _CLOSERS = frozenset(b"]}")
+_QUOTE = ord('"')
 
 
 def nesting_depth(data: bytes) -> int:
     """The deepest nesting of arrays and objects in ``data`` (JSON text; invalid text is scanned
     the same way, and the parser refuses it afterwards). Linear, no recursion."""
     depth = deepest = 0
-    for m in _STRUCTURE.finditer(data):
+    in_string = False
+    for m in _SIGNIFICANT.finditer(data):
         c = m.group()[0]
-        if c in _OPENERS:
+        if c == _QUOTE:
+            in_string = not in_string
+        elif in_string or len(m.group()) == 2:
+            continue  # brackets inside strings are text; an escape is never structure
+        elif c in _OPENERS:
             depth += 1
             if depth > deepest:
                 deepest = depth

@@ -65,3 +65,28 @@ def test_fail_message_with_line_breaks_is_valid_data():
     # Stored and returned as data; the logs quote it (test_logsetup.py).
     msg = "boom\n2026-11-28 10:00:00,000 INFO worker[1]: job x: running -> succeeded"
     assert JobCreateSchema().validate({"type": "fail", "args": {"message": msg}}) == {}
+
+
+@pytest.mark.parametrize("body", [
+    b'"' + b'\\"' * 32000,       # an unterminated string of escaped quotes: 18 s with the old pattern
+    b'"' + b'\\\\' * 32000,
+    b'[' * 60000,
+    b'"[' * 30000,
+])
+def test_nesting_scan_is_linear_on_hostile_bodies(body):
+    # One pass over the body: a 64 KiB body takes milliseconds. A generous bound, far below the
+    # quadratic scan's 18 s, so that a loaded machine cannot make this flaky.
+    import time
+
+    started = time.perf_counter()
+    nesting_depth(body)
+    assert time.perf_counter() - started < 2.0
+
+
+@pytest.mark.parametrize("text, depth", [
+    (b'["\\\\", [1]]', 2),          # an escaped backslash does not escape the closing quote
+    (b'["\\\\\\"[", [1]]', 2),      # ... nor does the escaped quote after it end the string
+    (b'{"a\\u005b": [1]}', 2),
+])
+def test_nesting_depth_escapes(text, depth):
+    assert nesting_depth(text) == depth
