@@ -33,14 +33,10 @@ def backoff_seconds(attempt: int, base: float, ceiling: float) -> float:
     return min(ceiling, base * (2 ** max(0, attempt - 1)))
 
 #: How long an outbox row stays leased to the worker that wrote it. The writer publishes within
-#: milliseconds and renews the lease while Kafka is down; after this long without renewal (the
-#: writer died) any worker publishes the row.
-OUTBOX_LEASE_SECONDS = 60.0
-
-#: Published outbox rows are deleted this many at a time (one DELETE, inside a transaction the
-#: worker makes anyway), or once the oldest has waited this long, or when the worker idles.
-OUTBOX_DELETE_BATCH = 50
-OUTBOX_DELETE_AFTER_SECONDS = 5.0
+#: milliseconds, deletes the published rows in its next transaction (after the job it runs next:
+#: the longest job, plus room, as for the poll interval), and renews the lease while Kafka is
+#: down; after this long without either (the writer died) any worker publishes the row.
+OUTBOX_LEASE_SECONDS = SLEEP_MAX_SECONDS + 240
 
 #: How often a worker looks for outbox rows whose lease ran out.
 RELAY_EVERY_SECONDS = 30.0

@@ -71,10 +71,13 @@ class Outcomes:
 
     def reject(self, record: Any, job_id: Optional[str], reason: str) -> None:
         """Dead-letter a record that cannot be processed, and fail the job it names (so that job
-        never stays queued). The record is dead-lettered whether or not its job could be failed."""
+        never stays queued), with its `failed` event. The record is dead-lettered whether or not
+        its job could still be failed."""
         letter = dead_letter(self.topics.dead, record, job_id or "poison", reason, job_id=job_id)
-        self.publisher.conclude(
-            lambda conn: job_id is not None and job_store.reject_job(conn, job_id, reason), [letter], always=True)
+        event = [] if job_id is None else [
+            Message(self.topics.failed, job_id, encode_event(job_id, "failed", error=reason), job_id=job_id)]
+        self.publisher.conclude(lambda conn: job_id is not None and job_store.reject_job(conn, job_id, reason),
+                                if_applied=event, always=[letter])
 
     def skipped(self, engine: Any, job_id: str, record: Any) -> None:
         """The job is unknown or already finished: a duplicate delivery. (A finished job's messages
@@ -84,5 +87,4 @@ class Outcomes:
             log.info("job %s: already %s; redelivery skipped", job_id, existing["status"].value)
             return
         log.error("job %s: not in the store; dead-lettering the message", job_id)
-        self.publisher.conclude(lambda conn: False, [dead_letter(self.topics.dead, record, job_id, "unknown job id")],
-                                always=True)
+        self.publisher.conclude(lambda conn: False, always=[dead_letter(self.topics.dead, record, job_id, "unknown job id")])

@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
 from kafka import KafkaConsumer
 from kafka.errors import CommitFailedError, KafkaError
@@ -35,12 +35,19 @@ from app.topics import Topics
 
 from . import defaults
 from .consumer import ForgetRevoked, drop_parked_records
-from .errors import StoreUnavailable, Unavailable, describe
+from .errors import KafkaUnavailable, StoreUnavailable, Unavailable, describe
 from .outcomes import Outcomes
 from .publisher import Publisher
 from .sweep import Every, sweep
 
 log = logging.getLogger("worker")
+
+
+class Decision(NamedTuple):
+    """What was decided about a record, and the job it is about (None for a record naming none)."""
+
+    job_id: Optional[str]
+    apply: Callable[[], None]
 
 
 class Worker:
@@ -72,12 +79,14 @@ class Worker:
         self.publisher = Publisher(engine, queue, outbox_lease)
         self.outcomes = Outcomes(self.publisher, topics, max_attempts, backoff, backoff_max, lambda: self.clock())
         self.stranded_after = stranded_after
+        self.sweep_marks: Dict[Tuple[str, int], Dict[TopicPartition, int]] = {}  # see worker/sweep.py
         self.sweep_timer = Every(sweep_every)
         self.relay_timer = Every(relay_every)
         self.paused_until: Dict[TopicPartition, float] = {}
-        # Outcomes decided (the job ran) but not yet stored, because the store went down: applied,
-        # not re-run, when the same record comes back (forgotten if its partition moves away).
-        self.decided: Dict[Tuple[str, int, int], Callable[[], None]] = {}
+        # Decisions about records (an outcome, a dead letter) not yet fully carried out because
+        # the store or Kafka went down: applied when the same record comes back, instead of
+        # handling it again (forgotten if its partition moves away: at-least-once).
+        self.decided: Dict[Tuple[str, int, int], Decision] = {}
         self.stopping = False
         self.handled = 0
         self.executions = 0
@@ -110,6 +119,10 @@ class Worker:
                 self.housekeeping(idle=not batch)
         finally:
             log.info("worker stopping after %d messages (%d executions)", self.handled, self.executions)
+            try:
+                self.publisher.tidy()  # published rows are not left to look abandoned later
+            except Exception as exc:  # stopping anyway; the lease covers them
+                log.warning("could not delete published outbox rows on the way out: %s", exc)
             self.consumer.close(autocommit=False)
         return self.handled
 
@@ -118,7 +131,8 @@ class Worker:
         for stranded jobs. Each is bounded; a store or Kafka outage only postpones them."""
         try:
             if idle:
-                self.publisher.tidy()
+                self.publisher.flush()  # what waits for Kafka (renewing its lease), and...
+                self.publisher.tidy()  # ...the rows of what went out
             if self.relay_timer.due():
                 self.publisher.relay()
             if self.sweep_timer.due():
@@ -171,22 +185,23 @@ class Worker:
         or a job does escapes from here: it fails that job (or dead-letters that message), never
         the worker, so no input can crash-loop the consumer group."""
         where = "%s[%d]@%d" % (tp.topic, tp.partition, record.offset)
+        key = (record.topic, record.partition, record.offset)
         job_id: Optional[str] = None
         try:
             self.publisher.flush()  # what an earlier record could not publish goes out first
-            decided = self.decided.get((record.topic, record.partition, record.offset))
+            decided = self.decided.get(key)
             if decided is not None:
-                decided()  # this record's job ran before the store went down: store its outcome now
-                del self.decided[(record.topic, record.partition, record.offset)]
-                self._commit(tp, record.offset)
-                self.handled += 1
-                return
-            msg = decode_job(record.value, max_delay=self.backoff_max, now=self.clock())
-            job_id = msg["job_id"]
-            if msg.get("not_before") and msg["not_before"] > self.clock():
-                self._pause(tp, record.offset, msg["not_before"])  # a retry not yet due
-                return
-            self.process(msg, record)
+                # This record was handled before, and the store or Kafka failed after: finish
+                # that (store the outcome, or nothing left but the publishing done just now).
+                job_id = decided.job_id
+                self._settle(key, decided)
+            else:
+                msg = decode_job(record.value, max_delay=self.backoff_max, now=self.clock())
+                job_id = msg["job_id"]
+                if msg.get("not_before") and msg["not_before"] > self.clock():
+                    self._pause(tp, record.offset, msg["not_before"])  # a retry not yet due
+                    return
+                self.process(msg, record, key)
         except Unavailable as exc:
             log.warning("%s: job %s: %s; will try again in %.0fs", where, job_id, exc, defaults.INFRA_RETRY_SECONDS)
             self._pause(tp, record.offset, self.clock() + defaults.INFRA_RETRY_SECONDS)
@@ -195,20 +210,40 @@ class Worker:
             log.error("%s: poison message: %s", where, exc)
             # Our producers key every message by its job id: an undecodable payload still names
             # its job that way, and that job is failed rather than left queued for ever.
-            if not self._reject(tp, record, exc.job_id or job_id_of_key(getattr(record, "key", None)), "rejected message: %s" % exc):
+            job_id = exc.job_id or job_id_of_key(getattr(record, "key", None))
+            if not self._reject(tp, record, key, job_id, "rejected message: %s" % exc):
                 return
         except Exception as exc:  # a bug, or an input nobody foresaw: that job fails, the worker lives on
             log.exception("%s: job %s: unexpected error; failing the job", where, job_id)
-            if not self._reject(tp, record, job_id, "worker error: " + describe(exc)):
+            if not self._reject(tp, record, key, job_id, "worker error: " + describe(exc)):
                 return
         self._commit(tp, record.offset)
         self.handled += 1
 
-    def _reject(self, tp: TopicPartition, record: Any, job_id: Optional[str], reason: str) -> bool:
+    def _settle(self, key: Tuple[str, int, int], decision: "Decision") -> None:
+        """Apply a decision about a record (an outcome to store, a record to dead-letter), so that
+        a record that comes back after a failure is never handled twice: if the store was down,
+        the same decision is applied then (the job is not run again); if only Kafka was, what is
+        left is publishing, which the outbox does (nothing is written twice)."""
+        self.decided[key] = decision
+        try:
+            decision.apply()
+        except StoreUnavailable:
+            raise  # stays decided
+        except KafkaUnavailable:
+            self.decided[key] = Decision(decision.job_id, lambda: None)  # written; the outbox publishes it
+            raise
+        except BaseException:
+            del self.decided[key]
+            raise
+        del self.decided[key]
+
+    def _reject(self, tp: TopicPartition, record: Any, key: Tuple[str, int, int], job_id: Optional[str],
+                reason: str) -> bool:
         """Dead-letter a record that cannot be processed (and fail its job). True when done; False
         when the partition was paused to try again later (the store or Kafka is down, or worse)."""
         try:
-            self.outcomes.reject(record, job_id, reason)
+            self._settle(key, Decision(job_id, lambda: self.outcomes.reject(record, job_id, reason)))
             return True
         except Exception as exc:  # Unavailable, or worse: never the process
             log.error("%s[%d]@%d: could not dead-letter (%s); will try again in %.0fs", tp.topic, tp.partition,
@@ -216,21 +251,22 @@ class Worker:
             self._pause(tp, record.offset, self.clock() + defaults.INFRA_RETRY_SECONDS)
             return False
 
-    def process(self, msg: Dict[str, Any], record: Any) -> None:
+    def process(self, msg: Dict[str, Any], record: Any, key: Tuple[str, int, int]) -> None:
         job_id = msg["job_id"]
         job = self.publisher.transaction(
             lambda conn: job_store.claim_job(conn, job_id, self.max_attempts, msg["attempt"]))
         if job is None:
-            self.outcomes.skipped(self.engine, job_id, record)
+            self._settle(key, Decision(job_id, lambda: self.outcomes.skipped(self.engine, job_id, record)))
             return
         if job["stale"]:
-            log.info("job %s: attempt %d already ran (the job is queued after %d); redelivery skipped",
-                     job_id, msg["attempt"], job["attempts"])
+            log.info("job %s: attempt %d already ran (the job is %s, attempt %d); redelivery skipped",
+                     job_id, msg["attempt"], job["status"].value, job["attempts"])
             return
         if job["exhausted"]:
             # Every attempt so far died with its worker (SIGKILL, OOM...): running it again would
             # take down one worker after another. Fail it instead, as an operator would.
-            self.outcomes.give_up(job, record, "crashed the worker %d times" % (job["crashes"] + 1), crashed=True)
+            error = "crashed the worker %d times" % (job["crashes"] + 1)
+            self._settle(key, Decision(job_id, lambda: self.outcomes.give_up(job, record, error, crashed=True)))
             return
         log.info("job %s: -> running (attempt %d of %d)", job_id, job["attempts"], self.max_attempts)
         jt = REGISTRY.get(job["type"])
@@ -250,13 +286,4 @@ class Worker:
                 outcome = functools.partial(self.outcomes.failed_attempt, job, record, describe(exc), permanent=False)
             else:
                 outcome = functools.partial(self.outcomes.succeeded, job_id, result_json)
-        key = (record.topic, record.partition, record.offset)
-        self.decided[key] = outcome
-        try:
-            outcome()
-        except StoreUnavailable:
-            raise  # stays decided: stored when this record comes back, the job not run again
-        except BaseException:
-            del self.decided[key]  # stored (only publishing is left, and the outbox has it), or bad for good
-            raise
-        del self.decided[key]
+        self._settle(key, Decision(job_id, outcome))

@@ -67,7 +67,9 @@ def renew(engine: Engine, owner: str, ids: Iterable[int], lease_seconds: float) 
 def take_abandoned(engine: Engine, owner: str, lease_seconds: float, limit: int = 100) -> List[Tuple[int, Message]]:
     """Rows whose lease ran out, now leased to ``owner`` (at most ``limit``)."""
     with engine.begin() as conn:
-        candidates = list(conn.execute(select(outbox.c.id).where(outbox.c.lease_until < utcnow())
+        # Never our own rows: their writer (us) still has them to publish.
+        candidates = list(conn.execute(select(outbox.c.id).where(outbox.c.lease_until < utcnow(),
+                                                                 outbox.c.owner != owner)
                                        .order_by(outbox.c.id).limit(limit)).scalars())
         return take(conn, candidates, owner, lease_seconds)
 

@@ -26,6 +26,14 @@ class Consumer:
         self.commits: List[Tuple[str, int, int]] = []
         self.paused = {}
         self.lags = {}  # topic -> {partition: unconsumed records}
+        self.batches: List[dict] = []  # what poll() hands out, one batch per call, then nothing
+        self.closed = False
+
+    def poll(self, timeout_ms: int = 0, max_records: int = 1) -> dict:
+        return self.batches.pop(0) if self.batches else {}
+
+    def close(self, autocommit: bool = True) -> None:
+        self.closed = True
 
     def commit(self, offsets: Any) -> None:
         self.commits.extend((tp.topic, tp.partition, o.offset) for tp, o in offsets.items())
@@ -39,35 +47,32 @@ class Consumer:
     def assignment(self) -> set:
         return set()
 
-    # What the sweep asks: every partition starts at 0 and ends at its lag; nothing committed.
+    # What the sweep asks: every partition ends at its lag; nothing committed.
     def partitions_for_topic(self, topic: str) -> Optional[set]:
         return set(self.lags[topic]) if topic in self.lags else None
 
-    def end_offsets(self, tps: Any) -> dict:
+    def end_offsets(self, tps: Any, timeout_ms: Optional[int] = None) -> dict:
         return {tp: self.lags[tp.topic][tp.partition] for tp in tps}
 
-    def beginning_offsets(self, tps: Any) -> dict:
-        return {tp: 0 for tp in tps}
-
-    def committed(self, tp: Any) -> Optional[int]:
+    def committed(self, tp: Any, timeout_ms: Optional[int] = None) -> Optional[int]:
         return None
 
 
 class Queue:
     """Records every send; ``refuse(n, topic)`` makes the next ``n`` sends (to ``topic``, or any)
-    fail as a broker that is down would."""
+    fail as a broker that is down would (or with ``error``, e.g. a record too large)."""
 
     def __init__(self) -> None:
         self.sent: List[Tuple[str, str, Optional[bytes], dict]] = []
-        self.refusals: List[Optional[str]] = []
+        self.refusals: List[Tuple[Optional[str], Exception]] = []
 
-    def refuse(self, n: int = 1, topic: Optional[str] = None) -> None:
-        self.refusals.extend([topic] * n)
+    def refuse(self, n: int = 1, topic: Optional[str] = None, error: Optional[Exception] = None) -> None:
+        self.refusals.extend([(topic, error or KafkaTimeoutError())] * n)
 
     def send(self, topic: str, key: str, value: Optional[bytes], headers: Any = None) -> None:
-        if self.refusals and self.refusals[0] in (None, topic):
-            self.refusals.pop(0)
-            raise QueueUnavailable("kafka: %s" % KafkaTimeoutError.__name__)
+        if self.refusals and self.refusals[0][0] in (None, topic):
+            error = self.refusals.pop(0)[1]
+            raise QueueUnavailable("kafka: %s" % error.__class__.__name__) from error
         self.sent.append((topic, key, value, dict(headers or [])))
 
     def on(self, topic: str) -> list:

@@ -256,7 +256,8 @@ def test_sweep_fails_a_job_that_was_never_enqueued(worker, engine, user):
     worker.consumer.lags = {"jobs": {0: 0, 1: 0}, "jobs.retry": {0: 0, 1: 0}}
     assert sweep(worker, 600) == 0  # too recent to tell
     age(engine, job_id, 601)
-    assert sweep(worker, 600) == 1
+    assert sweep(worker, 600) == 0  # first seen: where its partitions end is noted
+    assert sweep(worker, 600) == 1  # the group is past those ends, the job still queued
     job = js.get_job(engine, job_id)
     assert job["status"] is JobStatus.FAILED and job["error"].startswith("not enqueued")
 
@@ -275,8 +276,108 @@ def test_sweep_resends_a_lost_retry_and_leaves_jobs_whose_message_may_wait(worke
     lags = dict.fromkeys(range(4), 0)
     lags[partition_of(waiting, 4)] = 5
     worker.consumer.lags = {"jobs": lags, "jobs.retry": dict.fromkeys(range(4), 0)}
+    assert sweep(worker, 600) == 0  # first sight of both
     assert sweep(worker, 600) == 1
     assert [r[1] for r in worker.queue.on("jobs.retry")] == [lost]
     assert json.loads(worker.queue.on("jobs.retry")[0][2])["attempt"] == 2
     assert js.get_job(engine, waiting)["status"] is JobStatus.QUEUED
-    assert sweep(worker, 600) == 0  # touched: not sent twice
+    assert sweep(worker, 600) == 0 and sweep(worker, 600) == 0  # touched: not sent twice
+
+
+# -- found in review: each message once, whatever fails when --------------------------------------
+def test_kafka_down_past_the_lease_on_an_idle_worker_sends_each_message_once(worker, engine, user, counted):
+    job_id, value = submit(engine, user, "flaky", {})
+    worker.queue.refuse(1000)
+    handle(worker, value)  # stored with its retry; Kafka refuses the retry
+    with engine.begin() as conn:  # the outage outlasts the lease
+        conn.execute(update(outbox).values(lease_until=outbox.c.created_at - timedelta(seconds=1)))
+    assert worker.publisher.relay() == 0  # its own row is not taken over a second time
+    worker.relay_timer.next_at = 0  # the relay is due while the worker idles
+    worker.housekeeping(idle=True)  # renews its own lease (flush), relay takes nothing
+    assert len(worker.publisher.unsent) == 1
+    worker.queue.refusals.clear()  # Kafka is back
+    worker.housekeeping(idle=True)  # idle: flushed from housekeeping, and the row deleted
+    assert [r[1] for r in worker.queue.on("jobs.retry")] == [job_id] and outbox_rows(engine) == 0
+
+
+def test_a_poison_records_dead_letter_refused_by_kafka_goes_out_once(worker, engine, user):
+    job_id, _ = submit(engine, user, "noop", {})
+    bad = b'{"job_id": "%s", "type": "noop", "args": {}, "attempt": "x"}' % job_id.encode()
+    worker.queue.refuse(1, "jobs.dead")
+    handle(worker, bad, key=job_id.encode())
+    assert committed(worker) == [] and js.get_job(engine, job_id)["status"] is JobStatus.FAILED
+    handle(worker, bad, key=job_id.encode())  # the same record again, after the pause
+    assert [d[1] for d in worker.queue.on("jobs.dead")] == [job_id] and committed(worker) == [1]
+    assert [json.loads(e[2])["status"] for e in worker.queue.on("jobs.failed")] == ["failed"]
+
+
+def test_published_rows_are_deleted_when_the_worker_stops(worker, engine, user, counted):
+    from kafka.structs import TopicPartition
+
+    from tests.unit.doubles import Record
+
+    counted["fails"] = False
+    _job_id, value = submit(engine, user, "flaky", {})
+    worker.consumer.batches = [{TopicPartition("jobs", 0): [Record("jobs", 0, 0, value, None)]}]
+    worker.run(max_messages=1)
+    assert len(worker.queue.on("jobs.succeeded")) == 1 and outbox_rows(engine) == 0 and worker.consumer.closed
+
+
+def test_an_older_attempts_message_never_takes_a_job_a_newer_attempt_runs(worker, engine, user, counted):
+    job_id, value = submit(engine, user, "flaky", {})  # attempt 1's message
+    handle(worker, value, 0)  # attempt 1 fails; its retry (attempt 2) is published
+    js.claim_job(engine, job_id, 3, attempt=2)  # attempt 2 is running on another worker
+    handle(worker, value, 1)  # attempt 1's message again (another consumer, a replay)
+    job = js.get_job(engine, job_id)
+    assert counted["runs"] == 1 and job["status"] is JobStatus.RUNNING and job["attempts"] == 2
+    assert job["crashes"] == 0 and worker.queue.on("jobs.dead") == []
+
+
+def test_a_message_kafka_can_never_take_does_not_stall_the_worker(worker, engine, user):
+    from kafka.errors import MessageSizeTooLargeError
+
+    worker.queue.refuse(1, "jobs.dead", MessageSizeTooLargeError())
+    handle(worker, b"\\xff" * 10)  # poison: its dead letter is refused as too large, for good
+    assert committed(worker) == [1] and worker.publisher.unsent == []
+    job_id, value = submit(engine, user, "noop", {})
+    handle(worker, value, 1)
+    assert js.get_job(engine, job_id)["status"] is JobStatus.SUCCEEDED
+
+
+def test_dead_letters_of_huge_records_are_cut_and_say_so():
+    from worker.publisher import DEAD_LETTER_VALUE_MAX, dead_letter
+    from tests.unit.doubles import Record
+
+    letter = dead_letter("jobs.dead", Record("jobs", 0, 7, b"x" * (DEAD_LETTER_VALUE_MAX + 10), None), "poison", "big")
+    assert len(letter.value) == DEAD_LETTER_VALUE_MAX and dict(letter.headers)["truncated"] == str(DEAD_LETTER_VALUE_MAX + 10).encode()
+
+
+def test_two_sweeping_workers_settle_a_job_once(worker, engine, user):
+    from worker.sweep import sweep
+
+    other = Worker(consumer=Consumer(), queue=Queue(), engine=engine, topics=TOPICS, max_attempts=3)
+    job_id = js.create_job(engine, user, "noop", {})["id"]
+    js.claim_job(engine, job_id)
+    js.requeue_job(engine, job_id, 1, "JobFailed: x")
+    age(engine, job_id, 601)
+    for w in (worker, other):
+        w.consumer.lags = {"jobs": {0: 0}, "jobs.retry": {0: 0}}
+        assert sweep(w, 600) == 0
+    assert sweep(worker, 600) + sweep(other, 600) == 1
+    assert len(worker.queue.on("jobs.retry") + other.queue.on("jobs.retry")) == 1
+
+
+def test_one_odd_row_does_not_stop_the_sweep(worker, engine, user):
+    from worker.sweep import sweep
+
+    odd = js.create_job(engine, user, "noop", {})["id"]
+    js.claim_job(engine, odd)
+    js.requeue_job(engine, odd, 1, "x")
+    with engine.begin() as conn:  # args no JSON parser reads: settling it raises
+        conn.execute(update(js.jobs).where(js.jobs.c.id == odd).values(args="{not json"))
+    fine = js.create_job(engine, user, "noop", {})["id"]
+    for job_id in (odd, fine):
+        age(engine, job_id, 601)
+    worker.consumer.lags = {"jobs": {0: 0}, "jobs.retry": {0: 0}}
+    sweep(worker, 600)
+    assert sweep(worker, 600) == 1 and js.get_job(engine, fine)["status"] is JobStatus.FAILED
