@@ -2,18 +2,23 @@
 
 A job row is committed before its message is produced (the API) and a retry's row change
 before its message is published (the outbox). Between the two a process can die, or the API
-can fail to mark a refused submit as failed: the row is `queued` with no message to move it. A
-queued job is stranded when it has not changed for STRANDED_AFTER and the consumer group has
-consumed everything on its partitions of `jobs` and `jobs.retry` (so no message of it waits
-there) and the outbox holds nothing for it. Then: never enqueued (attempts 0) -> failed, as
-the client was told (503); a retry that was lost -> its retry message is sent again."""
+can fail to mark a refused submit as failed: the row is `queued` with no message to move it.
+
+A queued job unchanged for STRANDED_AFTER with nothing in the outbox is a candidate. Its message,
+if it has one, was produced before it became one (a produce takes seconds). So the sweep notes,
+the first time it sees a candidate, where its partitions of `jobs` and `jobs.retry` end; once the
+group has committed past those ends (at a later sweep, backlog or not) and the job is still the
+same queued candidate, no message of it is left anywhere: it is stranded. Then: never enqueued
+(attempts 0) -> failed, as the client was told (503); a retry that was lost -> sent again. Both
+changes are conditional (still queued, same attempts, still old): of two workers sweeping at once,
+one settles a job."""
 from __future__ import annotations
 
 import json
 import logging
 import time
 from datetime import timedelta
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Tuple
 
 from kafka.partitioner.default import murmur2
 from kafka.structs import TopicPartition
@@ -27,11 +32,14 @@ from app.store.outbox import Message
 from app.store.schema import jobs
 from app.store.users import utcnow
 
-
 log = logging.getLogger("worker")
 
-#: Candidates looked at per sweep.
+#: Candidates looked at per sweep (the oldest first).
 BATCH = 50
+#: Bound of each broker request the sweep makes (it runs in the worker's loop).
+BROKER_TIMEOUT_MS = 5000
+
+Marks = Dict[TopicPartition, int]
 
 
 def partition_of(job_id: str, partitions: int) -> int:
@@ -45,50 +53,60 @@ def candidates(conn: Any, older_than: float) -> List[Dict[str, Any]]:
     rows = [dict(r._mapping) for r in conn.execute(
         select(jobs.c.id, jobs.c.type, jobs.c.args, jobs.c.attempts)
         .where(jobs.c.status == JobStatus.QUEUED.value, jobs.c.updated_at < cutoff)
-        .order_by(jobs.c.seq).limit(BATCH))]
+        .order_by(jobs.c.updated_at).limit(BATCH))]
     pending = outbox.pending_jobs(conn, [r["id"] for r in rows])
     return [r for r in rows if r["id"] not in pending]
 
 
-def unconsumed(consumer: Any, topic: str) -> Optional[Dict[int, int]]:
-    """Per partition of ``topic``: records the group has not committed yet (None if unknown)."""
-    parts = sorted(consumer.partitions_for_topic(topic) or [])
-    if not parts:
-        return None
-    tps = [TopicPartition(topic, p) for p in parts]
-    end = consumer.end_offsets(tps)
-    begin = consumer.beginning_offsets(tps)
-    return {tp.partition: end[tp] - max(begin[tp], consumer.committed(tp) or 0) for tp in tps}
+def job_partitions(consumer: Any, topics: Tuple[str, ...], job_id: str) -> List[TopicPartition]:
+    out = []
+    for topic in topics:
+        parts = sorted(consumer.partitions_for_topic(topic) or [])
+        if not parts:
+            raise LookupError("no partitions known for %s" % topic)
+        out.append(TopicPartition(topic, parts[partition_of(job_id, len(parts))]))
+    return out
 
 
 def sweep(worker: Any, older_than: float) -> int:
     """Settle the stranded jobs found now; how many. Raises Unavailable when the store is down."""
     found = worker.publisher.transaction(lambda conn: candidates(conn, older_than))
-    if not found:
-        return 0
-    lags = [unconsumed(worker.consumer, t) for t in (worker.topics.jobs, worker.topics.retry)]
-    if any(lag is None for lag in lags):
-        return 0
+    marks: Dict[Tuple[str, int], Marks] = worker.sweep_marks
+    seen = {(j["id"], j["attempts"]) for j in found}
+    for gone in [k for k in marks if k not in seen]:
+        del marks[gone]  # settled, or moved on by itself
+    consumer, topics = worker.consumer, (worker.topics.jobs, worker.topics.retry)
     settled = 0
     for job in found:
-        if any(lag[partition_of(job["id"], len(lag))] for lag in lags if lag):
-            continue  # something is still waiting there: it may be this job's message
-        settled += settle(worker, job, older_than)
+        key = (job["id"], job["attempts"])
+        try:
+            tps = job_partitions(consumer, topics, job["id"])
+            if key not in marks:
+                marks[key] = consumer.end_offsets(tps, timeout_ms=BROKER_TIMEOUT_MS)
+                continue  # decided at a later sweep, once the group is past these ends
+            if any((consumer.committed(tp, timeout_ms=BROKER_TIMEOUT_MS) or 0) < end
+                   for tp, end in marks[key].items()):
+                continue  # its message may still be waiting there
+            settled += settle(worker, job, older_than)
+            del marks[key]
+        except Exception as exc:  # one odd row or a slow broker: the next job, the next sweep
+            log.warning("sweep: job %s: %s: %s", job["id"], exc.__class__.__name__, exc)
     return settled
 
 
 def settle(worker: Any, job: Dict[str, Any], older_than: float) -> int:
     job_id, attempts = job["id"], job["attempts"]
+    cutoff = utcnow() - timedelta(seconds=older_than)
     if attempts == 0:
         # As the API does when Kafka refuses a submit (mark_enqueue_failed): failed, no event.
         error = "not enqueued: no message reached the workers in %.0f s" % older_than
-        done = worker.publisher.conclude(lambda conn: job_store.reject_job(conn, job_id, error), [])
+        done = worker.publisher.conclude(lambda conn: job_store.settle_stranded(conn, job_id, 0, cutoff, error))
         what = "failed (never enqueued)"
     else:
         retry = Message(worker.topics.retry, job_id, encode_job(job_id, job["type"], json.loads(job["args"]),
                                                                 attempt=attempts + 1, not_before=None), job_id=job_id)
-        # The touch is conditional: only one sweeping worker re-sends a given retry.
-        done = worker.publisher.conclude(lambda conn: job_store.touch_queued(conn, job_id, attempts), [retry])
+        done = worker.publisher.conclude(lambda conn: job_store.settle_stranded(conn, job_id, attempts, cutoff),
+                                         [retry])
         what = "retry %d sent again" % (attempts + 1)
     if done:
         log.warning("job %s: stranded in queued for over %.0f s; %s", job_id, older_than, what)

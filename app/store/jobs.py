@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from datetime import datetime
 from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar, Union
 
 from sqlalchemy import case, func, insert, select, update
@@ -50,6 +51,7 @@ def create_job(engine: Engine, user_id: int, job_type: str, args: Dict[str, Any]
         status=JobStatus.QUEUED.value,
         attempts=0,
         crashes=0,
+        claim_attempt=0,
         created_at=now,
         updated_at=now,
     )
@@ -151,35 +153,43 @@ def claim_job(bind: Union[Engine, Connection], job_id: str, max_attempts: Option
     is unknown or terminal. The claimed row's ``attempts`` is this claim's number: the attempt's
     outcome is stored only while no later claim has taken the job (requeue_job, store_failure).
 
+    ``attempt`` is the message's attempt number. A `queued` job is claimed only by the message of
+    its next attempt (attempts == attempt - 1); a `running` one only by the message behind its
+    current claim or a newer one (a redelivery after a crash), never by an older attempt's.
+
     Not claimed, and said so in the returned row (both False for a claimed job):
-    - ``exhausted``: with ``max_attempts``, a job still `running` that has used them all (its
-      workers died running it every time; running it again would kill another): fail it;
-    - ``stale``: with ``attempt`` (the message's attempt number), a `queued` job whose attempts
-      do not lead to this one: the message is a redelivery of an attempt that already ran, and
-      that attempt's retry is on its way: skip it."""
+    - ``exhausted``: with ``max_attempts``, a job still `running` that has used them all, found by
+      its own claim's message again (its workers died running it every time; running it again
+      would kill another): fail it;
+    - ``stale``: the message is of an attempt that already ran (the job is queued for a later
+      one, or a later one is running): skip it."""
     running = jobs.c.status == JobStatus.RUNNING.value
     may_run = jobs.c.status == JobStatus.QUEUED.value
+    running_again = running
     if attempt is not None:
         may_run = may_run & (jobs.c.attempts == attempt - 1)
-    if max_attempts is None:
-        may_run = may_run | running
-    else:
-        may_run = may_run | (running & (jobs.c.attempts < max_attempts))
+        running_again = running_again & (jobs.c.claim_attempt <= attempt)
+    if max_attempts is not None:
+        running_again = running_again & (jobs.c.attempts < max_attempts)
+    values: Dict[str, Any] = {}
+    if attempt is not None:
+        values["claim_attempt"] = attempt
 
     def work(conn: Connection) -> Tuple[bool, Optional[Row]]:  # read back in the same transaction
         now = utcnow()
-        done = conn.execute(update(jobs).where(jobs.c.id == job_id, may_run).values(
+        done = conn.execute(update(jobs).where(jobs.c.id == job_id, may_run | running_again).values(
             status=JobStatus.RUNNING.value, attempts=jobs.c.attempts + 1, started_at=now, updated_at=now,
             # SET sees the row as it was: a claim of a `running` job counts a crash.
-            crashes=jobs.c.crashes + case((running, 1), else_=0),
+            crashes=jobs.c.crashes + case((running, 1), else_=0), **values,
         )).rowcount == 1
         return done, _get(conn, job_id)
 
     done, row = _in_tx(bind, work)
     if row is None or row["status"].terminal:
         return None
-    row["exhausted"] = not done and row["status"] is JobStatus.RUNNING
-    row["stale"] = not done and row["status"] is JobStatus.QUEUED
+    older = attempt is not None and row["claim_attempt"] > attempt
+    row["stale"] = not done and (row["status"] is JobStatus.QUEUED or older)
+    row["exhausted"] = not done and row["status"] is JobStatus.RUNNING and not older
     return row
 
 
@@ -216,9 +226,20 @@ def store_failure(bind: Union[Engine, Connection], job_id: str, error: str, atte
                                                  error=error, finished_at=utcnow(), _attempts=attempt, **extra))
 
 
-def touch_queued(bind: Union[Engine, Connection], job_id: str, attempts: int) -> bool:
-    """Mark a queued job as looked at (updated_at), only while it is queued after ``attempts``."""
-    return _in_tx(bind, lambda conn: _transition(conn, job_id, [JobStatus.QUEUED], _attempts=attempts))
+def settle_stranded(bind: Union[Engine, Connection], job_id: str, attempts: int, cutoff: datetime,
+                    error: Optional[str] = None) -> bool:
+    """For the sweep: a job still queued after ``attempts``, unchanged since before ``cutoff``,
+    is failed with ``error`` (never enqueued) or, without one, marked as looked at (its retry is
+    sent again). Conditional on all of that: two sweeping workers settle a job once."""
+    def work(conn: Connection) -> bool:
+        values: Dict[str, Any] = {"updated_at": utcnow()}
+        if error is not None:
+            values.update(status=JobStatus.FAILED.value, error=error, finished_at=values["updated_at"])
+        return conn.execute(update(jobs).where(
+            jobs.c.id == job_id, jobs.c.status == JobStatus.QUEUED.value, jobs.c.attempts == attempts,
+            jobs.c.updated_at < cutoff).values(**values)).rowcount == 1
+
+    return _in_tx(bind, work)
 
 
 def reject_job(bind: Union[Engine, Connection], job_id: str, error: str) -> bool:

@@ -69,6 +69,9 @@ jobs = Table(
     # Claims that found the job still `running`: its worker died mid-job (SIGKILL, OOM) or another
     # delivery is running it. Once the attempts are used up, such a job is failed, never run again.
     Column("crashes", Integer, nullable=False, default=0, server_default="0"),
+    # The attempt number of the message behind the current claim: a redelivery of an older
+    # attempt's message must not take (or give up) a job a newer attempt is running.
+    Column("claim_attempt", Integer, nullable=False, default=0, server_default="0"),
     Column("error", Text, nullable=True),
     Column("created_at", DateTime, nullable=False),
     Column("started_at", DateTime, nullable=True),

@@ -1,4 +1,6 @@
-"""outbox of the worker's messages (retries, status events, dead letters)
+"""outbox of the worker's messages; the attempt number behind a job's current claim
+
+The outbox holds retries, status events and dead letters written with their state change.
 
 Revision ID: 0003
 Revises: 0002
@@ -29,9 +31,13 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('outbox', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_outbox_job_id'), ['job_id'], unique=False)
+    with op.batch_alter_table('jobs', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('claim_attempt', sa.Integer(), server_default='0', nullable=False))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table('jobs', schema=None) as batch_op:
+        batch_op.drop_column('claim_attempt', mssql_drop_default=True)
     with op.batch_alter_table('outbox', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_outbox_job_id'))
     op.drop_table('outbox')
