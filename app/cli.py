@@ -19,12 +19,19 @@ jobs_cli = AppGroup("jobs", help="Jobs in the store.")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
+#: Longest token lifetime: far enough for any use, and well inside what a datetime can add.
+DURATION_MAX = timedelta(days=100 * 365)
+
+
 def parse_duration(text: str) -> timedelta:
     """``30d``, ``12h``, ``90m``, ``3600s``, ``2w`` (a bare number is seconds) -> timedelta."""
     m = re.fullmatch(r"\s*(\d{1,9})\s*([smhdw]?)\s*", text.lower())
     if not m or int(m.group(1)) == 0:
         raise ValueError("%r is not a duration like 30d, 12h, 90m (s, m, h, d, w)" % text)
-    return timedelta(seconds=int(m.group(1)) * _UNITS[m.group(2) or "s"])
+    seconds = int(m.group(1)) * _UNITS[m.group(2) or "s"]
+    if seconds > DURATION_MAX.total_seconds():
+        raise ValueError("%r is longer than 100 years" % text)
+    return timedelta(seconds=seconds)
 
 
 def _engine() -> Any:

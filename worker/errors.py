@@ -41,4 +41,5 @@ def describe(exc: BaseException) -> str:
         text = str(exc)
     except Exception:
         text = "(unprintable)"
-    return ("%s: %s" % (exc.__class__.__name__, text))[:ERROR_MAX]
+    # No NUL: PostgreSQL refuses it in text (the error would be a store error, not the job's).
+    return ("%s: %s" % (exc.__class__.__name__, text)).replace("\x00", "\\x00")[:ERROR_MAX]

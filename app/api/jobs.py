@@ -10,7 +10,7 @@ from flask import current_app, g, request
 from sqlalchemy.exc import SQLAlchemyError
 
 from .. import store
-from ..messages import encode_job
+from ..messages import JOB_ID_PATTERN, encode_job
 from ..jobqueue import QueueUnavailable
 from ..states import JobStatus
 from ..store import jobs as job_store
@@ -49,7 +49,15 @@ def _db() -> "store.Database":
     return current_app.extensions["joblab_db"]
 
 
+def _known_shape_or_404(job_id: str) -> None:
+    # Not a job id at all (a NUL byte, 10 kB...): no such job, without asking the store (PostgreSQL
+    # refuses NUL in text with an error that is not a 404).
+    if not JOB_ID_PATTERN.fullmatch(job_id):
+        api_abort(404, "no job %r" % job_id[:64])
+
+
 def _own_job_or_404(job_id: str) -> Dict[str, Any]:
+    _known_shape_or_404(job_id)
     row = job_store.get_job(_db().engine, job_id, user_id=g.user_id)
     if row is None:
         api_abort(404, "no job %s" % job_id)
@@ -148,6 +156,7 @@ def get_job_result(job_id: str):
 @bp.alt_response(409, description="the job is no longer queued")
 def cancel_job(job_id: str):
     """Cancel a queued job; the worker will skip it."""
+    _known_shape_or_404(job_id)
     row, cancelled = job_store.cancel_job(_db().engine, job_id, g.user_id)
     if row is None:
         api_abort(404, "no job %s" % job_id)

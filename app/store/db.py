@@ -53,14 +53,32 @@ def _install_pymssql_gevent_callback() -> None:
     log.info("pymssql: gevent wait callback installed")
 
 
+#: SQL Server errors that are about the data, not the server, though pymssql raises most server
+#: errors as OperationalError: truncation (8152, 2628), conversion (245, 241, 8114), overflow (8115),
+#: NULL into NOT NULL (515), constraint/key violations (547, 2601, 2627).
+MSSQL_DATA_ERRORS = frozenset({8152, 2628, 245, 241, 8114, 8115, 515, 547, 2601, 2627})
+
+
 def store_unavailable(exc: BaseException) -> bool:
     """Whether a store error means "the database is down or unreachable now" (worth trying again
     later) rather than "this statement can never succeed" (bad data: trying again would stall).
     Connection-level errors only: OperationalError (refused, terminated, locked), InterfaceError,
-    a pool timeout, or any driver error that invalidated the connection."""
+    a pool timeout, or any driver error that invalidated the connection - less SQL Server's data
+    errors, which its driver reports as OperationalError too."""
+    if isinstance(exc, DBAPIError) and _mssql_error_number(exc) in MSSQL_DATA_ERRORS:
+        return False
     if isinstance(exc, (OperationalError, InterfaceError, DisconnectionError, SATimeoutError)):
         return True
     return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+
+def _mssql_error_number(exc: DBAPIError) -> Optional[int]:
+    """pymssql's errors carry (number, message) in args; None for any other driver."""
+    orig = exc.orig
+    if type(orig).__module__.split(".")[0] not in ("pymssql", "_mssql"):
+        return None
+    args = getattr(orig, "args", ())
+    return args[0] if args and isinstance(args[0], int) else None
 
 
 def make_engine(url: str) -> Engine:

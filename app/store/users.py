@@ -129,10 +129,10 @@ def revoke_tokens(engine: Engine, name: str, prefix: Optional[str] = None) -> in
         if prefix is None:
             return conn.execute(update(api_tokens).where(*live).values(revoked_at=now)).rowcount
         rows = conn.execute(select(api_tokens.c.id, api_tokens.c.prefix, api_tokens.c.token_hash).where(*live)).all()
-        # A whole token matches by its digest; a part of one must overlap the stored prefix.
+        # A whole token matches by its digest; anything shorter must be the start of a stored prefix.
         given = prefix.strip()
         matches = [r.id for r in rows if r.token_hash == hash_token(given) or (
-            r.prefix and len(given) >= MIN_PREFIX_GIVEN and (r.prefix.startswith(given) or given.startswith(r.prefix)))]
+            r.prefix and MIN_PREFIX_GIVEN <= len(given) <= len(r.prefix) and r.prefix.startswith(given))]
         if not matches:
             raise ValueError("user %s has no live token starting %r" % (name, prefix))
         if len(matches) > 1:

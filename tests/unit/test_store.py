@@ -192,3 +192,14 @@ def test_quota_counts_queued_and_running_of_that_user_only(engine, user):
     js.claim_job(engine, ids[0])
     js.store_success(engine, ids[0], '{"slept":1}')
     assert js.create_job(engine, user, "sleep", {"seconds": 1}, max_active=2)["status"] is JobStatus.QUEUED
+
+
+def test_sql_servers_data_errors_are_not_an_outage():
+    import pymssql
+    from sqlalchemy.exc import OperationalError
+
+    from app.store import store_unavailable
+
+    truncated = OperationalError("INSERT", {}, pymssql.OperationalError(8152, b"String or binary data would be truncated."))
+    down = OperationalError("SELECT 1", {}, pymssql.OperationalError(20009, b"Unable to connect: Adaptive Server is unavailable"))
+    assert not store_unavailable(truncated) and store_unavailable(down)

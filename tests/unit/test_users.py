@@ -29,7 +29,7 @@ def test_parse_duration(text, seconds):
     assert parse_duration(text) == timedelta(seconds=seconds)
 
 
-@pytest.mark.parametrize("text", ["", "0d", "-1d", "1y", "1.5h", "d", "30 days"])
+@pytest.mark.parametrize("text", ["", "0d", "-1d", "1y", "1.5h", "d", "30 days", "99999999d", "999999999w"])
 def test_parse_duration_refuses(text):
     with pytest.raises(ValueError):
         parse_duration(text)
@@ -73,6 +73,7 @@ def test_revoke_one_by_prefix_then_all(cli, app):
     (("users", "revoke", "nobody"), "no user 'nobody'"),
     (("users", "revoke", "ann", "jl_zzzzzzzz"), "no live token"),
     (("users", "revoke", "ann", "jl_"), "no live token"),  # too short to name one
+    (("users", "revoke", "ann", "jl_zzzzzzzzzzzzzzzz"), "no live token"),  # longer than a prefix, not a token
 ])
 def test_revoke_errors_are_one_line_and_nonzero(cli, args, why):
     token_of(cli("users", "create", "ann"))
