@@ -29,10 +29,12 @@ else
     if [[ "$OS_MAJOR" == 6 ]] && update-ca-trust check 2>/dev/null | grep -q DISABLED; then
         update-ca-trust enable
         say "shared system trust store enabled (EL6)"
+        el6_enabled=1
     fi
 fi
 ensure_dir "$dest" 755 root:root
-changed=0
+# Enabling the store (EL6) needs an extract too, even when the anchors were there already.
+changed="${el6_enabled:-0}"
 for crt in "$src"/*.crt; do
     install_file "$crt" "$dest/$(basename "$crt")" 644 root:root && changed=1
 done

@@ -47,9 +47,9 @@ install_cached_el6_rpm() {
 }
 
 install_nginx() {
-    if [[ "$OS_FAMILY" == rhel ]] && ! rpm -q nginx >/dev/null 2>&1 \
-        && [[ "$OS_MAJOR" == 6 && -f "$LAB_ARTIFACTS/nginx/$LAB_NGINX_EL6_RPM" ]]; then
-        install_cached_el6_rpm
+    if [[ "$OS_FAMILY" == rhel && "$OS_MAJOR" == 6 && -f "$LAB_ARTIFACTS/nginx/$LAB_NGINX_EL6_RPM" ]]; then
+        # From the cache, now and on every later run: no nginx.org repository added to yum.
+        rpm -q nginx >/dev/null 2>&1 || install_cached_el6_rpm
         return 0
     fi
     if [[ "$OS_FAMILY" == rhel ]]; then

@@ -116,8 +116,19 @@ def available_mb() -> int:
     raise Refused("cannot read MemAvailable from /proc/meminfo")
 
 
-def check_memory(config: Dict[str, Any]) -> str:
-    wanted = sum(int(m["memory"]) for m in config["machines"].values())
+def running_machines(provider: str) -> List[str]:
+    """The machines of this checkout that run already (a re-run of `make lab`): their memory is
+    taken from what is available, not wanted on top of it."""
+    try:
+        out = run(["vagrant", "status", "--machine-readable"], env=dict(os.environ, LAB_PROVIDER=provider))
+    except Refused:  # the provider cannot even be asked yet: nothing of ours runs on it
+        return []
+    fields = [line.split(",") for line in out.splitlines()]
+    return [f[1] for f in fields if len(f) >= 4 and f[2] == "state" and f[3] == "running"]
+
+
+def check_memory(config: Dict[str, Any], running: List[str]) -> str:
+    wanted = sum(int(m["memory"]) for name, m in config["machines"].items() if name not in running)
     have = available_mb()
     if wanted + HOST_RESERVE_MB > have:
         sizes = ", ".join("%s %d MB" % (n, int(m["memory"])) for n, m in sorted(config["machines"].items()))
@@ -188,7 +199,7 @@ def preflight(provider: str) -> List[str]:
     if provider == "virtualbox":
         done.append(check_virtualbox_version())
         done.append(check_host_only_range(config, os.environ.get("VBOX_NETWORKS_CONF", "/etc/vbox/networks.conf")))
-    done.append(check_memory(config))
+    done.append(check_memory(config, running_machines(provider)))
     settings = lab_settings()
     for name, m in sorted(config["machines"].items()):
         if (m["box"], provider) in NO_BUILD:

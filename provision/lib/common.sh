@@ -106,6 +106,7 @@ install_file() {
 # around the pattern means the same in every bash: quotes in a pattern have always meant literal.
 replace_all() {
     local rest="$1" pat="$2" value="$3" out=""
+    [[ -n "$pat" ]] || die "replace_all: empty pattern"
     while [[ "$rest" == *"$pat"* ]]; do
         out+="${rest%%"$pat"*}$value"
         rest="${rest#*"$pat"}"
@@ -124,6 +125,7 @@ render_template() {
     for kv in "$@"; do
         key="${kv%%=*}"
         value="${kv#*=}"
+        [[ "$key" =~ ^[A-Z_][A-Z0-9_]*$ ]] || die "render_template: bad key in '$key=...'"
         text="$(replace_all "$text" "@${key}@" "$value"; echo x)"
         text="${text%x}"
     done
