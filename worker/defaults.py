@@ -24,6 +24,10 @@ FETCH_MAX_WAIT_MS = 100
 #: Longest single poll while idle (the loop re-checks stop requests and paused partitions).
 POLL_TIMEOUT_MS = 500
 
+#: Polls that may fail in a row (kafka-python reporting a broker restart or a rebalance as an
+#: error) before the worker gives up and exits for supervisor to restart it: about a minute.
+POLL_FAILURES_MAX = 30
+
 #: Pause of a partition after the store or Kafka failed mid-job, before the job is tried again.
 INFRA_RETRY_SECONDS = 2.0
 

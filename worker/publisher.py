@@ -2,8 +2,8 @@
 
 ``conclude(change, messages)`` writes a job's state change and the messages it implies in ONE
 transaction, then publishes them, waiting for Kafka's acknowledgements. The rows of published
-messages are deleted in the worker's next transaction (no extra round trip), or when it idles
-or stops. What could not be published stays in ``unsent``, leased to this worker: the worker
+messages are deleted right after Kafka's acknowledgements (or, if the store is down then, in the
+worker's next transaction). What could not be published stays in ``unsent``, leased to this worker: the worker
 publishes it before anything else (and commits no offset until it has); if the worker dies, any
 worker takes the rows over once the lease runs out (``relay``)."""
 from __future__ import annotations
@@ -20,7 +20,7 @@ from app.store import outbox
 from app.store.outbox import Message
 
 from . import defaults
-from .errors import KafkaUnavailable, in_store
+from .errors import KafkaUnavailable, Unavailable, in_store
 
 log = logging.getLogger("worker")
 
@@ -41,8 +41,8 @@ class Publisher:
         self._renew_first = False
 
     def transaction(self, work: Callable[[Connection], T]) -> T:
-        """``work(conn)`` in a store transaction that also deletes the rows published since the
-        last one: a published row never waits long enough to look abandoned (see OUTBOX_LEASE)."""
+        """``work(conn)`` in a store transaction that also deletes published rows not deleted yet
+        (the store was down when they were published)."""
         deleting = list(self.sent)
 
         def run() -> T:
@@ -99,6 +99,16 @@ class Publisher:
             self.unsent.pop(0)
             self.sent.append(row_id)
         self._renew_first = False
+        self._forget_sent()
+
+    def _forget_sent(self) -> None:
+        """Delete the rows of what was just published, at once: a worker that dies now leaves no
+        published row behind for the relay to send a second time (but for the instant between
+        Kafka's ack and this delete). If the store is down, the next transaction deletes them."""
+        try:
+            self.transaction(lambda conn: None)
+        except Unavailable as exc:
+            log.warning("published outbox rows %s not deleted yet (%s)", self.sent, exc)
 
     def tidy(self) -> None:
         """Delete the rows of published messages now (the worker is idle, or stopping)."""

@@ -103,6 +103,7 @@ class Worker:
         """Handle messages until stopped, or until ``max_messages`` / ``max_seconds`` (for tests and
         drills). Returns the number handled. Always closes the consumer."""
         deadline = None if max_seconds is None else time.monotonic() + max_seconds
+        poll_failures = 0  # polls that failed in a row
         try:
             while not self.stopping:
                 if max_messages is not None and self.handled >= max_messages:
@@ -110,7 +111,20 @@ class Worker:
                 if deadline is not None and time.monotonic() >= deadline:
                     break
                 self._resume_due()
-                batch = self.consumer.poll(timeout_ms=self._poll_timeout_ms(), max_records=1)
+                try:
+                    batch = self.consumer.poll(timeout_ms=self._poll_timeout_ms(), max_records=1)
+                    poll_failures = 0
+                except KafkaError as exc:
+                    # The broker or the group is in a state kafka-python reports as an error
+                    # (a restart, a rebalance): not a reason to exit; poll again shortly. A
+                    # consumer that keeps failing is a real fault: exit, and supervisor restarts us.
+                    poll_failures += 1
+                    if poll_failures > defaults.POLL_FAILURES_MAX:
+                        raise
+                    log.warning("poll failed (%s: %s); polling again in %.0fs", exc.__class__.__name__, exc,
+                                defaults.INFRA_RETRY_SECONDS)
+                    time.sleep(defaults.INFRA_RETRY_SECONDS)
+                    continue
                 for tp, records in batch.items():
                     for record in records:
                         if tp in self.paused_until:
@@ -163,7 +177,7 @@ class Worker:
                 if tp in self.consumer.assignment():
                     self.consumer.resume(tp)
                     drop_parked_records(self.consumer, tp)
-                    log.debug("%s[%d]: resumed at %s", tp.topic, tp.partition, self.consumer.position(tp))
+                    log.debug("%s[%d]: resumed", tp.topic, tp.partition)
 
     def _commit(self, tp: TopicPartition, offset: int) -> None:
         try:

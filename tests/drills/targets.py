@@ -39,10 +39,19 @@ SUPERVISOR_EXIT = re.compile(r"exited: (\S+) \(([^;]+); not expected\)")
 GUNICORN_WORKER_DIED = re.compile(r"Worker \(pid:\d+\) (exited with code|was sent (?!SIGTERM))")
 
 
+def trouble(text: str, lines: int = 15) -> str:
+    """What a log says about a death: from its last traceback on (30 lines), else its last lines."""
+    at = text.rfind("Traceback (most recent call last)")
+    if at >= 0:
+        start = text.rfind("\n", 0, at) + 1
+        return "\n".join(text[start:].splitlines()[:30]).rstrip()
+    return "\n".join(text.splitlines()[-lines:]).rstrip()
+
+
 def tail(path: str, lines: int = 15) -> str:
     try:
         with open(path, errors="replace") as fh:
-            return "".join(fh.readlines()[-lines:]).rstrip()
+            return trouble(fh.read(), lines)
     except OSError as exc:
         return "(no log: %s)" % exc
 
@@ -259,7 +268,7 @@ class LabTarget:
                 continue
             log_file = "/var/log/joblab/%s.log" % program if program.startswith("joblab-worker") else WEB_ERROR_LOG
             exits.append({"process": program, "pid": None, "code": how,
-                          "tail": self.ssh("app", "sudo tail -n 15 %s || true" % log_file).rstrip()})
+                          "tail": trouble(self.ssh("app", "sudo tail -n 2000 %s || true" % log_file))})
         for line in self._new_lines(WEB_ERROR_LOG):
             if GUNICORN_WORKER_DIED.search(line):
                 exits.append({"process": "gunicorn worker", "pid": None, "code": None, "tail": line.strip()})

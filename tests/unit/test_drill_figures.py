@@ -67,3 +67,14 @@ def test_duplicate_execution_bound_counts_the_faults_that_can_cut_a_job_short():
             return lambda: name
 
     assert dup_execution_bound(fault_plan(Target())) == 7  # 5 worker SIGKILLs + a join + a leave
+
+
+def test_an_exit_report_shows_the_traceback_that_ended_the_process():
+    from tests.drills.targets import trouble
+
+    log = "\n".join(["2026 INFO worker[1]: job a: -> running"] * 50 + [
+        "Traceback (most recent call last):", '  File "x.py", line 1, in <module>', "KeyError: 'boom'"] + [
+        "2026 INFO worker[2]: worker 2: group workers"] * 40)
+    assert trouble(log).splitlines()[:3] == ["Traceback (most recent call last):", '  File "x.py", line 1, in <module>',
+                                              "KeyError: 'boom'"]
+    assert trouble("a\nb\nc", lines=2) == "b\nc"

@@ -381,3 +381,37 @@ def test_one_odd_row_does_not_stop_the_sweep(worker, engine, user):
     worker.consumer.lags = {"jobs": {0: 0}, "jobs.retry": {0: 0}}
     sweep(worker, 600)
     assert sweep(worker, 600) == 1 and js.get_job(engine, fine)["status"] is JobStatus.FAILED
+
+
+def test_nothing_published_is_left_in_the_outbox_after_a_job(worker, engine, user, counted):
+    # A worker SIGKILLed right after a job leaves no published row for the relay to send again.
+    _job_id, value = submit(engine, user, "flaky", {})
+    handle(worker, value)
+    assert len(worker.queue.on("jobs.retry")) == 1 and outbox_rows(engine) == 0
+
+
+def test_poll_errors_are_ridden_out_then_given_up(worker, engine, user, counted, monkeypatch):
+    from kafka.errors import KafkaError, NodeNotReadyError
+    from kafka.structs import TopicPartition
+
+    from tests.unit.doubles import Record
+    from worker import defaults
+
+    monkeypatch.setattr(defaults, "INFRA_RETRY_SECONDS", 0)
+    monkeypatch.setattr(defaults, "POLL_FAILURES_MAX", 3)
+    counted["fails"] = False
+    _job_id, value = submit(engine, user, "flaky", {})
+    polls = [NodeNotReadyError("broker restarting"), NodeNotReadyError("still"),
+             {TopicPartition("jobs", 0): [Record("jobs", 0, 0, value, None)]}]
+
+    def poll(timeout_ms=0, max_records=1):
+        item = polls.pop(0) if polls else NodeNotReadyError("gone for good")
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    worker.consumer.poll = poll
+    assert worker.run(max_messages=1) == 1 and counted["runs"] == 1  # two failed polls ridden out
+    worker.stopping = False
+    with pytest.raises(KafkaError):  # a consumer that keeps failing: exit, supervisor restarts
+        worker.run()
