@@ -123,8 +123,17 @@ def running_machines(provider: str) -> List[str]:
         out = run(["vagrant", "status", "--machine-readable"], env=dict(os.environ, LAB_PROVIDER=provider))
     except Refused:  # the provider cannot even be asked yet: nothing of ours runs on it
         return []
-    fields = [line.split(",") for line in out.splitlines()]
-    return [f[1] for f in fields if len(f) >= 4 and f[2] == "state" and f[3] == "running"]
+    return running_in(out, provider)
+
+
+def running_in(status: str, provider: str) -> List[str]:
+    """From `vagrant status --machine-readable`: the machines running under ``provider``. A machine
+    created with another provider (this checkout's docker lab, up while the VM path is checked)
+    is reported with that provider, and takes nothing from what the VMs would need."""
+    fields = [line.split(",") for line in status.splitlines()]
+    providers = {f[1]: f[3] for f in fields if len(f) >= 4 and f[2] == "provider-name"}
+    return [f[1] for f in fields if len(f) >= 4 and f[2] == "state" and f[3] == "running"
+            and providers.get(f[1]) == provider]
 
 
 def check_memory(config: Dict[str, Any], running: List[str]) -> str:

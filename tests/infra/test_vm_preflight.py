@@ -124,3 +124,21 @@ def test_nginx_rpm_and_key(host):
 def test_no_libvirt_box_for_centos6(host):
     refused(host.run("libvirt"), "bento/centos-6.10 has no libvirt build", "LAB_APP_BOX")
     assert host.run("libvirt", LAB_APP_BOX="my/centos6-libvirt").returncode == 0
+
+
+def test_only_machines_running_under_the_checked_provider_count():
+    # This checkout's docker lab may be up while the VirtualBox path is checked (the lab suite
+    # runs these tests with it up): its machines take nothing from what the VMs would need.
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("vm_preflight", SCRIPT)
+    preflight = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(preflight)
+    status = "\n".join([
+        "1,app,provider-name,docker", "1,app,state,running",
+        "1,sidecar,provider-name,virtualbox", "1,sidecar,state,running",
+        "1,other,provider-name,virtualbox", "1,other,state,poweroff",
+    ])
+    assert preflight.running_in(status, "virtualbox") == ["sidecar"]
+    assert preflight.running_in(status, "docker") == ["app"]
+    assert preflight.running_in(status, "libvirt") == []
