@@ -21,7 +21,7 @@ def create_app(test_config: Optional[Mapping[str, Any]] = None) -> Flask:
     from flask_smorest import Api
 
     from . import cli
-    from .api import errors, health, jobs
+    from .api import errors, health, submit
     from .jobqueue import JobQueue
     from .store import Database
 
@@ -54,7 +54,7 @@ def create_app(test_config: Optional[Mapping[str, Any]] = None) -> Flask:
     api.spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
     register_job_type_schemas(api)
     api.register_blueprint(health.bp)
-    api.register_blueprint(jobs.bp)
+    api.register_blueprint(submit.bp)  # the jobs blueprint: reads in api/jobs.py, submits in api/submit.py
     errors.init_app(app)
     cli.init_app(app)
     return app

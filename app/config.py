@@ -25,12 +25,17 @@ DEFAULTS: Dict[str, Any] = {
     "KAFKA_SEND_TIMEOUT": 10.0,
     # Largest request body accepted (bytes); larger gets 413.
     "MAX_CONTENT_LENGTH": 64 * 1024,
+    # Most jobs one POST /v1/jobs/batch takes.
+    "BATCH_MAX": 500,
     # Deepest nesting of arrays/objects in a request body; deeper gets 400 before it is parsed.
     "MAX_JSON_DEPTH": 32,
     # Jobs one user may have queued or running at once; one more submit gets 429 (0: no limit).
     "USER_MAX_ACTIVE": 1000,
     # Seconds a 429 over the quota tells the client to wait (Retry-After).
     "QUOTA_RETRY_AFTER": 5,
+    # Seconds a process remembers a token it looked up (0: look up every request). Expiry stays
+    # exact; a revocation takes effect within this long.
+    "TOKEN_CACHE_SECONDS": 2.0,
     # Page size of GET /v1/jobs when the client gives none, and its ceiling.
     "PAGE_SIZE": 20,
     "PAGE_SIZE_MAX": 100,
@@ -39,6 +44,14 @@ DEFAULTS: Dict[str, Any] = {
     # Worker: first retry delay in seconds; doubles each attempt up to RETRY_BACKOFF_MAX.
     "RETRY_BACKOFF": 0.5,
     "RETRY_BACKOFF_MAX": 30.0,
+    # Worker: most records taken per poll. Their messages are acknowledged and their offsets
+    # committed together (worker/runner.py, handle_batch); 1 commits after every job.
+    "WORKER_BATCH": 100,
+    # Worker: a job still `queued` this many seconds after its last change, whose message is
+    # nowhere (its API process died between the INSERT and the produce), is settled by the
+    # sweep (worker/sweep.py), which runs every SWEEP_EVERY seconds.
+    "STRANDED_AFTER": 120.0,
+    "SWEEP_EVERY": 30.0,
     # Longest `sleep` job accepted, seconds. The worker's max.poll.interval is derived from it.
     "SLEEP_MAX": 60.0,
 }

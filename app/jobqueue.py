@@ -89,6 +89,55 @@ class JobQueue:
             self._discard(producer)
             raise QueueUnavailable("kafka: %s" % (exc.__class__.__name__,)) from exc
 
+    def send_async(self, topic: str, key: str, value: Optional[bytes],
+                   headers: Optional[List[Tuple[str, bytes]]] = None) -> Any:
+        """Produce without waiting; hand what this returns to ``wait``. The worker sends a batch's
+        messages this way and waits for all their acks once (the producer batches them)."""
+        producer = self._get_producer()
+        try:
+            return producer, producer.send(topic, key=key.encode("utf-8"), value=value, headers=headers or None)
+        except KafkaError as exc:
+            self._discard(producer)
+            raise QueueUnavailable("kafka: %s" % (exc.__class__.__name__,)) from exc
+
+    def wait(self, pending: Any) -> None:
+        """Block until a ``send_async`` is acknowledged, or raise QueueUnavailable."""
+        producer, future = pending
+        try:
+            future.get(timeout=self.timeout + 1)
+        except KafkaError as exc:
+            self._discard(producer)
+            raise QueueUnavailable("kafka: %s" % (exc.__class__.__name__,)) from exc
+
+    def send_many(self, topic: str, items: List[Tuple[str, bytes]]) -> List[Optional[str]]:
+        """Produce every (key, value) without waiting in between, then wait for all the acks
+        (one flush): per item, None once acknowledged, else why not. A bulk submit's messages
+        share the producer's batches instead of one round trip each."""
+        try:
+            producer = self._get_producer()
+        except QueueUnavailable as exc:
+            return [str(exc)] * len(items)
+        futures: List[Any] = []
+        for key, value in items:
+            try:
+                futures.append(producer.send(topic, key=key.encode("utf-8"), value=value))
+            except KafkaError as exc:
+                futures.append(exc)
+        outcome: List[Optional[str]] = []
+        failed = False
+        for f in futures:
+            try:
+                if isinstance(f, KafkaError):
+                    raise f
+                f.get(timeout=self.timeout + 1)
+                outcome.append(None)
+            except KafkaError as exc:
+                failed = True
+                outcome.append("kafka: %s" % exc.__class__.__name__)
+        if failed:
+            self._discard(producer)
+        return outcome
+
     def _discard(self, producer: KafkaProducer) -> None:
         """Replace a producer whose send failed. Seen in the fault drills: after a broker restart
         expired its in-flight batch, kafka-python 3.0's idempotent producer timed out every later

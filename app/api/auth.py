@@ -1,5 +1,6 @@
-"""Bearer-token authentication for the /v1/jobs routes. Every request asks the store: an expired
-or revoked token is refused at once (no cache to outlive a revocation)."""
+"""Bearer-token authentication for the /v1/jobs routes. A process remembers the tokens it looked up
+for TOKEN_CACHE_SECONDS (2 s): an expired token is refused at once (expiry is checked at every
+use), a revoked one within that bound."""
 from __future__ import annotations
 
 import logging
@@ -7,7 +8,7 @@ import logging
 from flask import current_app, g, request
 from sqlalchemy.exc import SQLAlchemyError
 
-from ..store.users import LastUsed, check_token
+from ..store.users import LastUsed, TokenCache
 from .errors import api_abort
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,11 @@ def require_user() -> None:
     if scheme.lower() != "bearer" or not token.strip():
         api_abort(401, "Authorization header must be: Bearer <token>", headers=CHALLENGE)
     engine = current_app.extensions["joblab_db"].engine
-    found = check_token(engine, token.strip())
+    cache = current_app.extensions.get("joblab_tokens")
+    if cache is None:  # one per app (hence per store and process)
+        cache = current_app.extensions.setdefault(
+            "joblab_tokens", TokenCache(float(current_app.config["TOKEN_CACHE_SECONDS"])))
+    found = cache.check(engine, token.strip())
     if found is None:
         api_abort(401, "invalid token", headers=CHALLENGE)
     if found.problem is not None:

@@ -1,22 +1,21 @@
-"""/v1/jobs: submit, poll, list, fetch results, cancel. Every route sees only the caller's jobs:
-another user's job id answers exactly like an unknown one (404)."""
+"""/v1/jobs: poll, list, fetch results, cancel (submitting: app/api/submit.py, same blueprint).
+Every route sees only the caller's jobs: another user's job id answers exactly like an unknown
+one (404)."""
 from __future__ import annotations
 
 import logging
 from datetime import datetime
 from typing import Any, Dict, Optional
 
-from flask import current_app, g, request
-from sqlalchemy.exc import SQLAlchemyError
+from flask import current_app, g
 
 from .. import store
-from ..messages import JOB_ID_PATTERN, encode_job
-from ..jobqueue import QueueUnavailable
+from ..messages import JOB_ID_PATTERN
 from ..states import JobStatus
 from ..store import jobs as job_store
 from .auth import require_user
 from .errors import api_abort
-from .schemas import JobCreateSchema, JobListQuerySchema, JobListSchema, JobResultSchema, JobSchema
+from .schemas import JobListQuerySchema, JobListSchema, JobResultSchema, JobSchema
 from .jsonbody import Blueprint
 
 log = logging.getLogger(__name__)
@@ -62,55 +61,6 @@ def _own_job_or_404(job_id: str) -> Dict[str, Any]:
     if row is None:
         api_abort(404, "no job %s" % job_id)
     return row
-
-
-@bp.before_request
-def require_json_body() -> None:
-    # 415 before parsing: webargs would otherwise report a non-JSON body as "missing fields".
-    if request.method == "POST" and request.endpoint == "jobs.create_job" and not request.is_json:
-        api_abort(415, "request body must be JSON (Content-Type: application/json)")
-
-
-@bp.route("", methods=["POST"])
-@authenticated
-# A valid body: API readers and fuzzers (schemathesis' examples phase) start from it.
-@bp.arguments(JobCreateSchema, error_status_code=400, example={"type": "sum", "args": {"numbers": [1, 2, 3]}})
-@bp.response(202, JobSchema)
-@bp.alt_response(400, description="invalid body (bad JSON, nested deeper than MAX_JSON_DEPTH, a field out of "
-                                   "its bounds); `fields` names each problem")
-@bp.alt_response(413, description="body larger than MAX_CONTENT_LENGTH (64 KiB by default)")
-@bp.alt_response(429, description="the caller already has USER_MAX_ACTIVE jobs (1000 by default) queued or "
-                                   "running; nothing was stored. `Retry-After` says when to try again")
-@bp.alt_response(503, description="Kafka did not take the job; it is not queued")
-def create_job(body: Dict[str, Any]):
-    """Submit a job: recorded in the database, then on Kafka (acks=all), then 202.
-
-    Each type's `args` and their bounds are in the `*Args` schemas (e.g. `sum`: at most 1000
-    numbers, each within ±2^53)."""
-    engine = _db().engine
-    cfg = current_app.config
-    try:
-        row = job_store.create_job(engine, g.user_id, body["type"], body["args"],
-                                   max_active=int(cfg["USER_MAX_ACTIVE"]) or None)
-    except job_store.QuotaExceeded as exc:
-        log.info("user %r: over quota (%d jobs queued or running)", g.user_name, exc.active)
-        api_abort(429, "you have %d jobs queued or running, the most allowed; try again when some have finished"
-                  % exc.active, headers={"Retry-After": str(int(cfg["QUOTA_RETRY_AFTER"]))}, active=exc.active)
-    queue = current_app.extensions["joblab_queue"]
-    try:
-        queue.send(queue.topics.jobs, row["id"], encode_job(row["id"], row["type"], row["args"]))
-    except QueueUnavailable as exc:
-        log.error("job %s: enqueue failed: %s", row["id"], exc)
-        try:
-            job_store.mark_enqueue_failed(engine, row["id"], str(exc))
-        except SQLAlchemyError as db_exc:
-            # The answer stays the same: not accepted. The row is left queued with no message; the
-            # workers' sweep (worker/sweep.py) fails it once it is clearly stranded.
-            log.error("job %s: marking it failed failed too (%s); the sweep will", row["id"],
-                      db_exc.__class__.__name__)
-        api_abort(503, "job queue unavailable, job not accepted; try again later", id=row["id"])
-    log.info("job %s: queued (%s) for user %r", row["id"], row["type"], g.user_name)
-    return job_json(row), 202, {"Location": "/v1/jobs/%s" % row["id"]}
 
 
 @bp.route("", methods=["GET"])

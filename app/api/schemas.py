@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any, Dict
 
 from marshmallow import INCLUDE, Schema, ValidationError, fields, post_load, validates_schema
-from marshmallow.validate import OneOf, Range, Regexp
+from marshmallow.validate import Length, OneOf, Range, Regexp
 
 from ..jobtypes import REGISTRY
 from ..states import JobStatus
@@ -45,6 +45,13 @@ class JobCreateSchema(Schema):
         return data
 
 
+class JobBatchSchema(Schema):
+    """POST /v1/jobs/batch body: jobs as POST /v1/jobs takes them, at most BATCH_MAX (a setting)."""
+
+    jobs = fields.List(fields.Nested(JobCreateSchema), required=True, validate=Length(min=1),
+                       metadata={"description": "1 to BATCH_MAX (500 by default) jobs, each as POST /v1/jobs takes it"})
+
+
 class JobSchema(Schema):
     id = fields.String(metadata={"description": "the job token"})
     type = fields.String()
@@ -54,6 +61,10 @@ class JobSchema(Schema):
     started_at = fields.String(allow_none=True)
     finished_at = fields.String(allow_none=True)
     error = fields.String(allow_none=True)
+
+
+class JobBatchResultSchema(Schema):
+    jobs = fields.List(fields.Nested(JobSchema), metadata={"description": "in the order submitted"})
 
 
 class JobListQuerySchema(Schema):

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar, Union
 
-from sqlalchemy import case, func, insert, select, update
+from sqlalchemy import case, delete, func, insert, literal, select, update
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError
 
 from ..states import JobStatus
-from .schema import jobs, results
+from .schema import idempotency_keys, jobs, results
 from .users import utcnow
 
 Row = Dict[str, Any]
@@ -36,14 +37,8 @@ def _row(row: Any) -> Row:
     return data
 
 
-def create_job(engine: Engine, user_id: int, job_type: str, args: Dict[str, Any],
-               max_active: Optional[int] = None) -> Row:
-    """Insert a queued job and commit it: the row exists before the message is produced. With
-    ``max_active``, a user who already has that many jobs queued or running gets QuotaExceeded
-    instead (counted in the same transaction; concurrent submits of one user can overshoot the
-    bound by at most their number)."""
-    now = utcnow()
-    values = dict(
+def _new_row(user_id: int, job_type: str, args: Dict[str, Any], now: Any) -> Dict[str, Any]:
+    return dict(
         id=str(uuid.uuid4()),
         user_id=user_id,
         type=job_type,
@@ -55,20 +50,103 @@ def create_job(engine: Engine, user_id: int, job_type: str, args: Dict[str, Any]
         created_at=now,
         updated_at=now,
     )
-    with engine.begin() as conn:
-        if max_active is not None:
-            # Counts at most max_active rows (ix_jobs_user_status): the check's cost is bounded
-            # by the quota, however many jobs the user has.
-            mine = select(jobs.c.user_id).where(jobs.c.user_id == user_id, jobs.c.status.in_(_ACTIVE)).limit(max_active)
-            active = conn.execute(select(func.count()).select_from(mine.subquery())).scalar_one()
-            if active >= max_active:
-                raise QuotaExceeded(active)
-        seq = conn.execute(insert(jobs).values(**values)).inserted_primary_key[0]
-    # Built from what was written rather than read back: one round trip less on the submit path.
+
+
+def _active(user_id: int, max_active: int) -> Any:
+    """How many jobs the user has queued or running, counting at most ``max_active`` index
+    entries (ix_jobs_user_status): the check costs what the quota allows, however many jobs the
+    user has."""
+    mine = select(jobs.c.user_id).where(jobs.c.user_id == user_id, jobs.c.status.in_(_ACTIVE)).limit(max_active)
+    return select(func.count()).select_from(mine.subquery()).scalar_subquery()
+
+
+def _built(values: Dict[str, Any], args: Dict[str, Any]) -> Row:
+    # Built from what was written rather than read back: no round trip. (`seq` is not known.)
     row = {c.name: None for c in _JOB_COLUMNS}
-    row.update(values, seq=seq, args=args, status=JobStatus.QUEUED)
+    row.update(values, args=args, status=JobStatus.QUEUED)
     del row["user_id"]
     return row
+
+
+def create_job(engine: Engine, user_id: int, job_type: str, args: Dict[str, Any],
+               max_active: Optional[int] = None) -> Row:
+    """Insert a queued job and commit it: the row exists before the message is produced. With
+    ``max_active``, a user who already has that many jobs queued or running gets QuotaExceeded
+    instead: the check is part of the INSERT (INSERT ... SELECT ... WHERE count < max), one
+    statement; concurrent submits of one user can overshoot the bound by at most their number."""
+    values = _new_row(user_id, job_type, args, utcnow())
+    with engine.begin() as conn:
+        if max_active is None:
+            conn.execute(insert(jobs).values(**values))
+        else:
+            cols = list(values)
+            chosen = select(*[literal(values[c], type_=jobs.c[c].type) for c in cols]).where(
+                _active(user_id, max_active) < max_active)
+            add = insert(jobs).from_select(cols, chosen)
+            if conn.dialect.insert_returning:
+                # psycopg reports no rowcount (-1) for INSERT ... SELECT: ask for the row instead.
+                inserted = conn.execute(add.returning(jobs.c.id)).first() is not None
+            else:
+                inserted = conn.execute(add).rowcount == 1
+            if not inserted:
+                raise QuotaExceeded(conn.execute(select(_active(user_id, max_active))).scalar_one())
+    return _built(values, args)
+
+
+#: How long an Idempotency-Key is remembered: a retry later than this makes new jobs.
+IDEMPOTENCY_TTL = timedelta(hours=24)
+
+
+class KeyReused(Exception):
+    """An Idempotency-Key already used for a different request (another body)."""
+
+
+def create_jobs(engine: Engine, user_id: int, specs: List[Tuple[str, Dict[str, Any]]],
+                max_active: Optional[int] = None, idempotency_key: Optional[str] = None,
+                request_hash: str = "") -> Tuple[List[Row], bool]:
+    """Insert several queued jobs in ONE transaction (one multi-row INSERT), all or none: with
+    ``max_active``, QuotaExceeded when they would take the user past it. With an
+    ``idempotency_key`` the user used before (within IDEMPOTENCY_TTL) for the same request
+    (``request_hash``), nothing is inserted: the jobs that request made are returned as they are
+    now, and True (a replay); for another request, KeyReused. Returns (jobs, replayed)."""
+    for _attempt in range(2):  # a second time only when a concurrent retry stored the key first
+        try:
+            return _create_jobs(engine, user_id, specs, max_active, idempotency_key, request_hash)
+        except IntegrityError:
+            if idempotency_key is None:
+                raise
+    raise RuntimeError("idempotency key %r: conflicting inserts" % idempotency_key)
+
+
+def _create_jobs(engine: Engine, user_id: int, specs: List[Tuple[str, Dict[str, Any]]], max_active: Optional[int],
+                 key: Optional[str], request_hash: str) -> Tuple[List[Row], bool]:
+    now = utcnow()
+    with engine.begin() as conn:
+        if key is not None:
+            known = conn.execute(select(idempotency_keys.c.request_hash, idempotency_keys.c.job_ids,
+                                        idempotency_keys.c.created_at)
+                                 .where(idempotency_keys.c.user_id == user_id, idempotency_keys.c.key == key)).first()
+            if known is not None and known.created_at > now - IDEMPOTENCY_TTL:
+                if known.request_hash != request_hash:
+                    raise KeyReused(key)
+                ids = json.loads(known.job_ids)
+                found = {r["id"]: r for r in (_get(conn, i) for i in ids) if r is not None}
+                return [found[i] for i in ids if i in found], True
+            if known is not None:  # expired: the key is free again
+                conn.execute(delete(idempotency_keys).where(idempotency_keys.c.user_id == user_id,
+                                                            idempotency_keys.c.key == key))
+        rows = [_new_row(user_id, job_type, args, now) for job_type, args in specs]
+        if max_active is not None:
+            active = conn.execute(select(_active(user_id, max_active))).scalar_one()
+            if active + len(rows) > max_active:
+                raise QuotaExceeded(active)
+        if rows:
+            conn.execute(insert(jobs), rows)
+        if key is not None:
+            conn.execute(insert(idempotency_keys).values(
+                user_id=user_id, key=key, request_hash=request_hash, created_at=now,
+                job_ids=json.dumps([r["id"] for r in rows])))
+    return [_built(values, args) for values, (_t, args) in zip(rows, specs)], False
 
 
 def get_job(engine: Engine, job_id: str, user_id: Optional[int] = None) -> Optional[Row]:
@@ -177,11 +255,17 @@ def claim_job(bind: Union[Engine, Connection], job_id: str, max_attempts: Option
 
     def work(conn: Connection) -> Tuple[bool, Optional[Row]]:  # read back in the same transaction
         now = utcnow()
-        done = conn.execute(update(jobs).where(jobs.c.id == job_id, may_run | running_again).values(
+        claim = update(jobs).where(jobs.c.id == job_id, may_run | running_again).values(
             status=JobStatus.RUNNING.value, attempts=jobs.c.attempts + 1, started_at=now, updated_at=now,
             # SET sees the row as it was: a claim of a `running` job counts a crash.
             crashes=jobs.c.crashes + case((running, 1), else_=0), **values,
-        )).rowcount == 1
+        )
+        if conn.dialect.update_returning:  # PostgreSQL, SQL Server (OUTPUT), SQLite >= 3.35: one statement
+            claimed = conn.execute(claim.returning(*_JOB_COLUMNS)).first()
+            if claimed is not None:
+                return True, _row(claimed)
+            return False, _get(conn, job_id)  # not claimed (rare): why is in the row
+        done = conn.execute(claim).rowcount == 1
         return done, _get(conn, job_id)
 
     done, row = _in_tx(bind, work)
@@ -226,20 +310,13 @@ def store_failure(bind: Union[Engine, Connection], job_id: str, error: str, atte
                                                  error=error, finished_at=utcnow(), _attempts=attempt, **extra))
 
 
-def settle_stranded(bind: Union[Engine, Connection], job_id: str, attempts: int, cutoff: datetime,
-                    error: Optional[str] = None) -> bool:
-    """For the sweep: a job still queued after ``attempts``, unchanged since before ``cutoff``,
-    is failed with ``error`` (never enqueued) or, without one, marked as looked at (its retry is
-    sent again). Conditional on all of that: two sweeping workers settle a job once."""
-    def work(conn: Connection) -> bool:
-        values: Dict[str, Any] = {"updated_at": utcnow()}
-        if error is not None:
-            values.update(status=JobStatus.FAILED.value, error=error, finished_at=values["updated_at"])
-        return conn.execute(update(jobs).where(
-            jobs.c.id == job_id, jobs.c.status == JobStatus.QUEUED.value, jobs.c.attempts == attempts,
-            jobs.c.updated_at < cutoff).values(**values)).rowcount == 1
-
-    return _in_tx(bind, work)
+def settle_stranded(bind: Union[Engine, Connection], job_id: str, attempts: int, cutoff: datetime) -> bool:
+    """For the sweep: a job still queued after ``attempts``, unchanged since before ``cutoff``, is
+    marked as looked at (its message is sent again). Conditional on all of that: of two sweeping
+    workers, one settles a job."""
+    return _in_tx(bind, lambda conn: conn.execute(update(jobs).where(
+        jobs.c.id == job_id, jobs.c.status == JobStatus.QUEUED.value, jobs.c.attempts == attempts,
+        jobs.c.updated_at < cutoff).values(updated_at=utcnow())).rowcount == 1)
 
 
 def reject_job(bind: Union[Engine, Connection], job_id: str, error: str) -> bool:

@@ -110,3 +110,16 @@ outbox = Table(
     Column("lease_until", DateTime, nullable=False),
     Column("created_at", DateTime, nullable=False),
 )
+
+# A client's Idempotency-Key (per user): a retried submit with the same key gets the jobs the
+# first one made, not new ones. `request_hash` tells a retry from a different request reusing
+# the key. Keys expire (app.store.jobs.IDEMPOTENCY_TTL).
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("user_id", BigId, ForeignKey("users.id"), primary_key=True),
+    Column("key", String(255), primary_key=True),
+    Column("request_hash", String(64), nullable=False),
+    Column("job_ids", Text, nullable=False),
+    Column("created_at", DateTime, nullable=False),
+)

@@ -7,9 +7,10 @@ import re
 import secrets
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Engine
@@ -60,32 +61,69 @@ def issue_token(engine: Engine, name: str, expires_in: Optional[timedelta] = Non
 
 @dataclass(frozen=True)
 class TokenCheck:
-    """What a presented token is: ``problem`` is None for a usable one, else why it is refused."""
+    """What a presented token is; ``problem`` is None for a usable one (now), else why not."""
 
     user_id: int
     name: str
     token_id: int
-    problem: Optional[str]
+    expires_at: Optional[datetime]
+    revoked: bool
+
+    @property
+    def problem(self) -> Optional[str]:
+        if self.revoked:
+            return "token revoked"
+        if self.expires_at is not None and self.expires_at <= utcnow():
+            return "token expired"
+        return None
 
 
-def check_token(engine: Engine, token: str) -> Optional[TokenCheck]:
-    """The token's owner and whether it may be used now; None for a token that was never issued."""
+def _lookup(engine: Engine, digest: str) -> Optional[TokenCheck]:
     query = (
         select(users.c.id, users.c.name, api_tokens.c.id.label("token_id"), api_tokens.c.expires_at,
                api_tokens.c.revoked_at)
         .select_from(api_tokens.join(users, api_tokens.c.user_id == users.c.id))
-        .where(api_tokens.c.token_hash == hash_token(token))
+        .where(api_tokens.c.token_hash == digest)
     )
     with engine.connect() as conn:
         row = conn.execute(query).first()
     if row is None:
         return None
-    problem = None
-    if row.revoked_at is not None:
-        problem = "token revoked"
-    elif row.expires_at is not None and row.expires_at <= utcnow():
-        problem = "token expired"
-    return TokenCheck(int(row.id), row.name, int(row.token_id), problem)
+    return TokenCheck(int(row.id), row.name, int(row.token_id), row.expires_at, row.revoked_at is not None)
+
+
+def check_token(engine: Engine, token: str) -> Optional[TokenCheck]:
+    """The token's owner and whether it may be used now; None for a token that was never issued."""
+    return _lookup(engine, hash_token(token))
+
+
+class TokenCache:
+    """check_token with a memory of ``seconds`` per process: most requests need no query. Expiry
+    is still exact (checked at each use); a revocation takes effect within ``seconds``. Unknown
+    tokens are not remembered (nothing for a client to fill), and at most ``size`` known ones are."""
+
+    def __init__(self, seconds: float, size: int = 10000, clock: Callable[[], float] = time.monotonic) -> None:
+        self.seconds = seconds
+        self.size = size
+        self.clock = clock
+        self._entries: "OrderedDict[str, Tuple[TokenCheck, float]]" = OrderedDict()
+        self._lock = threading.Lock()
+
+    def check(self, engine: Engine, token: str) -> Optional[TokenCheck]:
+        digest = hash_token(token)
+        if self.seconds > 0:
+            with self._lock:
+                hit = self._entries.get(digest)
+            if hit is not None and self.clock() - hit[1] < self.seconds:
+                return hit[0]
+        found = _lookup(engine, digest)
+        if found is not None and self.seconds > 0:
+            with self._lock:
+                self._entries[digest] = (found, self.clock())
+                self._entries.move_to_end(digest)
+                while len(self._entries) > self.size:
+                    self._entries.popitem(last=False)
+        return found
 
 
 def user_for_token(engine: Engine, token: str) -> Optional[Tuple[int, str]]:

@@ -254,12 +254,12 @@ def test_openapi_documents_bounds_and_quota(client):
 def test_exhausted_pool_is_503_not_500(client, alice, monkeypatch):
     from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-    from app.api import auth as auth_mod
+    from app.store import users
 
     def saturated(*_a):
         raise PoolTimeout("QueuePool limit of size 5 overflow 5 reached, connection timed out")
 
-    monkeypatch.setattr(auth_mod, "check_token", saturated)
+    monkeypatch.setattr(users, "_lookup", saturated)
     resp = client.get("/v1/jobs", headers=alice)
     assert_error(resp, 503)
     assert resp.headers["Retry-After"] == "1"
