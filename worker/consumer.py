@@ -9,6 +9,7 @@ from kafka import KafkaConsumer
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.structs import TopicPartition
 
+from app.config import DEFAULTS
 from app.jobqueue import RECONNECT_BACKOFF_MAX_MS
 
 from . import defaults
@@ -24,7 +25,7 @@ def consumer_config(settings: dict) -> dict:
         client_id="joblab-worker-%d" % os.getpid(),
         enable_auto_commit=False,  # committed by hand, after the outcome is stored
         auto_offset_reset="earliest",  # a new group starts from the oldest unprocessed job
-        max_poll_records=defaults.MAX_POLL_RECORDS,
+        max_poll_records=int(settings.get("WORKER_BATCH", DEFAULTS["WORKER_BATCH"])),
         max_poll_interval_ms=defaults.MAX_POLL_INTERVAL_MS,
         session_timeout_ms=defaults.SESSION_TIMEOUT_MS,
         heartbeat_interval_ms=defaults.HEARTBEAT_INTERVAL_MS,

@@ -4,13 +4,18 @@ from app.jobtypes import SLEEP_MAX_SECONDS
 #: Exit code of a worker stopped by a second signal, mid-job, without committing.
 EXIT_FORCED = 3
 
-#: One record per poll: the offset we commit is always that of the job just stored.
-MAX_POLL_RECORDS = 1
+#: A batch (records of one poll, JOBLAB_WORKER_BATCH at most) takes no new record after this
+#: long; with the longest job after it, still far within MAX_POLL_INTERVAL_MS.
+BATCH_SECONDS = 10.0
+
+#: In a batch, records handled this long ago are committed before the next record runs, so a
+#: long job delays the commits of the records before it by at most its own run.
+CHECKPOINT_SECONDS = 0.5
 
 #: Longest gap between polls before the group evicts us: the longest job plus room for
 #: backoff and the store. kafka-python heartbeats from a background thread meanwhile, so a
 #: long job never looks like a dead worker (no rebalance storms).
-MAX_POLL_INTERVAL_MS = int((SLEEP_MAX_SECONDS + 240) * 1000)
+MAX_POLL_INTERVAL_MS = int((SLEEP_MAX_SECONDS + BATCH_SECONDS + 240) * 1000)
 
 #: How soon the group notices a worker that died without leaving (SIGKILL): its partitions
 #: move to the survivors after this long.
@@ -44,12 +49,3 @@ OUTBOX_LEASE_SECONDS = SLEEP_MAX_SECONDS + 240
 
 #: How often a worker looks for outbox rows whose lease ran out.
 RELAY_EVERY_SECONDS = 30.0
-
-#: A job still `queued` this long after its last change, with nothing left to consume on its
-#: partitions of `jobs` and `jobs.retry` and nothing in the outbox, has no message anywhere (the
-#: API died between its INSERT and its produce, or could not mark a refused submit failed): the
-#: sweep fails it (never enqueued) or re-sends its retry. Far longer than any produce can take.
-STRANDED_AFTER_SECONDS = 600.0
-
-#: How often a worker sweeps for stranded jobs.
-SWEEP_EVERY_SECONDS = 60.0

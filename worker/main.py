@@ -14,7 +14,7 @@ from typing import Any, List, Optional
 
 from kafka.errors import KafkaError
 
-from app.config import load_settings
+from app.config import DEFAULTS, load_settings
 from app.jobqueue import JobQueue
 from app.logsetup import configure_logging
 from app.store import make_engine
@@ -42,6 +42,7 @@ def install_signal_handlers(worker: Worker) -> None:
 
 
 def build_worker(settings: dict) -> Worker:
+    settings = dict(DEFAULTS, **settings)  # what a caller leaves out (tests) has its default
     topics = Topics.with_prefix(settings["KAFKA_TOPIC_PREFIX"])
     ensure_topics(settings["KAFKA_BOOTSTRAP"], topics, int(settings["KAFKA_PARTITIONS"]))
     queue = JobQueue(settings["KAFKA_BOOTSTRAP"], settings["KAFKA_TOPIC_PREFIX"],
@@ -54,6 +55,9 @@ def build_worker(settings: dict) -> Worker:
         max_attempts=int(settings["MAX_ATTEMPTS"]),
         backoff=float(settings["RETRY_BACKOFF"]),
         backoff_max=float(settings["RETRY_BACKOFF_MAX"]),
+        batch_size=int(settings["WORKER_BATCH"]),
+        stranded_after=float(settings["STRANDED_AFTER"]),
+        sweep_every=float(settings["SWEEP_EVERY"]),
     )
     worker.subscribe()
     return worker

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from typing import Any, Callable, List, Sequence, Tuple, TypeVar
+from typing import Any, Callable, List, Optional, Sequence, Tuple, TypeVar
 
 from kafka.errors import InvalidTopicError, KafkaError, MessageSizeTooLargeError, RecordListTooLargeError
 from sqlalchemy.engine import Connection, Engine
@@ -39,6 +39,10 @@ class Publisher:
         self.unsent: List[Tuple[int, Message]] = []
         self.sent: List[int] = []
         self._renew_first = False
+        # Batch mode (the worker's loop): sends do not wait for their acks; ``wait`` collects
+        # them all at once before the batch's offsets are committed.
+        self.deferred = False
+        self.inflight: List[Tuple[int, Message, Any]] = []
 
     def transaction(self, work: Callable[[Connection], T]) -> T:
         """``work(conn)`` in a store transaction that also deletes published rows not deleted yet
@@ -88,18 +92,51 @@ class Publisher:
         while self.unsent:
             row_id, m = self.unsent[0]
             try:
-                self.queue.send(m.topic, m.key, m.value, m.headers or None)
-            except (QueueUnavailable, KafkaError) as exc:
-                if isinstance(exc.__cause__ or exc, PERMANENT):
-                    log.error("outbox row %d (%s, key %r) can never be published (%s); dropped",
-                              row_id, m.topic, m.key, (exc.__cause__ or exc).__class__.__name__)
+                if self.deferred:
+                    self.inflight.append((row_id, m, self.queue.send_async(m.topic, m.key, m.value, m.headers or None)))
                 else:
-                    self._renew_first = True
-                    raise KafkaUnavailable("kafka unavailable (%s)" % exc) from exc
+                    self.queue.send(m.topic, m.key, m.value, m.headers or None)
+                    self.sent.append(row_id)
+            except (QueueUnavailable, KafkaError) as exc:
+                self._refused(row_id, m, exc)
             self.unsent.pop(0)
-            self.sent.append(row_id)
+        if not self.deferred:
+            self._renew_first = False
+            self._forget_sent()
+
+    def _refused(self, row_id: int, m: Message, exc: Exception) -> None:
+        """A send (or its ack) failed: drop a message Kafka can never take; for anything else,
+        KafkaUnavailable (the caller keeps the message to publish)."""
+        if isinstance(exc.__cause__ or exc, PERMANENT):
+            log.error("outbox row %d (%s, key %r) can never be published (%s); dropped",
+                      row_id, m.topic, m.key, (exc.__cause__ or exc).__class__.__name__)
+            return
+        self._renew_first = True
+        raise KafkaUnavailable("kafka unavailable (%s)" % exc) from exc
+
+    def wait(self) -> None:
+        """Batch mode: wait for the acks of everything sent. KafkaUnavailable if any failed: those
+        (and only those: an acknowledged message is never sent twice) go back to ``unsent``, in
+        order, to be published before anything else."""
+        failed: List[Tuple[int, Message]] = []
+        error: Optional[Exception] = None
+        inflight, self.inflight = self.inflight, []
+        for row_id, m, pending in inflight:
+            try:
+                # Each is waited for, even after a failure: they were sent together, so their
+                # timeouts run out together, and one that did get through is not sent twice.
+                self.queue.wait(pending)
+                self.sent.append(row_id)
+            except (QueueUnavailable, KafkaError) as exc:
+                try:
+                    self._refused(row_id, m, exc)
+                except KafkaUnavailable as down:
+                    error = error or down
+                    failed.append((row_id, m))
+        if error is not None:
+            self.unsent[:0] = failed
+            raise error
         self._renew_first = False
-        self._forget_sent()
 
     def _forget_sent(self) -> None:
         """Delete the rows of what was just published, at once: a worker that dies now leaves no

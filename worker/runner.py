@@ -20,13 +20,14 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 from kafka import KafkaConsumer
 from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 from sqlalchemy.engine import Engine
 
+from app.config import DEFAULTS
 from app.jobqueue import JobQueue
 from app.jobtypes import REGISTRY
 from app.messages import PoisonMessage, decode_job, encode_result, job_id_of_key
@@ -63,10 +64,11 @@ class Worker:
         backoff: float = 0.5,
         backoff_max: float = 30.0,
         clock: Callable[[], float] = time.time,
-        stranded_after: float = defaults.STRANDED_AFTER_SECONDS,
-        sweep_every: float = defaults.SWEEP_EVERY_SECONDS,
+        stranded_after: float = DEFAULTS["STRANDED_AFTER"],
+        sweep_every: float = DEFAULTS["SWEEP_EVERY"],
         relay_every: float = defaults.RELAY_EVERY_SECONDS,
         outbox_lease: float = defaults.OUTBOX_LEASE_SECONDS,
+        batch_size: int = 1,
     ) -> None:
         self.consumer = consumer
         self.queue = queue
@@ -90,6 +92,13 @@ class Worker:
         self.stopping = False
         self.handled = 0
         self.executions = 0
+        self.batch_size = batch_size
+        # Batch mode (handle_batch): records handled but not committed yet, committed together
+        # once their messages are acknowledged (checkpoint).
+        self.batching = False
+        self.uncommitted: Dict[TopicPartition, int] = {}  # partition -> last offset handled
+        self.first_uncommitted: Dict[TopicPartition, int] = {}  # partition -> first offset handled
+        self.uncommitted_keys: List[Tuple[Tuple[str, int, int], Optional[str]]] = []
 
     def subscribe(self) -> None:
         self.consumer.subscribe([self.topics.jobs, self.topics.retry], listener=ForgetRevoked(self))
@@ -112,7 +121,10 @@ class Worker:
                     break
                 self._resume_due()
                 try:
-                    batch = self.consumer.poll(timeout_ms=self._poll_timeout_ms(), max_records=1)
+                    limit = self.batch_size
+                    if max_messages is not None:
+                        limit = max(1, min(limit, max_messages - self.handled))
+                    batch = self.consumer.poll(timeout_ms=self._poll_timeout_ms(), max_records=limit)
                     poll_failures = 0
                 except KafkaError as exc:
                     # The broker or the group is in a state kafka-python reports as an error
@@ -125,11 +137,8 @@ class Worker:
                                 defaults.INFRA_RETRY_SECONDS)
                     time.sleep(defaults.INFRA_RETRY_SECONDS)
                     continue
-                for tp, records in batch.items():
-                    for record in records:
-                        if tp in self.paused_until:
-                            break  # paused mid-batch: the rest is fetched again after resume
-                        self.handle(tp, record)
+                if batch:
+                    self.handle_batch(batch)
                 self.housekeeping(idle=not batch)
         finally:
             log.info("worker stopping after %d messages (%d executions)", self.handled, self.executions)
@@ -179,19 +188,78 @@ class Worker:
                     drop_parked_records(self.consumer, tp)
                     log.debug("%s[%d]: resumed", tp.topic, tp.partition)
 
-    def _commit(self, tp: TopicPartition, offset: int) -> None:
+    def _commit(self, offsets: Dict[TopicPartition, int]) -> None:
+        """Commit ``offsets`` (partition -> last offset handled) in one request."""
+        where = ", ".join("%s[%d]@%d" % (tp.topic, tp.partition, o) for tp, o in sorted(offsets.items()))
         try:
-            self.consumer.commit({tp: OffsetAndMetadata(offset + 1, "", -1)})
+            self.consumer.commit({tp: OffsetAndMetadata(o + 1, "", -1) for tp, o in offsets.items()})
         except CommitFailedError as exc:
-            # The group rebalanced under us: the new owner gets the message again, harmlessly.
-            log.warning("commit of %s[%d]@%d failed (%s); it will be redelivered",
-                        tp.topic, tp.partition, offset, exc.__class__.__name__)
+            # The group rebalanced under us: the new owner gets the messages again, harmlessly.
+            log.warning("commit of %s failed (%s); redelivered", where, exc.__class__.__name__)
         except KafkaError as exc:
-            # The coordinator is unreachable (e.g. the broker is restarting). The outcome is already
-            # stored, so carry on: the next commit on this partition covers this offset too, and
-            # a redelivery in between is skipped. Crashing here would only add a restart.
-            log.warning("commit of %s[%d]@%d failed (%s); a later commit covers it",
-                        tp.topic, tp.partition, offset, exc.__class__.__name__)
+            # The coordinator is unreachable (e.g. the broker is restarting). The outcomes are
+            # already stored, so carry on: the next commit on these partitions covers these
+            # offsets too, and a redelivery in between is skipped. Crashing would only add a restart.
+            log.warning("commit of %s failed (%s); a later commit covers it", where, exc.__class__.__name__)
+
+    def _done(self, tp: TopicPartition, record: Any, key: Tuple[str, int, int], job_id: Optional[str]) -> None:
+        """``record`` is handled: commit it now, or, in a batch, at the next checkpoint."""
+        self.handled += 1
+        if not self.batching:
+            self._commit({tp: record.offset})
+            return
+        self.uncommitted[tp] = record.offset
+        self.first_uncommitted.setdefault(tp, record.offset)
+        self.uncommitted_keys.append((key, job_id))
+
+    # -- a batch of records ---------------------------------------------------------------------
+    def handle_batch(self, batch: Dict[TopicPartition, List[Any]]) -> None:
+        """Handle a poll's records: each as ``handle`` does, but their messages are sent without
+        waiting for each ack, and the offsets are committed together at a checkpoint, once every
+        message is acknowledged. A checkpoint comes at the end of the batch, and before a record
+        when the last one is CHECKPOINT_SECONDS old, so a long job delays the commits of the
+        records before it by at most its own run. A batch stops taking records after
+        BATCH_SECONDS (well within max.poll.interval, even if its last job is the longest); the
+        rest is fetched again by the next poll."""
+        started = last = time.monotonic()
+        self.batching = self.publisher.deferred = True
+        try:
+            for tp, records in batch.items():
+                for record in records:
+                    if tp in self.paused_until:
+                        break  # paused mid-batch: the rest is fetched again after resume
+                    now = time.monotonic()
+                    if self.stopping or now - started > defaults.BATCH_SECONDS:
+                        self.consumer.seek(tp, record.offset)  # the rest: at the next poll
+                        break
+                    if self.uncommitted and now - last > defaults.CHECKPOINT_SECONDS:
+                        self.checkpoint()
+                        last = now
+                    self.handle(tp, record)
+        finally:
+            self.checkpoint()
+            self.batching = self.publisher.deferred = False
+
+    def checkpoint(self) -> None:
+        """Wait for the acks of what the batch sent so far, then commit its offsets (one request).
+        If Kafka failed, nothing is committed: the outcomes are stored and their messages wait
+        in the outbox; the records come back (their partitions rewound and paused a moment)
+        and are only committed then, the messages published first - never run again."""
+        uncommitted, first, keys = self.uncommitted, self.first_uncommitted, self.uncommitted_keys
+        self.uncommitted, self.first_uncommitted, self.uncommitted_keys = {}, {}, []
+        try:
+            self.publisher.wait()
+        except Unavailable as exc:
+            log.warning("%d records handled, their messages not acknowledged (%s); committed once they are",
+                        len(keys), exc)
+            for key, job_id in keys:
+                self.decided[key] = Decision(job_id, lambda: None)  # written; the outbox publishes it
+            for tp, offset in first.items():
+                self._pause(tp, offset, self.clock() + defaults.INFRA_RETRY_SECONDS)
+            self.handled -= len(keys)
+            return
+        if uncommitted:
+            self._commit(uncommitted)
 
     # -- one message --------------------------------------------------------------------------
     def handle(self, tp: TopicPartition, record: Any) -> None:
@@ -231,8 +299,7 @@ class Worker:
             log.exception("%s: job %s: unexpected error; failing the job", where, job_id)
             if not self._reject(tp, record, key, job_id, "worker error: " + describe(exc)):
                 return
-        self._commit(tp, record.offset)
-        self.handled += 1
+        self._done(tp, record, key, job_id)
 
     def _settle(self, key: Tuple[str, int, int], decision: "Decision") -> None:
         """Apply a decision about a record (an outcome to store, a record to dead-letter), so that

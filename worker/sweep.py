@@ -8,10 +8,11 @@ A queued job unchanged for STRANDED_AFTER with nothing in the outbox is a candid
 if it has one, was produced before it became one (a produce takes seconds). So the sweep notes,
 the first time it sees a candidate, where its partitions of `jobs` and `jobs.retry` end; once the
 group has committed past those ends (at a later sweep, backlog or not) and the job is still the
-same queued candidate, no message of it is left anywhere: it is stranded. Then: never enqueued
-(attempts 0) -> failed, as the client was told (503); a retry that was lost -> sent again. Both
-changes are conditional (still queued, same attempts, still old): of two workers sweeping at once,
-one settles a job."""
+same queued candidate, no message of it is left anywhere: it is stranded, and its message is
+sent again (the first attempt's to `jobs`, a lost retry's to `jobs.retry`), with the row's change
+in one outbox transaction. Re-delivery is harmless (the claim of a queued job needs its exact next
+attempt), so a message that did exist after all runs the job once. The change is conditional
+(still queued, same attempts, still old): of two workers sweeping at once, one re-sends a job."""
 from __future__ import annotations
 
 import json
@@ -97,17 +98,14 @@ def sweep(worker: Any, older_than: float) -> int:
 def settle(worker: Any, job: Dict[str, Any], older_than: float) -> int:
     job_id, attempts = job["id"], job["attempts"]
     cutoff = utcnow() - timedelta(seconds=older_than)
-    if attempts == 0:
-        # As the API does when Kafka refuses a submit (mark_enqueue_failed): failed, no event.
-        error = "not enqueued: no message reached the workers in %.0f s" % older_than
-        done = worker.publisher.conclude(lambda conn: job_store.settle_stranded(conn, job_id, 0, cutoff, error))
-        what = "failed (never enqueued)"
-    else:
-        retry = Message(worker.topics.retry, job_id, encode_job(job_id, job["type"], json.loads(job["args"]),
-                                                                attempt=attempts + 1, not_before=None), job_id=job_id)
-        done = worker.publisher.conclude(lambda conn: job_store.settle_stranded(conn, job_id, attempts, cutoff),
-                                         [retry])
-        what = "retry %d sent again" % (attempts + 1)
+    # Never enqueued (its API process died between the INSERT and the produce, or Kafka refused it
+    # and marking it failed failed too): its first message; else the lost retry.
+    topic = worker.topics.jobs if attempts == 0 else worker.topics.retry
+    message = Message(topic, job_id, encode_job(job_id, job["type"], json.loads(job["args"]),
+                                                attempt=attempts + 1, not_before=None), job_id=job_id)
+    done = worker.publisher.conclude(lambda conn: job_store.settle_stranded(conn, job_id, attempts, cutoff),
+                                     [message])
+    what = "attempt %d sent again to %s" % (attempts + 1, topic)
     if done:
         log.warning("job %s: stranded in queued for over %.0f s; %s", job_id, older_than, what)
     return int(done)

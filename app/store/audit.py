@@ -11,6 +11,7 @@ from sqlalchemy.engine import Engine
 
 from ..states import JobStatus
 from .schema import jobs, results
+from .users import utcnow
 
 TERMINAL = {JobStatus.SUCCEEDED.value, JobStatus.FAILED.value, JobStatus.CANCELLED.value}
 
@@ -26,7 +27,8 @@ def _epoch(value: Optional[datetime]) -> Optional[float]:
 def audit_jobs(engine: Engine, ids: Iterable[str]) -> Dict[str, Any]:
     """Per id: status, attempts (claims; >1 on a job that cannot fail = a duplicate execution),
     created/started/finished (epoch seconds). Plus table-wide counts of result rows that share a
-    job id and of jobs in `running`. Unknown ids are listed, not guessed."""
+    job id and of jobs in `running`, and the age of every job still `queued` (``queued_ages``).
+    Unknown ids are listed, not guessed."""
     wanted: List[str] = list(dict.fromkeys(ids))
     found: Dict[str, Dict[str, Any]] = {}
     cols = [jobs.c.id, jobs.c.type, jobs.c.status, jobs.c.attempts, jobs.c.created_at, jobs.c.started_at,
@@ -50,6 +52,12 @@ def audit_jobs(engine: Engine, ids: Iterable[str]) -> Dict[str, Any]:
         running_total = conn.execute(
             select(func.count()).select_from(jobs).where(jobs.c.status == JobStatus.RUNNING.value)
         ).scalar_one()
+        # Every job still queued, table-wide (a client that lost its connection mid-submit never
+        # got an id): how long since each last changed. The oldest first, bounded.
+        now = utcnow()
+        queued_ages = {r.id: round((now - r.updated_at).total_seconds(), 1) for r in conn.execute(
+            select(jobs.c.id, jobs.c.updated_at).where(jobs.c.status == JobStatus.QUEUED.value)
+            .order_by(jobs.c.updated_at).limit(_CHUNK))}
         result_ids = set()
         for i in range(0, len(wanted), _CHUNK):
             result_ids.update(conn.execute(
@@ -73,4 +81,5 @@ def audit_jobs(engine: Engine, ids: Iterable[str]) -> Dict[str, Any]:
         "result_mismatch": sorted(i for i, j in found.items()
                                   if j["has_result"] != (j["status"] == JobStatus.SUCCEEDED.value)),
         "jobs": found,
+        "queued_ages": queued_ages,
     }

@@ -1,6 +1,8 @@
 """Where the drill runs and how it breaks things. Both targets offer the same faults:
 
     kill_worker()   SIGKILL a job worker (restarted like supervisor would: at once)
+    kill_web_worker()  SIGKILL one gunicorn worker, not the master (which starts another), mid-load:
+                    a submit it was serving may leave its job committed but never produced
     restart_kafka() restart the broker
     restart_db()    restart the database server
     reload_web()    gunicorn graceful reload (HUP: new workers, old ones finish their requests)
@@ -36,7 +38,23 @@ WEB_ERROR_LOG = "/var/log/joblab/web-error.log"
 SUPERVISOR_EXIT = re.compile(r"exited: (\S+) \(([^;]+); not expected\)")
 #: gunicorn's master, when one of its workers died: "Worker (pid:N) exited with code C." / "was sent
 #: SIGKILL!" (not SIGTERM: that is how a graceful reload ends the old workers).
-GUNICORN_WORKER_DIED = re.compile(r"Worker \(pid:\d+\) (exited with code|was sent (?!SIGTERM))")
+GUNICORN_WORKER_DIED = re.compile(r"Worker \(pid:(\d+)\) (exited with code|was sent (?!SIGTERM))")
+
+
+def web_worker_deaths(lines: Any, killed: Set[int]) -> List[Dict[str, Any]]:
+    """gunicorn workers that died, from its log's ``lines``, less those the drill SIGKILLed."""
+    out = []
+    for line in lines:
+        m = GUNICORN_WORKER_DIED.search(line)
+        if m and not (int(m.group(1)) in killed and "SIGKILL" in line):
+            out.append({"process": "gunicorn worker", "pid": int(m.group(1)), "code": None, "tail": line.strip()})
+    return out
+
+
+def stranded_bound(settings: Dict[str, Any]) -> float:
+    """How long a job may stay queued with no message before the sweep has sent it: the
+    sweep's age bound, two sweeps (it decides at its second sighting), and room to run it."""
+    return float(settings["STRANDED_AFTER"]) + 2 * float(settings["SWEEP_EVERY"]) + 30
 
 
 def trouble(text: str, lines: int = 15) -> str:
@@ -67,7 +85,9 @@ class LocalTarget:
     def __init__(self, work_dir: str) -> None:
         # One supervised worker, as on the lab (LAB_JOB_WORKERS=1); PostgreSQL so that a database
         # restart means something (SQLite has no server to restart).
-        self.stack = LocalStack(work_dir, store="postgresql", job_workers=1)
+        # A short stranded-job bound, so the drill can wait for the sweep (the default is minutes).
+        self.stack = LocalStack(work_dir, store="postgresql", job_workers=1, STRANDED_AFTER=15.0, SWEEP_EVERY=5.0)
+        self.web_kills: Set[int] = set()
         self.supervised: Optional[WorkerProcess] = None
         self.joined: Optional[WorkerProcess] = None
         self.unexpected_exits: List[Dict[str, Any]] = []
@@ -106,11 +126,12 @@ class LocalTarget:
                           "tail": tail(web.log_path)})
         if web is not None:
             with open(web.log_path, errors="replace") as fh:
-                for line in fh:
-                    if GUNICORN_WORKER_DIED.search(line):
-                        exits.append({"process": "gunicorn worker", "pid": None, "code": None,
-                                      "tail": line.strip()})
+                exits += web_worker_deaths(fh, self.web_kills)
         return exits
+
+    @property
+    def stranded_bound(self) -> float:
+        return stranded_bound(self.stack.settings)
 
     def close(self) -> None:
         self._watch_stop.set()
@@ -124,6 +145,16 @@ class LocalTarget:
             self.supervised.kill()
             self.supervised = self.stack.add_worker()
         return "SIGKILL worker pid %d, restarted as %d" % (pid, self.supervised.pid)
+
+    def kill_web_worker(self) -> str:
+        assert self.stack.gunicorn is not None
+        pids = self.stack.gunicorn.worker_pids()
+        if not pids:
+            raise RuntimeError("gunicorn has no workers to kill")
+        pid = min(pids)
+        self.web_kills.add(pid)
+        os.kill(pid, 9)
+        return "SIGKILL gunicorn worker pid %d (its master starts another)" % pid
 
     def restart_kafka(self) -> str:
         self.stack.broker.restart()
@@ -152,6 +183,10 @@ class LocalTarget:
         return "second worker left (TERM, exit %s)" % code
 
     # -- users, processes, logs (the hostile phase) -------------------------------------------
+    @property
+    def token_cache_seconds(self) -> float:
+        return float(self.stack.settings.get("TOKEN_CACHE_SECONDS", DEFAULTS["TOKEN_CACHE_SECONDS"]))
+
     @property
     def quota(self) -> int:
         return int(self.stack.settings.get("USER_MAX_ACTIVE", DEFAULTS["USER_MAX_ACTIVE"]))
@@ -269,16 +304,21 @@ class LabTarget:
             log_file = "/var/log/joblab/%s.log" % program if program.startswith("joblab-worker") else WEB_ERROR_LOG
             exits.append({"process": program, "pid": None, "code": how,
                           "tail": trouble(self.ssh("app", "sudo tail -n 2000 %s || true" % log_file))})
-        for line in self._new_lines(WEB_ERROR_LOG):
-            if GUNICORN_WORKER_DIED.search(line):
-                exits.append({"process": "gunicorn worker", "pid": None, "code": None, "tail": line.strip()})
+        exits += web_worker_deaths(self._new_lines(WEB_ERROR_LOG), self.web_kills)
         return exits
+
+    @property
+    def stranded_bound(self) -> float:
+        return stranded_bound({key: self.app_env("JOBLAB_" + key) or DEFAULTS[key]
+                               for key in ("STRANDED_AFTER", "SWEEP_EVERY")})
 
     def start(self) -> None:
         self.marks = {path: self._lines(path) for path in (SUPERVISORD_LOG, WEB_ERROR_LOG)}
         self.kills = 0
+        self.web_kills: Set[int] = set()
         self.token = self.new_token("drill")
         self.quota = int(self.app_env("JOBLAB_USER_MAX_ACTIVE") or DEFAULTS["USER_MAX_ACTIVE"])
+        self.token_cache_seconds = float(self.app_env("JOBLAB_TOKEN_CACHE_SECONDS") or DEFAULTS["TOKEN_CACHE_SECONDS"])
         self.bootstrap = self.app_env("JOBLAB_KAFKA_BOOTSTRAP")
         self.topics = Topics.with_prefix(self.app_env("JOBLAB_KAFKA_TOPIC_PREFIX"))
         self.partitions = int(self.app_env("JOBLAB_KAFKA_PARTITIONS") or 4)
@@ -310,6 +350,21 @@ class LabTarget:
             time.sleep(0.5)
         raise RuntimeError("supervisor did not restart %s within 60 s" % self.WORKER)
 
+    def _gunicorn_master(self) -> int:
+        # The pidfile is the app user's: read as that user (see reload_web).
+        pidfile = self.app_env("GUNICORN_PIDFILE")
+        return int(self.ssh("app", "sudo -u %s head -c 32 %s" % (APP_USER, shlex.quote(pidfile))).strip())
+
+    def kill_web_worker(self) -> str:
+        master = self._gunicorn_master()
+        pids = [int(p) for p in self.ssh("app", "ps -o pid= --ppid %d || true" % master).split()]
+        if not pids:
+            raise RuntimeError("app: gunicorn master %d has no workers" % master)
+        pid = min(pids)
+        self.web_kills.add(pid)
+        self.ssh("app", "sudo -u %s kill -KILL %d" % (APP_USER, pid))  # as the app user, never root
+        return "app: SIGKILL gunicorn worker %d of master %d" % (pid, master)
+
     def restart_kafka(self) -> str:
         self.ssh("sidecar", "sudo /etc/init.d/kafka restart")
         return "sidecar: /etc/init.d/kafka restart"
@@ -321,10 +376,9 @@ class LabTarget:
     def reload_web(self) -> str:
         # The pidfile is the app user's: read it and signal as that user, never as root (a planted
         # pid could then only name one of the app user's own processes).
-        pidfile = self.app_env("GUNICORN_PIDFILE")
-        pid = self.ssh("app", "sudo -u %s head -c 32 %s" % (APP_USER, shlex.quote(pidfile))).strip()
-        self.ssh("app", "sudo -u %s kill -HUP %d" % (APP_USER, int(pid)))
-        return "app: HUP gunicorn master %s" % pid
+        pid = self._gunicorn_master()
+        self.ssh("app", "sudo -u %s kill -HUP %d" % (APP_USER, pid))
+        return "app: HUP gunicorn master %d" % pid
 
     def worker_join(self) -> str:
         # As the app user with the app's env, like supervisor's program; detached from this SSH session.

@@ -164,9 +164,10 @@ class Gunicorn:
     """gunicorn with the project's config file on 127.0.0.1:``port``; its log goes to ``log_path``."""
 
     def __init__(self, env: Dict[str, str], log_path: str, worker_class: str = "gevent",
-                 workers: int = 2, port: Optional[int] = None) -> None:
+                 workers: int = 2, port: Optional[int] = None, app: Optional[str] = None) -> None:
         self.port = port or free_port()
         self.log_path = log_path
+        self.app = [app] if app else []  # another WSGI app than the config's (the benchmark's Celery front)
         self.env = dict(env, PORT=str(self.port), GUNICORN_WORKER_CLASS=worker_class,
                         GUNICORN_WORKERS=str(workers), GUNICORN_ACCESSLOG=env.get("GUNICORN_ACCESSLOG", "off"))
         self.proc: Optional[subprocess.Popen] = None
@@ -177,7 +178,7 @@ class Gunicorn:
 
     def start(self, seconds: float = 60) -> None:
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([os.path.join(BIN, "gunicorn"), "-c", GUNICORN_CONF], env=self.env,
+            self.proc = subprocess.Popen([os.path.join(BIN, "gunicorn"), "-c", GUNICORN_CONF, *self.app], env=self.env,
                                          stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT)
         wait_until(lambda: check_running(self.proc, "gunicorn", self.log_path) and http_ok(self.port), seconds,
                    "gunicorn on :%d" % self.port)
@@ -186,6 +187,16 @@ class Gunicorn:
         """HUP: new workers from the master, old ones finish their requests (graceful)."""
         assert self.proc is not None
         self.proc.send_signal(signal.SIGHUP)
+
+    def worker_pids(self) -> List[int]:
+        """The master's children: its workers (Linux's /proc)."""
+        assert self.proc is not None
+        path = "/proc/%d/task/%d/children" % (self.proc.pid, self.proc.pid)
+        try:
+            with open(path) as fh:
+                return [int(p) for p in fh.read().split()]
+        except OSError:
+            return []
 
     def stop(self) -> None:
         terminate(self.proc, 40)

@@ -65,6 +65,7 @@ class Queue:
     def __init__(self) -> None:
         self.sent: List[Tuple[str, str, Optional[bytes], dict]] = []
         self.refusals: List[Tuple[Optional[str], Exception]] = []
+        self.ack_refusals = 0
 
     def refuse(self, n: int = 1, topic: Optional[str] = None, error: Optional[Exception] = None) -> None:
         self.refusals.extend([(topic, error or KafkaTimeoutError())] * n)
@@ -74,6 +75,23 @@ class Queue:
             error = self.refusals.pop(0)[1]
             raise QueueUnavailable("kafka: %s" % error.__class__.__name__) from error
         self.sent.append((topic, key, value, dict(headers or [])))
+
+    def send_async(self, topic: str, key: str, value: Optional[bytes], headers: Any = None) -> Any:
+        """Batch mode: refused at once as ``send`` is; otherwise sent when its ack is waited for,
+        unless ``refuse_acks`` says that ack fails."""
+        if self.refusals and self.refusals[0][0] in (None, topic):
+            error = self.refusals.pop(0)[1]
+            raise QueueUnavailable("kafka: %s" % error.__class__.__name__) from error
+        return (topic, key, value, dict(headers or []))
+
+    def refuse_acks(self, n: int = 1) -> None:
+        self.ack_refusals += n
+
+    def wait(self, pending: Any) -> None:
+        if self.ack_refusals:
+            self.ack_refusals -= 1
+            raise QueueUnavailable("kafka: KafkaTimeoutError") from KafkaTimeoutError()
+        self.sent.append(pending)
 
     def on(self, topic: str) -> list:
         return [s for s in self.sent if s[0] == topic]

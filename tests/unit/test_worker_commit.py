@@ -25,6 +25,6 @@ def test_failed_commit_is_logged_not_raised(exc, caplog):
     worker = Worker(consumer=consumer, queue=None, engine=None, topics=Topics.with_prefix(""))
     tp = TopicPartition("jobs", 2)
     with caplog.at_level(logging.WARNING, logger="worker"):
-        worker._commit(tp, 41)
+        worker._commit({tp: 41})
     assert [o[tp].offset for o in consumer.calls] == [42]
     assert "jobs[2]@41 failed (%s)" % exc.__class__.__name__ in caplog.text

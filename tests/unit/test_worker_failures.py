@@ -249,7 +249,7 @@ def age(engine, job_id, seconds):
             updated_at=js.utcnow() - timedelta(seconds=seconds)))
 
 
-def test_sweep_fails_a_job_that_was_never_enqueued(worker, engine, user):
+def test_sweep_sends_a_job_that_was_never_enqueued_and_it_runs_once(worker, engine, user):
     from worker.sweep import sweep
 
     job_id = js.create_job(engine, user, "noop", {})["id"]  # committed; the API died before producing
@@ -258,8 +258,13 @@ def test_sweep_fails_a_job_that_was_never_enqueued(worker, engine, user):
     age(engine, job_id, 601)
     assert sweep(worker, 600) == 0  # first seen: where its partitions end is noted
     assert sweep(worker, 600) == 1  # the group is past those ends, the job still queued
+    assert sweep(worker, 600) == 0  # touched: not sent twice
+    [(topic, key, value, _h)] = worker.queue.sent
+    assert (topic, key, json.loads(value)["attempt"]) == ("jobs", job_id, 1)
+    handle(worker, value, offset=0)
+    handle(worker, value, offset=1)  # had its first message existed after all: harmless
     job = js.get_job(engine, job_id)
-    assert job["status"] is JobStatus.FAILED and job["error"].startswith("not enqueued")
+    assert job["status"] is JobStatus.SUCCEEDED and job["attempts"] == 1
 
 
 def test_sweep_resends_a_lost_retry_and_leaves_jobs_whose_message_may_wait(worker, engine, user):
@@ -380,7 +385,8 @@ def test_one_odd_row_does_not_stop_the_sweep(worker, engine, user):
         age(engine, job_id, 601)
     worker.consumer.lags = {"jobs": {0: 0}, "jobs.retry": {0: 0}}
     sweep(worker, 600)
-    assert sweep(worker, 600) == 1 and js.get_job(engine, fine)["status"] is JobStatus.FAILED
+    assert sweep(worker, 600) == 1
+    assert [key for _t, key, _v, _h in worker.queue.on("jobs")] == [fine]
 
 
 def test_nothing_published_is_left_in_the_outbox_after_a_job(worker, engine, user, counted):

@@ -1,0 +1,163 @@
+"""The worker in batches (handle_batch): the records of one poll share one wait for Kafka's acks
+and one offset commit, and every promise of the one-record path holds - an offset is committed
+only after its job's outcome is stored and its messages acknowledged, a failure is one job's
+alone, a record that comes back after Kafka failed is never run again. (The real Worker, a real
+SQLite store, the scripted doubles of tests/unit/doubles.py.)"""
+import json
+
+import pytest
+from kafka.structs import TopicPartition
+
+from app.states import JobStatus
+from app.store import jobs as js
+from tests.unit.doubles import NOW, Record, submit
+from worker import defaults
+
+
+def batch_of(engine, user, job_type="noop", args=None, partitions=(0,), per_partition=3, topic="jobs"):
+    """``per_partition`` new jobs on each partition: the poll's batch, and the job ids in order."""
+    batch, ids = {}, []
+    for p in partitions:
+        tp = TopicPartition(topic, p)
+        batch[tp] = []
+        for offset in range(per_partition):
+            job_id, value = submit(engine, user, job_type, args or {})
+            batch[tp].append(Record(topic, p, offset, value, job_id.encode()))
+            ids.append(job_id)
+    return batch, ids
+
+
+def status(engine, job_id):
+    return js.get_job(engine, job_id)["status"]
+
+
+def commits(worker):
+    """Each commit request as {(topic, partition): next offset}."""
+    return worker.consumer.commit_requests
+
+
+@pytest.fixture
+def recording(worker):
+    requests = []
+    real = worker.consumer.commit
+
+    def commit(offsets):
+        requests.append({(tp.topic, tp.partition): o.offset for tp, o in offsets.items()})
+        real(offsets)
+
+    worker.consumer.commit = commit
+    worker.consumer.commit_requests = requests
+    return worker
+
+
+def test_a_batch_is_committed_once_after_every_outcome_and_message(recording, engine, user):
+    worker = recording
+    batch, ids = batch_of(engine, user, partitions=(0, 1), per_partition=3)
+    worker.handle_batch(batch)
+    assert all(status(engine, i) is JobStatus.SUCCEEDED for i in ids)
+    assert commits(worker) == [{("jobs", 0): 3, ("jobs", 1): 3}]  # one request, both partitions
+    assert sorted(k for _t, k, _v, _h in worker.queue.on("jobs.succeeded")) == sorted(ids)
+    assert worker.handled == 6 and not worker.publisher.inflight
+
+
+def test_kafka_failing_at_the_checkpoint_commits_nothing_and_runs_nothing_again(recording, engine, user, job_type):
+    worker = recording
+    runs = []
+    job_type("counted", lambda: runs.append(1) or {"ok": True})
+    batch, ids = batch_of(engine, user, "counted", per_partition=3)
+    worker.queue.refuse_acks(1)  # the first job's event is not acknowledged
+    worker.handle_batch(batch)
+    tp = TopicPartition("jobs", 0)
+    assert commits(worker) == []
+    assert worker.consumer.paused[tp] == 0  # rewound to the first record of the batch
+    assert len(runs) == 3 and all(status(engine, i) is JobStatus.SUCCEEDED for i in ids)
+    sent_before = len(worker.queue.on("jobs.succeeded"))
+    assert sent_before == 2  # the two acknowledged ones
+    # Kafka is back; the pause is over and the records come again: the messages are published
+    # first, then the records committed; nothing is run again.
+    worker.clock = lambda: NOW + defaults.INFRA_RETRY_SECONDS
+    worker._resume_due()
+    worker.handle_batch(batch)
+    assert len(runs) == 3
+    events = [k for _t, k, _v, _h in worker.queue.on("jobs.succeeded")]
+    assert sorted(events) == sorted(ids)  # each event once
+    assert commits(worker) == [{("jobs", 0): 3}]
+
+
+def test_one_failing_job_is_that_jobs_failure_alone(recording, engine, user):
+    worker = recording
+    tp = TopicPartition("jobs", 0)
+    batch, ids = {tp: []}, []
+    for n, (job_type, args) in enumerate([("noop", {}), ("noop", {}), ("fail", {"message": "two"}), ("noop", {})]):
+        job_id, value = submit(engine, user, job_type, args)
+        batch[tp].append(Record("jobs", 0, n, value, job_id.encode()))
+        ids.append(job_id)
+    worker.handle_batch(batch)
+    assert [status(engine, i) for i in ids] == [JobStatus.SUCCEEDED, JobStatus.SUCCEEDED, JobStatus.QUEUED,
+                                                JobStatus.SUCCEEDED]
+    assert [k for _t, k, _v, _h in worker.queue.on("jobs.retry")] == [ids[2]]
+    assert commits(worker) == [{("jobs", 0): 4}]
+
+
+def test_a_batch_stops_taking_records_after_its_time_and_the_rest_comes_next_poll(recording, engine, user,
+                                                                                  monkeypatch):
+    worker = recording
+    monkeypatch.setattr(defaults, "BATCH_SECONDS", -1.0)  # already over: only what runs first
+    batch, ids = batch_of(engine, user, partitions=(0, 1), per_partition=2)
+    worker.handle_batch(batch)
+    assert [status(engine, i) for i in ids] == [JobStatus.QUEUED] * 4
+    assert worker.consumer.paused == {TopicPartition("jobs", 0): 0, TopicPartition("jobs", 1): 0}  # seek()s
+    assert commits(worker) == []
+
+
+def test_records_done_before_a_long_job_are_committed_before_it_runs(recording, engine, user, job_type,
+                                                                     monkeypatch):
+    worker = recording
+    monkeypatch.setattr(defaults, "CHECKPOINT_SECONDS", -1.0)  # every record is "old" at once
+    seen = []
+    job_type("observer", lambda: seen.append(list(commits(worker))) or {})
+    batch, ids = batch_of(engine, user, "observer", per_partition=3)
+    worker.handle_batch(batch)
+    # When the third job ran, the first two were committed already.
+    assert seen[2] == [{("jobs", 0): 1}, {("jobs", 0): 2}]
+    assert commits(worker)[-1] == {("jobs", 0): 3}
+
+
+def test_a_stop_request_ends_the_batch_after_the_current_job(recording, engine, user, job_type):
+    worker = recording
+    job_type("stopper", lambda: worker.request_stop() or {})
+    batch, ids = batch_of(engine, user, "stopper", per_partition=3)
+    worker.handle_batch(batch)
+    assert [status(engine, i) for i in ids] == [JobStatus.SUCCEEDED, JobStatus.QUEUED, JobStatus.QUEUED]
+    assert commits(worker) == [{("jobs", 0): 1}]
+
+
+def test_a_retry_not_yet_due_pauses_its_partition_and_the_batch_goes_on_elsewhere(recording, engine, user):
+    worker = recording
+    batch, ids = batch_of(engine, user, partitions=(0, 1), per_partition=2)
+    tp0 = TopicPartition("jobs", 0)
+    later = json.loads(batch[tp0][1].value)
+    later["not_before"] = worker.clock() + 5
+    batch[tp0][1] = batch[tp0][1]._replace(value=json.dumps(later).encode())
+    worker.handle_batch(batch)
+    assert [status(engine, i) for i in ids] == [JobStatus.SUCCEEDED, JobStatus.QUEUED, JobStatus.SUCCEEDED,
+                                                JobStatus.SUCCEEDED]
+    assert worker.consumer.paused[tp0] == 1
+    assert commits(worker) == [{("jobs", 0): 1, ("jobs", 1): 2}]
+
+
+def test_the_run_loop_hands_whole_polls_to_the_batch(engine, user):
+    from tests.unit.doubles import TOPICS, Consumer, Queue
+    from worker.runner import Worker
+
+    consumer = Consumer()
+    worker = Worker(consumer=consumer, queue=Queue(), engine=engine, topics=TOPICS, batch_size=50)
+    asked = []
+    real_poll = consumer.poll
+    consumer.poll = lambda timeout_ms=0, max_records=1: asked.append(max_records) or real_poll()
+    batch, ids = batch_of(engine, user, per_partition=5)
+    consumer.batches.append(batch)
+    assert worker.run(max_messages=5) == 5
+    assert asked == [5]  # no more than max_messages still wanted
+    assert all(status(engine, i) is JobStatus.SUCCEEDED for i in ids)
+    assert consumer.commits == [("jobs", 0, 5)]
