@@ -23,6 +23,9 @@ DEFAULTS: Dict[str, Any] = {
     "KAFKA_PARTITIONS": 4,
     # How long a request waits for Kafka to acknowledge a job (acks=all) before answering 503.
     "KAFKA_SEND_TIMEOUT": 10.0,
+    # Milliseconds a produced record waits for others to share its request to Kafka (the API's and
+    # the workers' producers). 0: sent at once; records still share requests while one is in flight.
+    "KAFKA_LINGER_MS": 0.0,
     # Largest request body accepted (bytes); larger gets 413.
     "MAX_CONTENT_LENGTH": 64 * 1024,
     # Most jobs one POST /v1/jobs/batch takes.

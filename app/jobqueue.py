@@ -27,7 +27,7 @@ class QueueUnavailable(Exception):
 RECONNECT_BACKOFF_MAX_MS = 1000
 
 
-def make_producer(bootstrap: str, timeout: float) -> KafkaProducer:
+def make_producer(bootstrap: str, timeout: float, linger_ms: float = 0) -> KafkaProducer:
     """acks=all + idempotence: an acknowledged job is on every in-sync replica, written once."""
     ms = int(timeout * 1000)
     return KafkaProducer(
@@ -35,7 +35,9 @@ def make_producer(bootstrap: str, timeout: float) -> KafkaProducer:
         client_id="joblab-%d" % os.getpid(),
         acks="all",
         enable_idempotence=True,
-        linger_ms=0,  # a job request waits for its ack: batching would only add latency
+        # How long a record waits for others to share its request (JOBLAB_KAFKA_LINGER_MS):
+        # each submit waits for its own ack, so this is latency added to every one of them.
+        linger_ms=linger_ms,
         bootstrap_timeout_ms=ms,
         max_block_ms=ms,
         request_timeout_ms=max(1000, ms // 2),
@@ -47,10 +49,12 @@ def make_producer(bootstrap: str, timeout: float) -> KafkaProducer:
 class JobQueue:
     """Produces to Kafka and waits for the acknowledgement; ``init_app`` attaches it to Flask."""
 
-    def __init__(self, bootstrap: Optional[str] = None, prefix: str = "", timeout: float = 10.0) -> None:
+    def __init__(self, bootstrap: Optional[str] = None, prefix: str = "", timeout: float = 10.0,
+                 linger_ms: float = 0) -> None:
         self.bootstrap = bootstrap
         self.topics = Topics.with_prefix(prefix)
         self.timeout = timeout
+        self.linger_ms = linger_ms
         self._producer: Optional[KafkaProducer] = None
         self._admin: Optional[KafkaAdminClient] = None
         self._pid: Optional[int] = None
@@ -61,6 +65,7 @@ class JobQueue:
         self.bootstrap = app.config["KAFKA_BOOTSTRAP"]
         self.topics = Topics.with_prefix(app.config["KAFKA_TOPIC_PREFIX"])
         self.timeout = float(app.config["KAFKA_SEND_TIMEOUT"])
+        self.linger_ms = float(app.config["KAFKA_LINGER_MS"])
         app.extensions["joblab_queue"] = self
 
     def _forget_if_forked(self) -> None:
@@ -74,7 +79,7 @@ class JobQueue:
             self._forget_if_forked()
             if self._producer is None:
                 try:
-                    self._producer = make_producer(self.bootstrap or "", self.timeout)
+                    self._producer = make_producer(self.bootstrap or "", self.timeout, self.linger_ms)
                 except KafkaError as exc:
                     raise QueueUnavailable("kafka: %s" % exc.__class__.__name__) from exc
             return self._producer

@@ -12,6 +12,7 @@ attempt (retried, then dead-lettered)::
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ SUM_MAX_NUMBERS = 1000
 SUM_MAX_MAGNITUDE = 2 ** 53
 #: Longest message of a `fail` job.
 FAIL_MESSAGE_MAX = 1000
+#: Most rounds of one `digest` job (about a tenth of a second of CPU on the machine of README).
+DIGEST_MAX_ROUNDS = 100000
 
 
 class JobFailed(Exception):
@@ -72,6 +75,15 @@ class Number(fields.Field):
         return value
 
 
+class Count(fields.Field):
+    """A JSON integer: unlike marshmallow's Integer it refuses floats, strings and booleans."""
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValidationError("Not an integer.")
+        return value
+
+
 @job_type("sum", numbers=fields.List(
     Number(validate=Range(min=-SUM_MAX_MAGNITUDE, max=SUM_MAX_MAGNITUDE)),
     required=True, validate=Length(max=SUM_MAX_NUMBERS)))
@@ -91,6 +103,16 @@ def sleep(seconds: float) -> Dict[str, Any]:
 def fail(message: str) -> None:
     """Always raise: exercises retries and the dead-letter topic."""
     raise JobFailed(message)
+
+
+@job_type("digest", rounds=Count(required=True, validate=Range(min=1, max=DIGEST_MAX_ROUNDS)))
+def digest(rounds: int) -> Dict[str, Any]:
+    """SHA-256 applied ``rounds`` times, from empty input (bounded): a small CPU-bound job, for
+    the benchmarks."""
+    value = b""
+    for _ in range(rounds):
+        value = hashlib.sha256(value).digest()
+    return {"digest": value.hex()}
 
 
 @job_type("noop")

@@ -46,7 +46,7 @@ def build_worker(settings: dict) -> Worker:
     topics = Topics.with_prefix(settings["KAFKA_TOPIC_PREFIX"])
     ensure_topics(settings["KAFKA_BOOTSTRAP"], topics, int(settings["KAFKA_PARTITIONS"]))
     queue = JobQueue(settings["KAFKA_BOOTSTRAP"], settings["KAFKA_TOPIC_PREFIX"],
-                     float(settings["KAFKA_SEND_TIMEOUT"]))
+                     float(settings["KAFKA_SEND_TIMEOUT"]), float(settings["KAFKA_LINGER_MS"]))
     worker = Worker(
         consumer=make_consumer(settings),
         queue=queue,

@@ -8,9 +8,10 @@ publishes it before anything else (and commits no offset until it has); if the w
 worker takes the rows over once the lease runs out (``relay``)."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
-from typing import Any, Callable, List, Optional, Sequence, Tuple, TypeVar
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, TypeVar
 
 from kafka.errors import InvalidTopicError, KafkaError, MessageSizeTooLargeError, RecordListTooLargeError
 from sqlalchemy.engine import Connection, Engine
@@ -43,18 +44,78 @@ class Publisher:
         # them all at once before the batch's offsets are committed.
         self.deferred = False
         self.inflight: List[Tuple[int, Message, Any]] = []
+        self._held: Optional[Dict[bool, Connection]] = None  # see holding()
+
+    @contextlib.contextmanager
+    def holding(self) -> Iterator[None]:
+        """For a batch: its transactions run on connections held for the whole batch, so none
+        pays a pool checkout (and its liveness ping) of its own. A held connection that fails is
+        dropped; later transactions of the batch take pooled ones (pinged) again."""
+        self._held = {}
+        try:
+            yield
+        finally:
+            held, self._held = self._held, None
+            for conn in held.values():
+                try:
+                    conn.close()
+                except Exception as exc:  # a broken connection: the pool replaces it
+                    log.debug("closing a held store connection: %s", exc)
+
+    def _run(self, autocommit: bool, work: Callable[[Connection], T]) -> T:
+        held = self._held
+        if held is None:
+            if autocommit:
+                with self.engine.connect() as conn:
+                    return work(conn.execution_options(isolation_level="AUTOCOMMIT"))
+            with self.engine.begin() as conn:
+                return work(conn)
+        conn = held.get(autocommit)
+        if conn is None:
+            conn = self.engine.connect()
+            if autocommit:
+                conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+            held[autocommit] = conn
+        try:
+            if autocommit:
+                result = work(conn)
+                conn.commit()  # ends SQLAlchemy's own bookkeeping; the database committed already
+                return result
+            with conn.begin():
+                return work(conn)
+        except BaseException:
+            del held[autocommit]  # whatever failed, a fresh (pinged) connection next time
+            try:
+                conn.invalidate()
+                conn.close()
+            except Exception as exc:
+                log.debug("dropping a held store connection: %s", exc)
+            raise
 
     def transaction(self, work: Callable[[Connection], T]) -> T:
         """``work(conn)`` in a store transaction that also deletes published rows not deleted yet
         (the store was down when they were published)."""
         deleting = list(self.sent)
 
-        def run() -> T:
-            with self.engine.begin() as conn:
-                outbox.remove(conn, deleting)
-                return work(conn)
+        def run(conn: Connection) -> T:
+            outbox.remove(conn, deleting)
+            return work(conn)
 
-        result = in_store(run)
+        result = in_store(self._run, False, run)
+        self.sent = self.sent[len(deleting):]
+        return result
+
+    def statement(self, work: Callable[[Connection], T]) -> T:
+        """``work(conn)`` in autocommit: for ONE statement (a claim), which is atomic by itself,
+        without the BEGIN and COMMIT round trips. Published rows not deleted yet are deleted by
+        a statement of their own first."""
+        deleting = list(self.sent)
+
+        def run(conn: Connection) -> T:
+            outbox.remove(conn, deleting)
+            return work(conn)
+
+        result = in_store(self._run, True, run)
         self.sent = self.sent[len(deleting):]
         return result
 

@@ -224,18 +224,19 @@ class Worker:
         started = last = time.monotonic()
         self.batching = self.publisher.deferred = True
         try:
-            for tp, records in batch.items():
-                for record in records:
-                    if tp in self.paused_until:
-                        break  # paused mid-batch: the rest is fetched again after resume
-                    now = time.monotonic()
-                    if self.stopping or now - started > defaults.BATCH_SECONDS:
-                        self.consumer.seek(tp, record.offset)  # the rest: at the next poll
-                        break
-                    if self.uncommitted and now - last > defaults.CHECKPOINT_SECONDS:
-                        self.checkpoint()
-                        last = now
-                    self.handle(tp, record)
+            with self.publisher.holding():
+                for tp, records in batch.items():
+                    for record in records:
+                        if tp in self.paused_until:
+                            break  # paused mid-batch: the rest is fetched again after resume
+                        now = time.monotonic()
+                        if self.stopping or now - started > defaults.BATCH_SECONDS:
+                            self.consumer.seek(tp, record.offset)  # the rest: at the next poll
+                            break
+                        if self.uncommitted and now - last > defaults.CHECKPOINT_SECONDS:
+                            self.checkpoint()
+                            last = now
+                        self.handle(tp, record)
         finally:
             self.checkpoint()
             self.batching = self.publisher.deferred = False
@@ -334,8 +335,10 @@ class Worker:
 
     def process(self, msg: Dict[str, Any], record: Any, key: Tuple[str, int, int]) -> None:
         job_id = msg["job_id"]
-        job = self.publisher.transaction(
-            lambda conn: job_store.claim_job(conn, job_id, self.max_attempts, msg["attempt"]))
+        # One UPDATE ... RETURNING, atomic by itself: no transaction around it, where the store
+        # can return the claimed row (else UPDATE + SELECT, in a transaction).
+        run = self.publisher.statement if self.engine.dialect.update_returning else self.publisher.transaction
+        job = run(lambda conn: job_store.claim_job(conn, job_id, self.max_attempts, msg["attempt"]))
         if job is None:
             self._settle(key, Decision(job_id, lambda: self.outcomes.skipped(self.engine, job_id, record)))
             return

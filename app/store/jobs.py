@@ -75,7 +75,9 @@ def create_job(engine: Engine, user_id: int, job_type: str, args: Dict[str, Any]
     instead: the check is part of the INSERT (INSERT ... SELECT ... WHERE count < max), one
     statement; concurrent submits of one user can overshoot the bound by at most their number."""
     values = _new_row(user_id, job_type, args, utcnow())
-    with engine.begin() as conn:
+    # Autocommit: one statement is atomic by itself, so no BEGIN and COMMIT round trips.
+    with engine.connect() as plain:
+        conn = plain.execution_options(isolation_level="AUTOCOMMIT")
         if max_active is None:
             conn.execute(insert(jobs).values(**values))
         else:

@@ -1,16 +1,20 @@
 """The baseline of the pipeline benchmark: Celery with Redis as broker and result backend, the
-original project's job stack, with a ``noop`` task equivalent to our ``noop`` job type.
+original project's job stack, with tasks equivalent to our `noop`, `sleep` and `digest` job types.
 
-Celery's defaults are kept on purpose, since they are what that stack ran; for durability they
-mean: the worker acknowledges a message when it *receives* it, before running it
-(``task_acks_late=False``), so a worker that dies mid-task loses the task; the worker prefetches
-4 messages per process (``worker_prefetch_multiplier=4``); and Redis, started without a config
-file, keeps everything in memory with only periodic RDB snapshots (``appendonly no``, no fsync of
-each write), so an enqueued task or a stored result can be lost with Redis. Our stack keeps the
-job until its outcome is committed to the store (Kafka offsets are committed after it) — the
-comparison is of that more careful pipeline against this one.
+Two configurations, labelled in every table:
 
-    BENCH_REDIS_URL=redis://127.0.0.1:PORT/0 celery -A tests.bench.celery_app worker --pool=solo
+- **durable** (``BENCH_CELERY_DURABLE=1``), how a careful user runs it: ``task_acks_late`` (a
+  message is acknowledged after its task ran, so a worker that dies mid-task does not lose it),
+  ``task_reject_on_worker_lost``, ``worker_prefetch_multiplier=1``; Redis with
+  ``appendonly yes`` + ``appendfsync everysec`` (every write logged, fsynced each second).
+- **default**: Celery's and Redis's defaults: a message is acknowledged when *received*, before
+  it runs (a worker that dies mid-task loses it), 4 prefetched per process, and Redis keeps
+  everything in memory with periodic snapshots only (an enqueued task or a result can be lost).
+
+Our stack keeps a job until its outcome is committed to the store (Kafka offsets are committed
+after it), the durable row is the fair comparison; the default row shows what durability costs.
+
+    BENCH_REDIS_URL=redis://127.0.0.1:PORT/0 [BENCH_CELERY_DURABLE=1] celery -A tests.bench.celery_app worker --pool=solo
 """
 from __future__ import annotations
 
@@ -23,12 +27,15 @@ from typing import Dict, List, Optional
 
 from celery import Celery
 
+from app.jobtypes import REGISTRY
+
 from tests.support.services import ROOT, check_running, free_port, terminate, wait_until
 
 
-def make_app(redis_url: str) -> Celery:
-    """A Celery app on ``redis_url`` with the ``noop`` task: the benchmark makes one per Redis it
-    starts (its client side), the workers get the module's ``app`` from BENCH_REDIS_URL."""
+def make_app(redis_url: str, durable: bool = False) -> Celery:
+    """A Celery app on ``redis_url`` with the benchmark's tasks: the benchmark makes one per Redis
+    it starts (its client side), the workers and the web front get the module's ``app`` from
+    BENCH_REDIS_URL and BENCH_CELERY_DURABLE."""
     celery = Celery("joblab_bench", broker=redis_url, backend=redis_url, set_as_current=False)
     celery.conf.update(
         accept_content=["json"],
@@ -37,23 +44,39 @@ def make_app(redis_url: str) -> Celery:
         broker_connection_retry_on_startup=True,  # silences Celery 5's deprecation warning only
         worker_hijack_root_logger=False,
     )
+    if durable:
+        celery.conf.update(task_acks_late=True, task_reject_on_worker_lost=True, worker_prefetch_multiplier=1)
     celery.task(name="noop")(noop)
+    celery.task(name="sleep")(sleep)
+    celery.task(name="digest")(digest)
     return celery
 
 
+# Each returns its completion time (epoch seconds), so the client can compute latency.
 def noop() -> float:
-    """Do nothing; return the completion time (epoch seconds) so the client can compute latency."""
     return time.time()
 
 
-app = make_app(os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"))
+def sleep(seconds: float) -> float:
+    time.sleep(seconds)
+    return time.time()
+
+
+def digest(rounds: int) -> float:
+    REGISTRY["digest"].func(rounds)  # the very function our workers run
+    return time.time()
+
+
+app = make_app(os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"),
+               durable=os.environ.get("BENCH_CELERY_DURABLE") == "1")
 
 
 class RedisServer:
     """A private redis-server on a free loopback port, its state in ``data_dir``."""
 
-    def __init__(self, data_dir: str) -> None:
+    def __init__(self, data_dir: str, durable: bool = False) -> None:
         self.data_dir = data_dir
+        self.durable = durable
         self.port = free_port()
         self.url = "redis://127.0.0.1:%d/0" % self.port
         self.proc: Optional[subprocess.Popen] = None
@@ -66,7 +89,7 @@ class RedisServer:
         with open(os.path.join(self.data_dir, "redis.log"), "ab") as log:
             self.proc = subprocess.Popen(
                 [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.data_dir,
-                 "--daemonize", "no"],
+                 "--daemonize", "no"] + (["--appendonly", "yes", "--appendfsync", "everysec"] if self.durable else []),
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         wait_until(self._answers, seconds, "redis-server on :%d" % self.port)
 
@@ -86,9 +109,10 @@ class RedisServer:
 class CeleryWorkers:
     """``count`` single-process Celery workers (``--pool=solo``, like one ``python -m worker``)."""
 
-    def __init__(self, client: Celery, count: int, log_dir: str) -> None:
+    def __init__(self, client: Celery, count: int, log_dir: str, durable: bool = False) -> None:
         self.client = client
-        self.env = dict(os.environ, BENCH_REDIS_URL=client.conf.broker_url, PYTHONPATH=ROOT)
+        self.env = dict(os.environ, BENCH_REDIS_URL=client.conf.broker_url, PYTHONPATH=ROOT,
+                        BENCH_CELERY_DURABLE="1" if durable else "0")
         self.count = count
         self.log_dir = log_dir
         self.procs: List[subprocess.Popen] = []
@@ -108,6 +132,9 @@ class CeleryWorkers:
             check_running(p, "a celery worker", self.log_dir)
         replies: List[Dict] = self.client.control.ping(timeout=1.0)
         return len(replies) >= self.count
+
+    def pids(self) -> List[int]:
+        return [p.pid for p in self.procs]
 
     def alive(self) -> bool:
         return all(p.poll() is None for p in self.procs)

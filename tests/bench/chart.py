@@ -1,4 +1,4 @@
-"""The benchmark chart (PNG): HTTP req/s per case and worker class, pipeline jobs/s ours vs Celery."""
+"""The benchmark chart (PNG): HTTP req/s per case and worker class, pipeline jobs/s of every row."""
 from __future__ import annotations
 
 from typing import Any, Dict, List
@@ -10,7 +10,7 @@ def draw(path: str, http: List[Dict[str, Any]], pipeline: List[Dict[str, Any]], 
     matplotlib.use("Agg")  # no display on a server
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5), gridspec_kw={"width_ratios": [3, 1.3]})
+    fig, (left, right) = plt.subplots(1, 2, figsize=(15, 7), gridspec_kw={"width_ratios": [3, 2]})
     cases = [r["name"] for r in http if r["worker_class"] in (None, "sync")]
     classes = ["sync", "gevent"]
     width = 0.38
@@ -29,18 +29,20 @@ def draw(path: str, http: List[Dict[str, Any]], pipeline: List[Dict[str, Any]], 
     left.set_title("HTTP (wrk, fixed concurrency)")
     left.legend(title="gunicorn worker class")
 
-    counts = sorted({r["workers"] for r in pipeline})
-    for k, system in enumerate(["joblab", "celery"]):
-        values = [next((r["jobs_per_s"] for r in pipeline if r["system"] == system and r["workers"] == n), 0)
-                  for n in counts]
-        xs = [i + (k - 0.5) * width for i in range(len(counts))]
-        bars = right.bar(xs, values, width, label="Kafka + PostgreSQL (ours)" if system == "joblab" else "Celery + Redis")
-        right.bar_label(bars, labels=["%.0f" % v for v in values], fontsize=8)
-    right.set_xticks(range(len(counts)))
-    right.set_xticklabels(["%d worker%s" % (n, "s" if n > 1 else "") for n in counts])
-    right.set_ylabel("no-op jobs/s, end to end")
-    right.set_title("Pipeline")
-    right.legend(fontsize=8)
+    # Pipeline: jobs/s of each row (system, submit, job), ours in one colour, Celery's in another.
+    labels, values, colours = [], [], []
+    for r in pipeline:
+        labels.append("%s\n%s\n%s" % (r["system"], r["submit"], r["kind"]))
+        values.append(r["jobs_per_s"])
+        colours.append("tab:blue" if r["system"] == "joblab" else "tab:orange")
+    bars = right.barh(range(len(values)), values, color=colours)
+    right.bar_label(bars, labels=["%.0f" % v for v in values], fontsize=7)
+    right.set_yticks(range(len(labels)))
+    right.set_yticklabels(labels, fontsize=6)
+    right.invert_yaxis()
+    right.set_xscale("log")
+    right.set_xlabel("jobs/s, end to end (log scale)")
+    right.set_title("Pipeline (blue: ours; orange: Celery + Redis)")
     fig.suptitle("joblab benchmark — %s (one run; compare within the run)" % machine, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

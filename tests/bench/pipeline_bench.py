@@ -1,17 +1,29 @@
-"""Pipeline benchmark: no-op jobs end to end through our stack (gunicorn -> Kafka -> worker ->
-PostgreSQL) and through Celery + Redis (tests/bench/celery_app.py), with the same number of
-single-process job workers, submitted from ``clients`` threads as fast as they go.
+"""Pipeline benchmark: jobs end to end, submit -> succeeded, through our stack (gunicorn -> PostgreSQL +
+Kafka -> job workers -> PostgreSQL) and through the seed's stack (Celery + Redis, behind the same
+kind of front: a Flask endpoint under gunicorn with our gunicorn.conf.py; tests/bench/celery_web.py),
+with the same number of single-process job workers, submitted from ``clients`` threads as fast as
+they go.
 
-    .venv-bench/bin/python -m tests.bench.pipeline_bench [--jobs 5000] [--workers 1,2] [--clients 8]
+    .venv-bench/bin/python -m tests.bench.pipeline_bench [--jobs 5000] [--workers 2] [--clients 8]
     .venv-bench/bin/python -m tests.bench.pipeline_bench --profile [--jobs 2000]
 
-jobs/s is jobs / (last completion - first submission); latency is submission -> completion
-(ours: the job row's created_at -> finished_at, both written by our processes; Celery's: the
-client's clock before ``delay()`` -> the time the task returns). When clients submit faster than the
-workers drain, latency is mostly time spent queued. submit/s is the rate the API (or
-Redis) accepted jobs: when it is close to jobs/s, submission is what bounds the run.
-Neither side waits for a disk here: the test PostgreSQL runs with fsync=off, Kafka leaves flushing
-to the OS, and Redis runs with its defaults (see celery_app.py).
+Rows (system, how jobs are submitted, the job):
+- joblab, one job per POST /v1/jobs; joblab bulk, 500 jobs per POST /v1/jobs/batch;
+- celery durable (acks_late, prefetch 1, reject_on_worker_lost; Redis appendonly + fsync every
+  second) and celery default (Celery's and Redis's defaults: not durable), each behind Flask +
+  gunicorn; celery direct: ``delay()`` from the client threads (no HTTP, defaults) - the reference
+  the first version of this benchmark used;
+- jobs: `noop` (the pipeline's own cost), `sleep` 10 ms (waiting work), `digest` 2000 rounds
+  (a small CPU-bound job, ~1 ms here);
+- idle latency: one job at a time, the next submitted once the last succeeded.
+
+jobs/s is jobs / (last completion - first submission); latency is submission -> completion (ours:
+the job row's created_at -> finished_at, both written by our processes; Celery's: the client's
+clock before the submit -> the time the task returns). submit/s is the rate jobs were accepted:
+when it is close to jobs/s, submission is what bounds the run. CPU is seconds per 1,000 jobs of
+each process group (gunicorn with its workers, job workers, Kafka, PostgreSQL; Celery's workers,
+Redis) over the batch, from /proc (tests/bench/cpu.py). The test PostgreSQL runs with fsync=off
+and Kafka leaves flushing to the OS; durable Redis fsyncs once a second.
 """
 from __future__ import annotations
 
@@ -36,8 +48,9 @@ from sqlalchemy import func, select
 
 from app.store import make_engine
 from app.store.schema import jobs as jobs_table
+from tests.bench import cpu
 from tests.support.figures import percentile
-from tests.support.services import ROOT
+from tests.support.services import ROOT, Gunicorn, stack_env
 from tests.support.stack import BENCH_QUOTA, LocalStack
 
 # Jobs run before each measured batch (and left out of it): gunicorn workers open their Kafka
@@ -45,20 +58,31 @@ from tests.support.stack import BENCH_QUOTA, LocalStack
 WARMUP = 20
 POLL = 0.25
 
+#: The jobs each system runs: label -> (type, args).
+KINDS: Dict[str, Tuple[str, Dict[str, Any]]] = {
+    "noop": ("noop", {}),
+    "sleep 10 ms": ("sleep", {"seconds": 0.01}),
+    "digest 2000": ("digest", {"rounds": 2000}),
+}
+BULK_SIZE = 500
+IDLE_JOBS = 100
+
 
 def _deadline(jobs: int) -> float:
     """Seconds allowed for one batch: generous (~20 jobs/s), but an error rather than a hang."""
     return 60 + jobs / 20.0
 
 
-def _row(system: str, workers: int, span: float, submit_s: float, latencies: List[float]) -> Dict[str, Any]:
-    """``span``: first submission -> last completion, seconds; ``latencies`` in seconds."""
+def _row(system: str, submit: str, kind: str, workers: int, span: float, submit_s: float,
+         latencies: List[float], cpu_s: Dict[str, float]) -> Dict[str, Any]:
+    """``span``: first submission -> last completion, seconds; ``latencies`` in seconds; ``cpu_s``:
+    CPU seconds of each process group over the batch."""
     lat = sorted(latencies)
-    return {"system": system, "workers": workers, "jobs": len(lat),
-            "jobs_per_s": round(len(lat) / span, 1),
-            "submit_per_s": round(len(lat) / submit_s, 1),
-            "p50_ms": round(percentile(lat, 50) * 1000, 1),
-            "p99_ms": round(percentile(lat, 99) * 1000, 1)}
+    n = len(lat)
+    return {"system": system, "submit": submit, "kind": kind, "workers": workers, "jobs": n,
+            "jobs_per_s": round(n / span, 1), "submit_per_s": round(n / submit_s, 1),
+            "p50_ms": round(percentile(lat, 50) * 1000, 1), "p99_ms": round(percentile(lat, 99) * 1000, 1),
+            "cpu_per_1000": {g: round(v * 1000.0 / n, 2) for g, v in cpu_s.items()}}
 
 
 def submit_all(jobs: int, clients: int, new_client: Callable[[], Tuple[Callable[[], Any], Callable[[], None]]]
@@ -98,25 +122,25 @@ def submit_all(jobs: int, clients: int, new_client: Callable[[], Tuple[Callable[
     return results, took
 
 
-# -- our stack --------------------------------------------------------------------------------
 class ApiClient:
-    """POST /v1/jobs on one keep-alive connection (one client per thread)."""
+    """POSTs JSON ``body`` to ``path`` on one keep-alive connection (one client per thread)."""
 
-    def __init__(self, url: str, token: str) -> None:
+    def __init__(self, url: str, token: str, path: str, body: Any) -> None:
         parts = urlsplit(url)
         self.host, self.port = parts.hostname, parts.port
+        self.path = path
         self.headers = {"Authorization": "Bearer " + token, "Content-Type": "application/json"}
-        self.body = json.dumps({"type": "noop", "args": {}}).encode()
+        self.body = json.dumps(body).encode()
         self.conn: Optional[http.client.HTTPConnection] = None
         self.resent = 0
 
-    def submit(self) -> str:
-        """Submit a noop job; its id."""
+    def post(self) -> Any:
+        """The 202's JSON."""
         for attempt in (1, 2):
             if self.conn is None:
-                self.conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
+                self.conn = http.client.HTTPConnection(self.host, self.port, timeout=60)
             try:
-                self.conn.request("POST", "/v1/jobs", body=self.body, headers=self.headers)
+                self.conn.request("POST", self.path, body=self.body, headers=self.headers)
                 resp = self.conn.getresponse()
                 data = resp.read()
             except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
@@ -128,8 +152,8 @@ class ApiClient:
                 self.resent += 1
                 continue
             if resp.status != 202:
-                raise RuntimeError("POST /v1/jobs: %d %s" % (resp.status, data[:300]))
-            return json.loads(data)["id"]
+                raise RuntimeError("POST %s: %d %s" % (self.path, resp.status, data[:300]))
+            return json.loads(data)
         raise AssertionError("unreachable")
 
     def close(self) -> None:
@@ -138,6 +162,22 @@ class ApiClient:
             self.conn = None
 
 
+def post_all(url: str, token: str, path: str, body: Any, requests: int, clients: int,
+             answer: Callable[[Any], Any]) -> Tuple[List[Any], float]:
+    """``requests`` POSTs from ``clients`` threads; ``answer(json)`` of each (with the client's
+    clock before it, as (value, t)), and the seconds it took."""
+    def new_client() -> Tuple[Callable[[], Any], Callable[[], None]]:
+        api = ApiClient(url, token, path, body)
+
+        def submit() -> Any:
+            t = time.time()
+            return answer(api.post()), t
+        return submit, api.close
+
+    return submit_all(requests, clients, new_client)
+
+
+# -- our stack --------------------------------------------------------------------------------
 def wait_for_group(stack: LocalStack, members: int, seconds: float = 60) -> None:
     """Until all job workers are in the consumer group and it is stable: a worker joining during
     the measured batch would stop the whole group for a rebalance."""
@@ -160,7 +200,7 @@ def wait_for_group(stack: LocalStack, members: int, seconds: float = 60) -> None
         admin.close()
 
 
-def wait_all_succeeded(stack: LocalStack, engine: Any, seconds: float) -> None:
+def wait_all_succeeded(stack: LocalStack, engine: Any, seconds: float, poll: float = POLL) -> None:
     """Until no job in the store is queued or running; any job in another state than succeeded,
     a dead worker or the deadline is an error."""
     deadline = time.monotonic() + seconds
@@ -180,154 +220,319 @@ def wait_all_succeeded(stack: LocalStack, engine: Any, seconds: float) -> None:
         if time.monotonic() > deadline:
             raise RuntimeError("only %d jobs succeeded after %.0f s, %d still queued or running; see %s"
                                % (done, seconds, pending, stack.work_dir))
-        time.sleep(POLL)
+        time.sleep(poll)
 
 
-def submit_joblab(stack: LocalStack, jobs: int, clients: int) -> Tuple[List[str], float, int]:
-    """Submit ``jobs`` noop jobs; their ids, the seconds it took, and how many were resent."""
-    made: List[ApiClient] = []
-    lock = threading.Lock()
+def joblab_meter(stack: LocalStack) -> cpu.Meter:
+    assert stack.gunicorn is not None and stack.gunicorn.proc is not None
+    web = stack.gunicorn.proc.pid
+    groups: Dict[str, cpu.Roots] = {
+        "gunicorn": lambda: [web],
+        "job workers": lambda: [w.pid for w in stack.workers],
+        "kafka": lambda: cpu.pidfile(os.path.join(stack.broker.env["KAFKA_DATA_DIR"], "kafka.pid")),
+    }
+    if stack.postgres is not None:
+        pg = stack.postgres
+        groups["postgresql"] = lambda: cpu.pidfile(os.path.join(pg.data, "postmaster.pid"))
+    return cpu.Meter(groups)
 
-    def new_client() -> Tuple[Callable[[], str], Callable[[], None]]:
-        api = ApiClient(stack.url, stack.token)
-        with lock:
-            made.append(api)
-        return api.submit, api.close
 
-    ids, took = submit_all(jobs, clients, new_client)
-    return ids, took, sum(api.resent for api in made)
+def _store_times(engine: Any, ids: List[str]) -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    query = select(jobs_table.c.id, jobs_table.c.created_at, jobs_table.c.finished_at)
+    with engine.connect() as conn:
+        for i in range(0, len(ids), 500):
+            out.update({r.id: r for r in conn.execute(query.where(jobs_table.c.id.in_(ids[i:i + 500])))})
+    return out
 
 
-def run_joblab(work_dir: str, jobs: int, workers: int, clients: int) -> Dict[str, Any]:
-    with LocalStack(work_dir, job_workers=workers, LOG_LEVEL="WARNING", USER_MAX_ACTIVE=BENCH_QUOTA) as stack:
-        engine = make_engine(stack.settings["DATABASE_URL"])
-        try:
-            wait_for_group(stack, workers)
-            submit_joblab(stack, WARMUP, 1)
-            wait_all_succeeded(stack, engine, _deadline(WARMUP))
-            ids, submit_s, resent = submit_joblab(stack, jobs, clients)
-            wait_all_succeeded(stack, engine, _deadline(jobs))
-            query = select(jobs_table.c.id, jobs_table.c.created_at, jobs_table.c.finished_at)
-            with engine.connect() as conn:
-                rows = {r.id: r for r in conn.execute(query)}
-        finally:
-            engine.dispose()
+def _joblab_row(system: str, submit: str, kind: str, stack: LocalStack, engine: Any, ids: List[str],
+                submit_s: float, cpu_s: Dict[str, float]) -> Dict[str, Any]:
+    rows = _store_times(engine, ids)
     missing = [i for i in ids if i not in rows]
     if missing:
         raise RuntimeError("%d submitted jobs are not in the store, e.g. %s" % (len(missing), missing[0]))
-    # Naive UTC datetimes from the store; only differences are used.
     mine = [rows[i] for i in ids]
+    # Naive UTC datetimes from the store; only differences are used.
     span = max(r.finished_at for r in mine) - min(r.created_at for r in mine)
-    row = _row("joblab", workers, span.total_seconds(), submit_s,
-               [(r.finished_at - r.created_at).total_seconds() for r in mine])
-    if resent:
-        print("joblab, %d workers: %d requests resent after gunicorn closed a keep-alive connection"
-              % (workers, resent))
-    return row
+    return _row(system, submit, kind, len(stack.workers), span.total_seconds(), submit_s,
+                [(r.finished_at - r.created_at).total_seconds() for r in mine], cpu_s)
+
+
+def measure_joblab(stack: LocalStack, engine: Any, kind: str, jobs: int, clients: int,
+                   bulk: int = 0) -> Dict[str, Any]:
+    """``jobs`` of ``kind`` through POST /v1/jobs, or, with ``bulk``, that many per POST /v1/jobs/batch."""
+    job_type, args = KINDS[kind]
+    meter = joblab_meter(stack)
+    meter.start()
+    if bulk:
+        body = {"jobs": [{"type": job_type, "args": args}] * bulk}
+        answers, submit_s = post_all(stack.url, stack.token, "/v1/jobs/batch", body, max(1, jobs // bulk), clients,
+                                     lambda a: [j["id"] for j in a["jobs"]])
+        ids = [i for batch, _t in answers for i in batch]
+    else:
+        answers, submit_s = post_all(stack.url, stack.token, "/v1/jobs", {"type": job_type, "args": args}, jobs,
+                                     clients, lambda a: a["id"])
+        ids = [i for i, _t in answers]
+    wait_all_succeeded(stack, engine, _deadline(len(ids)), poll=0.05)
+    cpu_s = meter.stop()
+    return _joblab_row("joblab", "bulk %d/POST" % bulk if bulk else "1/POST", kind, stack, engine, ids, submit_s, cpu_s)
+
+
+def idle_joblab(stack: LocalStack, engine: Any, jobs: int = IDLE_JOBS) -> Dict[str, Any]:
+    """One noop job at a time: submitted once the last one succeeded."""
+    api = ApiClient(stack.url, stack.token, "/v1/jobs", {"type": "noop", "args": {}})
+    ids = []
+    meter = joblab_meter(stack)
+    meter.start()
+    t0 = time.monotonic()
+    try:
+        query = select(jobs_table.c.status)
+        for _ in range(jobs):
+            job_id = api.post()["id"]
+            ids.append(job_id)
+            deadline = time.monotonic() + 30
+            while True:
+                with engine.connect() as conn:
+                    status = conn.execute(query.where(jobs_table.c.id == job_id)).scalar()
+                if status == "succeeded":
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError("idle job %s: %s after 30 s" % (job_id, status))
+                time.sleep(0.001)
+    finally:
+        api.close()
+    return _joblab_row("joblab", "1/POST, idle", "noop", stack, engine, ids, time.monotonic() - t0, meter.stop())
+
+
+def run_joblab(work_dir: str, workers: int, clients: int, jobs: int, kind_jobs: int, bulk_jobs: int,
+               worker_class: str) -> List[Dict[str, Any]]:
+    rows = []
+    with LocalStack(work_dir, job_workers=workers, worker_class=worker_class, LOG_LEVEL="WARNING",
+                    USER_MAX_ACTIVE=BENCH_QUOTA) as stack:
+        engine = make_engine(stack.settings["DATABASE_URL"])
+        try:
+            wait_for_group(stack, workers)
+            post_all(stack.url, stack.token, "/v1/jobs", {"type": "noop", "args": {}}, WARMUP, 1, lambda a: a)
+            wait_all_succeeded(stack, engine, _deadline(WARMUP))
+            rows.append(measure_joblab(stack, engine, "noop", jobs, clients))
+            rows.append(measure_joblab(stack, engine, "noop", bulk_jobs, clients, bulk=BULK_SIZE))
+            for kind in ("sleep 10 ms", "digest 2000"):
+                rows.append(measure_joblab(stack, engine, kind, kind_jobs, clients))
+            rows.append(idle_joblab(stack, engine))
+        finally:
+            engine.dispose()
+    return rows
 
 
 # -- Celery + Redis ---------------------------------------------------------------------------
-def run_celery(work_dir: str, jobs: int, workers: int, clients: int) -> Dict[str, Any]:
-    from celery.exceptions import TimeoutError as CeleryTimeout
+class CeleryStack:
+    """Redis, ``workers`` Celery workers and, with ``http``, the Flask front under gunicorn."""
 
-    from .celery_app import CeleryWorkers, RedisServer, make_app
+    def __init__(self, work_dir: str, workers: int, durable: bool, http: bool, worker_class: str) -> None:
+        from .celery_app import CeleryWorkers, RedisServer, make_app
 
-    os.makedirs(work_dir, exist_ok=True)
-    redis = RedisServer(os.path.join(work_dir, "redis"))
-    pool: Optional[CeleryWorkers] = None
-    client = None
-    try:
-        redis.start()
-        client = make_app(redis.url)
-        pool = CeleryWorkers(client, workers, work_dir)
-        pool.start()
-        noop = client.tasks["noop"]
+        os.makedirs(work_dir, exist_ok=True)
+        self.work_dir = work_dir
+        self.redis = RedisServer(os.path.join(work_dir, "redis"), durable=durable)
+        self.redis.start()
+        self.client = make_app(self.redis.url, durable=durable)
+        self.pool = CeleryWorkers(self.client, workers, work_dir, durable=durable)
+        self.token = "bench-" + os.urandom(8).hex()
+        self.web: Optional[Gunicorn] = None
+        try:
+            self.pool.start()
+            if http:
+                env = stack_env({}, BENCH_REDIS_URL=self.redis.url, BENCH_CELERY_DURABLE="1" if durable else "0",
+                                BENCH_TOKEN=self.token)
+                self.web = Gunicorn(env, os.path.join(work_dir, "gunicorn.log"), worker_class=worker_class,
+                                    app="tests.bench.celery_web:app")
+                self.web.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def meter(self) -> cpu.Meter:
+        redis_pid = self.redis.proc.pid if self.redis.proc is not None else 0
+        groups: Dict[str, cpu.Roots] = {"celery workers": self.pool.pids, "redis": lambda: [redis_pid]}
+        if self.web is not None and self.web.proc is not None:
+            web = self.web.proc.pid
+            groups = dict({"gunicorn": lambda: [web]}, **groups)
+        return cpu.Meter(groups)
+
+    def wait(self, ids: List[str]) -> Dict[str, float]:
+        """task id -> completion time, for all ``ids``; bounded, and failing fast."""
+        from celery.exceptions import TimeoutError as CeleryTimeout
+
+        def check_workers() -> None:
+            if not self.pool.alive():
+                raise RuntimeError("a celery worker exited; see %s" % self.work_dir)
+        done: Dict[str, float] = {}
+        seconds = _deadline(len(ids))
+        try:
+            for task_id, meta in self.client.backend.get_many(ids, timeout=seconds, interval=0.01,
+                                                              on_interval=check_workers):
+                if meta["status"] != "SUCCESS":
+                    raise RuntimeError("celery task %s: %s %s" % (task_id, meta["status"], meta.get("result")))
+                done[task_id] = meta["result"]
+        except CeleryTimeout as exc:
+            raise RuntimeError("only %d of %d celery tasks done after %.0f s; see %s"
+                               % (len(done), len(ids), seconds, self.work_dir)) from exc
+        return done
+
+    def submit(self, kind: str, jobs: int, clients: int) -> Tuple[List[Tuple[str, float]], float]:
+        job_type, args = KINDS[kind]
+        if self.web is not None:
+            return post_all(self.web.url, self.token, "/jobs", {"type": job_type, "args": args}, jobs, clients,
+                            lambda a: a["id"])
+        task = self.client.tasks[job_type]
 
         def new_client() -> Tuple[Callable[[], Tuple[str, float]], Callable[[], None]]:
             def submit() -> Tuple[str, float]:
                 t = time.time()
-                return noop.delay().id, t
+                return task.delay(**args).id, t
             return submit, lambda: None
 
-        def wait(ids: List[str]) -> Dict[str, float]:
-            """task id -> completion time, for all ``ids``; bounded, and failing fast."""
-            def check_workers() -> None:
-                if not pool.alive():  # type: ignore[union-attr]
-                    raise RuntimeError("a celery worker exited; see %s" % work_dir)
-            done: Dict[str, float] = {}
-            seconds = _deadline(len(ids))
+        return submit_all(jobs, clients, new_client)
+
+    def measure(self, name: str, kind: str, jobs: int, clients: int) -> Dict[str, Any]:
+        meter = self.meter()
+        meter.start()
+        submitted, submit_s = self.submit(kind, jobs, clients)
+        done = self.wait([task_id for task_id, _t in submitted])
+        cpu_s = meter.stop()
+        span = max(done.values()) - min(t for _id, t in submitted)
+        return _row(name, "1/POST" if self.web else "delay(), no HTTP", kind, len(self.pool.pids()), span, submit_s,
+                    [done[task_id] - t for task_id, t in submitted], cpu_s)
+
+    def idle(self, name: str, jobs: int = IDLE_JOBS) -> Dict[str, Any]:
+        meter = self.meter()
+        meter.start()
+        submitted, t0 = [], time.monotonic()
+        done: Dict[str, float] = {}
+        for _ in range(jobs):
+            [(task_id, t)], _s = self.submit("noop", 1, 1)
+            submitted.append((task_id, t))
+            done.update(self.wait([task_id]))
+        span = max(done.values()) - min(t for _id, t in submitted)
+        row = _row(name, "1/POST, idle", "noop", len(self.pool.pids()), span, time.monotonic() - t0,
+                   [done[i] - t for i, t in submitted], meter.stop())
+        return row
+
+    def warm(self) -> None:
+        self.wait([i for i, _t in self.submit("noop", WARMUP, 1)[0]])
+
+    def close(self) -> None:
+        for stop in (lambda: self.web and self.web.stop(), self.pool.stop, self.client.close, self.redis.stop):
             try:
-                for task_id, meta in client.backend.get_many(ids, timeout=seconds, interval=0.1,
-                                                             on_interval=check_workers):
-                    if meta["status"] != "SUCCESS":
-                        raise RuntimeError("celery task %s: %s %s" % (task_id, meta["status"], meta.get("result")))
-                    done[task_id] = meta["result"]
-            except CeleryTimeout as exc:
-                raise RuntimeError("only %d of %d celery tasks done after %.0f s; see %s"
-                                   % (len(done), len(ids), seconds, work_dir)) from exc
-            return done
-
-        warm, _ = submit_all(WARMUP, 1, new_client)
-        wait([task_id for task_id, _t in warm])
-        submitted, submit_s = submit_all(jobs, clients, new_client)
-        done = wait([task_id for task_id, _t in submitted])
-    finally:
-        if pool is not None:
-            pool.stop()
-        if client is not None:
-            client.close()
-        redis.stop()
-    span = max(done.values()) - min(t for _id, t in submitted)
-    return _row("celery", workers, span, submit_s,
-                [done[task_id] - t for task_id, t in submitted])
+                stop()
+            except Exception as exc:  # the others still stop
+                print("bench: stopping part of the celery stack: %s" % exc, file=sys.stderr)
 
 
-# -- the whole run ----------------------------------------------------------------------------
-def run(work_dir: str, jobs: int = 5000, worker_counts: Sequence[int] = (1, 2), clients: int = 8
-        ) -> List[Dict[str, Any]]:
-    """Both systems at each worker count; one row each (see the module's docstring)."""
+def run_celery(work_dir: str, workers: int, clients: int, jobs: int, kind_jobs: int,
+               worker_class: str) -> List[Dict[str, Any]]:
     rows = []
-    for n in worker_counts:
-        rows.append(run_joblab(os.path.join(work_dir, "joblab-%dw" % n), jobs, n, clients))
-        rows.append(run_celery(os.path.join(work_dir, "celery-%dw" % n), jobs, n, clients))
+    for name, durable, http, kinds in (("celery durable", True, True, list(KINDS)),
+                                       ("celery default", False, True, ["noop"]),
+                                       ("celery default", False, False, ["noop"])):
+        stack = CeleryStack(os.path.join(work_dir, "%s-%s" % (name.replace(" ", "-"), "http" if http else "direct")),
+                            workers, durable, http, worker_class)
+        try:
+            stack.warm()
+            for kind in kinds:
+                rows.append(stack.measure(name, kind, jobs if kind == "noop" else kind_jobs, clients))
+            if durable:
+                rows.append(stack.idle(name))
+        finally:
+            stack.close()
     return rows
 
 
-def ratios(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    """joblab / celery jobs/s and p50 latency per worker count."""
-    by = {(r["system"], r["workers"]): r for r in rows}
-    out = []
-    for (system, n), ours in sorted(by.items(), key=lambda kv: kv[0][1]):
-        theirs = by.get(("celery", n))
-        if system == "joblab" and theirs:
-            out.append({"workers": n, "jobs_per_s": round(ours["jobs_per_s"] / theirs["jobs_per_s"], 2),
-                        "p50": round(ours["p50_ms"] / theirs["p50_ms"], 2)})
+# -- the whole run ----------------------------------------------------------------------------
+def run(work_dir: str, jobs: int = 5000, workers: int = 2, clients: int = 8, kind_jobs: int = 2000,
+        bulk_jobs: int = 20000, worker_class: str = "gevent") -> List[Dict[str, Any]]:
+    """Every row of the module's docstring, ours first."""
+    rows = run_joblab(os.path.join(work_dir, "joblab"), workers, clients, jobs, kind_jobs, bulk_jobs, worker_class)
+    rows += run_celery(os.path.join(work_dir, "celery"), workers, clients, jobs, kind_jobs, worker_class)
+    return rows
+
+
+def _find(rows: List[Dict[str, Any]], system: str, submit: str, kind: str = "noop") -> Optional[Dict[str, Any]]:
+    return next((r for r in rows if r["system"] == system and r["submit"].startswith(submit) and r["kind"] == kind), None)
+
+
+def ratios(rows: List[Dict[str, Any]]) -> List[Tuple[str, float, str]]:
+    """(what, value, target) of the throughput issue's targets, from one run's rows."""
+    out: List[Tuple[str, float, str]] = []
+
+    def ratio(label: str, ours: Optional[Dict[str, Any]], theirs: Optional[Dict[str, Any]], target: str) -> None:
+        if ours and theirs:
+            out.append((label, round(ours["jobs_per_s"] / theirs["jobs_per_s"], 2), target))
+
+    single = _find(rows, "joblab", "1/POST")
+    ratio("noop, 1/POST: joblab / celery durable behind Flask, jobs/s", single, _find(rows, "celery durable", "1/POST"),
+          ">= 1.0")
+    ratio("noop, 1/POST: joblab / celery default behind Flask (not durable), jobs/s", single,
+          _find(rows, "celery default", "1/POST"), "-")
+    ratio("noop: joblab 1/POST / celery default delay() (no HTTP, not durable), jobs/s", single,
+          _find(rows, "celery default", "delay()"), "-")
+    for kind in ("sleep 10 ms", "digest 2000"):
+        ratio("%s, 1/POST: joblab / celery durable, jobs/s" % kind, _find(rows, "joblab", "1/POST", kind),
+              _find(rows, "celery durable", "1/POST", kind), ">= 1.0")
+    bulk = _find(rows, "joblab", "bulk")
+    if bulk:
+        out.append(("noop, bulk: joblab jobs/s", bulk["jobs_per_s"], ">= 3000"))
+    idle = _find(rows, "joblab", "1/POST, idle")
+    if idle:
+        out.append(("idle latency p50, joblab, ms", idle["p50_ms"], "<= 25"))
     return out
 
 
+def _cpu_text(r: Dict[str, Any]) -> str:
+    return ", ".join("%s %.2f" % (g, v) for g, v in r["cpu_per_1000"].items())
+
+
 def format_table(rows: List[Dict[str, Any]]) -> str:
-    cols = [("system", "system"), ("workers", "workers"), ("jobs", "jobs"), ("jobs_per_s", "jobs/s"),
-            ("submit_per_s", "submit/s"), ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms")]
-    lines = ["  ".join("%9s" % title for _key, title in cols)]
-    lines += ["  ".join("%9s" % r[key] for key, _title in cols) for r in rows]
-    for q in ratios(rows):
-        lines.append("joblab/celery, %d worker(s): jobs/s x%.2f, p50 latency x%.2f"
-                     % (q["workers"], q["jobs_per_s"], q["p50"]))
+    head = "%-15s %-17s %-12s %7s %6s %8s %9s %8s %8s  %s" % (
+        "system", "submit", "job", "workers", "jobs", "jobs/s", "submit/s", "p50 ms", "p99 ms",
+        "CPU s per 1000 jobs")
+    lines = [head]
+    for r in rows:
+        lines.append("%-15s %-17s %-12s %7d %6d %8.0f %9.0f %8.1f %8.1f  %s" % (
+            r["system"], r["submit"], r["kind"], r["workers"], r["jobs"], r["jobs_per_s"], r["submit_per_s"],
+            r["p50_ms"], r["p99_ms"], _cpu_text(r)))
+    for label, value, target in ratios(rows):
+        lines.append("%s: %s%s" % (label, value, "" if target == "-" else " (target %s)" % target))
     return "\n".join(lines)
+
+
+def markdown(rows: List[Dict[str, Any]]) -> List[str]:
+    out = ["| system | submit | job | workers | jobs | jobs/s | submitted/s | p50 ms | p99 ms | CPU s per 1,000 jobs |",
+           "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        out.append("| %s | %s | %s | %d | %d | %.0f | %.0f | %.0f | %.0f | %s |" % (
+            r["system"], r["submit"], r["kind"], r["workers"], r["jobs"], r["jobs_per_s"], r["submit_per_s"],
+            r["p50_ms"], r["p99_ms"], _cpu_text(r)))
+    out.append("")
+    out += ["- %s: **%s**%s" % (label, value, "" if target == "-" else " (target %s)" % target)
+            for label, value, target in ratios(rows)]
+    return out
 
 
 # -- profile of our worker ----------------------------------------------------------------------
 # (file suffix, function) of the worker's per-job stages, as cProfile names them.
 STAGES = [
-    ("consumer poll (fetch)", "kafka/consumer/group.py", "poll"),
-    ("claim_job (UPDATE + SELECT)", "app/store/jobs.py", "claim_job"),
+    ("consumer poll (fetch, a batch at a time)", "kafka/consumer/group.py", "poll"),
+    ("claim_job (UPDATE ... RETURNING)", "app/store/jobs.py", "claim_job"),
     ("run the job (noop)", "app/jobtypes.py", "run"),
     ("store_success (UPDATE + INSERT result)", "app/store/jobs.py", "store_success"),
-    ("outbox row written (INSERT)", "app/store/outbox.py", "add"),
-    ("outbox rows deleted (batched, 1 per 50)", "app/store/outbox.py", "remove"),
+    ("outbox rows written (INSERT)", "app/store/outbox.py", "add"),
+    ("outbox rows deleted (in the next transaction)", "app/store/outbox.py", "remove"),
     ("store transactions (BEGIN/COMMIT + the above)", "worker/publisher.py", "run"),
-    ("publish event (acks=all)", "worker/publisher.py", "flush"),
-    ("commit offset (sync)", "worker/runner.py", "_commit"),
+    ("publish (send, no wait)", "worker/publisher.py", "flush"),
+    ("acks of a batch (one wait)", "worker/publisher.py", "wait"),
+    ("commit offsets (one per batch)", "worker/runner.py", "_commit"),
 ]
 
 
@@ -335,7 +540,9 @@ def profile(work_dir: str, jobs: int = 2000, clients: int = 8) -> str:
     """Queue ``jobs`` noop jobs with no worker running, then drain them with one worker under
     cProfile: the profile is the per-job path alone, never waiting for new jobs."""
     with LocalStack(work_dir, job_workers=0, LOG_LEVEL="WARNING", USER_MAX_ACTIVE=BENCH_QUOTA) as stack:
-        submit_joblab(stack, jobs, clients)
+        post_all(stack.url, stack.token, "/v1/jobs/batch", {"jobs": [{"type": "noop", "args": {}}] * BULK_SIZE},
+                 max(1, jobs // BULK_SIZE), clients, lambda a: a)
+        jobs = max(1, jobs // BULK_SIZE) * BULK_SIZE
         out = os.path.join(work_dir, "worker.prof")
         with open(stack.log("worker-profiled"), "ab") as log:
             proc = subprocess.Popen([sys.executable, "-m", "cProfile", "-o", out, "-m", "worker",
@@ -370,8 +577,11 @@ def format_profile(path: str, jobs: int) -> str:
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m tests.bench.pipeline_bench", description=__doc__.split("\n")[0])
     parser.add_argument("--jobs", type=int, default=5000)
-    parser.add_argument("--workers", default="1,2", help="comma-separated job worker counts (default 1,2)")
+    parser.add_argument("--workers", type=int, default=2, help="job workers of each system (default 2)")
     parser.add_argument("--clients", type=int, default=8, help="submitting threads (default 8)")
+    parser.add_argument("--kind-jobs", type=int, default=2000, help="jobs of the sleep and digest rows (default 2000)")
+    parser.add_argument("--bulk-jobs", type=int, default=20000, help="jobs of the bulk row (default 20000)")
+    parser.add_argument("--worker-class", default="gevent", help="gunicorn worker class of both fronts")
     parser.add_argument("--profile", action="store_true", help="profile one worker of ours instead (cProfile)")
     parser.add_argument("--json", help="also write the rows to this file")
     args = parser.parse_args(argv)
@@ -381,7 +591,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         if args.profile:
             print(profile(work_dir, args.jobs, args.clients))
         else:
-            rows = run(work_dir, args.jobs, [int(n) for n in args.workers.split(",")], args.clients)
+            rows = run(work_dir, args.jobs, args.workers, args.clients, args.kind_jobs, args.bulk_jobs,
+                       args.worker_class)
             print(format_table(rows))
             if args.json:
                 with open(args.json, "w") as f:

@@ -65,6 +65,18 @@ def test_noop_takes_no_args_and_returns_at_once():
     assert "seconds" in err.value.messages
 
 
+def test_digest_is_bounded_cpu_work_with_a_checkable_result():
+    import hashlib
+
+    assert REGISTRY["digest"].run(load("digest", {"rounds": 1})) == {"digest": hashlib.sha256(b"").hexdigest()}
+    two = hashlib.sha256(hashlib.sha256(b"").digest()).hexdigest()
+    assert REGISTRY["digest"].run(load("digest", {"rounds": 2})) == {"digest": two}
+    for bad in (0, 100001, 1.5, True, "3", None):
+        with pytest.raises(ValidationError) as err:
+            load("digest", {"rounds": bad})
+        assert "rounds" in err.value.messages
+
+
 def test_the_api_refuses_args_for_noop(make_app, sqlite_url):
     app = make_app(sqlite_url)
     resp = app.test_client().post("/v1/jobs", json={"type": "noop", "args": {"x": 1}}, headers=auth(app, "a"))
