@@ -38,11 +38,15 @@ def add(conn: Connection, owner: str, messages: Iterable[Message], lease_seconds
     ids = []
     for m in messages:
         headers = json.dumps([[name, value.decode("utf-8", "replace")] for name, value in m.headers])
-        ids.append(conn.execute(insert(outbox).values(
+        ids.append(conn.execute(_ADD, dict(
             topic=m.topic, key=m.key, value=m.value, headers=headers, job_id=m.job_id, owner=owner,
             lease_until=now + timedelta(seconds=lease_seconds), created_at=now,
         )).inserted_primary_key[0])
     return ids
+
+
+#: Built once: building a statement costs more than running it (see app/store/jobs.py).
+_ADD = insert(outbox)
 
 
 def remove(conn: Connection, ids: Iterable[int]) -> None:
