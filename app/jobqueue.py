@@ -105,11 +105,12 @@ class JobQueue:
             self._discard(producer)
             raise QueueUnavailable("kafka: %s" % (exc.__class__.__name__,)) from exc
 
-    def wait(self, pending: Any) -> None:
-        """Block until a ``send_async`` is acknowledged, or raise QueueUnavailable."""
+    def wait(self, pending: Any, timeout: Optional[float] = None) -> None:
+        """Block until a ``send_async`` is acknowledged (at most ``timeout`` seconds, by default the
+        send timeout + 1 s), or raise QueueUnavailable."""
         producer, future = pending
         try:
-            future.get(timeout=self.timeout + 1)
+            future.get(timeout=self.timeout + 1 if timeout is None else max(0.0, timeout))
         except KafkaError as exc:
             self._discard(producer)
             raise QueueUnavailable("kafka: %s" % (exc.__class__.__name__,)) from exc

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 import uuid
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, TypeVar
 
@@ -182,11 +183,15 @@ class Publisher:
         failed: List[Tuple[int, Message]] = []
         error: Optional[Exception] = None
         inflight, self.inflight = self.inflight, []
+        # One deadline for all: they were sent together, so a broker that works acknowledges them
+        # together. Each is still asked (one that did get through is not sent twice), but a
+        # producer that is stuck (kafka-python's, after a broker restart, never completes its
+        # futures) costs one timeout in all, not one per message: seen in the drills as a worker
+        # stalled for minutes after a Kafka restart.
+        deadline = time.monotonic() + float(getattr(self.queue, "timeout", 10.0)) + 1
         for row_id, m, pending in inflight:
             try:
-                # Each is waited for, even after a failure: they were sent together, so their
-                # timeouts run out together, and one that did get through is not sent twice.
-                self.queue.wait(pending)
+                self.queue.wait(pending, deadline - time.monotonic())
                 self.sent.append(row_id)
             except (QueueUnavailable, KafkaError) as exc:
                 try:

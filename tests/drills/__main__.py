@@ -307,8 +307,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         audit = drain(target, [e.id for e in entries], args.drain_seconds)
         say("drain: %.1f s" % (time.monotonic() - t_drain))
         queued_after, stranded, waited = wait_stranded(target)
-        say("queued after the drain: %d (jobs whose submit a gunicorn worker SIGKILL cut); still queued after "
-            "%.0f s (the sweep's bound %.0f s): %d" % (queued_after, waited, target.stranded_bound, stranded))
+        say("stranded jobs sent by the workers' sweep during the run: %d; queued after the drain: %d; still "
+            "queued after %.0f s (the sweep's bound %.0f s): %d" % (
+                target.sweep_resends(), queued_after, waited, target.stranded_bound, stranded))
         max_attempts = int(getattr(target, "max_attempts", 3))
         r = analyse(target, entries, audit, faults, poison, poison_at, max_attempts)
 

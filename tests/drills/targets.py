@@ -36,6 +36,8 @@ SUPERVISORD_LOG = "/var/log/supervisor/supervisord.log"
 WEB_ERROR_LOG = "/var/log/joblab/web-error.log"
 #: supervisord, when a program exited on its own: "exited: joblab-worker-0 (exit status 1; not expected)".
 SUPERVISOR_EXIT = re.compile(r"exited: (\S+) \(([^;]+); not expected\)")
+#: What a job worker's sweep logs when it sends a job whose message was nowhere (worker/sweep.py).
+SWEEP_SENT = "stranded in queued for over"
 #: gunicorn's master, when one of its workers died: "Worker (pid:N) exited with code C." / "was sent
 #: SIGKILL!" (not SIGTERM: that is how a graceful reload ends the old workers).
 GUNICORN_WORKER_DIED = re.compile(r"Worker \(pid:(\d+)\) (exited with code|was sent (?!SIGTERM))")
@@ -49,6 +51,48 @@ def web_worker_deaths(lines: Any, killed: Set[int]) -> List[Dict[str, Any]]:
         if m and not (int(m.group(1)) in killed and "SIGKILL" in line):
             out.append({"process": "gunicorn worker", "pid": int(m.group(1)), "code": None, "tail": line.strip()})
     return out
+
+
+class Burst:
+    """Submits in flight when a gunicorn worker is SIGKILLed: ``threads`` clients (a token of their
+    own, so the ledger's load keeps its rate limit) sending `noop` jobs back to back, so that some
+    are cut between their job's INSERT and its produce - the window the workers' sweep closes.
+    Their jobs are in no ledger: the drills' `stranded` check covers them (any job still queued
+    counts). Bounded: ``seconds`` at most, then each thread's last request."""
+
+    def __init__(self, url: str, token: str, threads: int = 8, seconds: float = 10.0) -> None:
+        from tests.drills.client import Client
+
+        self.clients = [Client(url, token, timeout=30) for _ in range(threads)]
+        self.stop = threading.Event()
+        self.deadline = time.monotonic() + seconds
+        self.sent = self.cut = 0
+        self._lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._loop, args=(c,), daemon=True) for c in self.clients]
+
+    def _loop(self, client: Any) -> None:
+        while not self.stop.is_set() and time.monotonic() < self.deadline:
+            status, _answer = client.submit("noop", {})
+            with self._lock:
+                self.sent += 1
+                self.cut += status == 0  # the connection died under the request
+        client.close()
+
+    def __enter__(self) -> "Burst":
+        for t in self.threads:
+            t.start()
+        while self.sent < len(self.threads) and time.monotonic() < self.deadline:
+            time.sleep(0.01)  # a steady stream first, then the kill lands among requests
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        time.sleep(0.3)  # requests still in flight at the kill finish (or are cut) meanwhile
+        self.stop.set()
+        for t in self.threads:
+            t.join(35)
+
+    def summary(self) -> str:
+        return "%d of %d burst submits cut" % (self.cut, self.sent)
 
 
 def stranded_bound(settings: Dict[str, Any]) -> float:
@@ -98,6 +142,7 @@ class LocalTarget:
         self.stack.start()
         self.supervised = self.stack.workers[0]
         self.url, self.token = self.stack.url, self.stack.token
+        self.burst_token = self.new_token("burst")
         self.bootstrap = self.stack.broker.bootstrap
         self.topics = self.stack.topics
         self.partitions = int(self.stack.settings["KAFKA_PARTITIONS"])
@@ -133,6 +178,14 @@ class LocalTarget:
     def stranded_bound(self) -> float:
         return stranded_bound(self.stack.settings)
 
+    def sweep_resends(self) -> int:
+        """Jobs the workers' sweep sent because their message was nowhere, from the workers' logs."""
+        total = 0
+        for path in glob.glob(os.path.join(self.stack.work_dir, "worker-*.log")):
+            with open(path, errors="replace") as fh:
+                total += sum(1 for line in fh if SWEEP_SENT in line)
+        return total
+
     def close(self) -> None:
         self._watch_stop.set()
         self.stack.stop_quietly()
@@ -147,14 +200,20 @@ class LocalTarget:
         return "SIGKILL worker pid %d, restarted as %d" % (pid, self.supervised.pid)
 
     def kill_web_worker(self) -> str:
-        assert self.stack.gunicorn is not None
-        pids = self.stack.gunicorn.worker_pids()
-        if not pids:
-            raise RuntimeError("gunicorn has no workers to kill")
-        pid = min(pids)
-        self.web_kills.add(pid)
-        os.kill(pid, 9)
-        return "SIGKILL gunicorn worker pid %d (its master starts another)" % pid
+        web = self.stack.gunicorn
+        assert web is not None
+        with Burst(self.url, self.burst_token) as burst:
+            # A worker a recent reload (HUP) retired may be gone by now: the first that is there.
+            for pid in sorted(web.worker_pids(), reverse=True):
+                try:
+                    self.web_kills.add(pid)
+                    os.kill(pid, 9)
+                    break
+                except ProcessLookupError:
+                    continue
+            else:
+                raise RuntimeError("gunicorn has no workers to kill")
+        return "SIGKILL gunicorn worker pid %d (its master starts another); %s" % (pid, burst.summary())
 
     def restart_kafka(self) -> str:
         self.stack.broker.restart()
@@ -312,11 +371,21 @@ class LabTarget:
         return stranded_bound({key: self.app_env("JOBLAB_" + key) or DEFAULTS[key]
                                for key in ("STRANDED_AFTER", "SWEEP_EVERY")})
 
+    def _sweep_lines(self) -> int:
+        script = "cat %s 2>/dev/null | grep -c %s || true" % (APP_LOGS, shlex.quote(SWEEP_SENT))
+        return int(self.ssh("app", "sudo sh -c %s" % shlex.quote(script)).strip() or 0)
+
+    def sweep_resends(self) -> int:
+        """Jobs the workers' sweep sent since start(), from the workers' logs."""
+        return self._sweep_lines() - self.sweep_mark
+
     def start(self) -> None:
         self.marks = {path: self._lines(path) for path in (SUPERVISORD_LOG, WEB_ERROR_LOG)}
         self.kills = 0
         self.web_kills: Set[int] = set()
         self.token = self.new_token("drill")
+        self.burst_token = self.new_token("burst")
+        self.sweep_mark = self._sweep_lines()
         self.quota = int(self.app_env("JOBLAB_USER_MAX_ACTIVE") or DEFAULTS["USER_MAX_ACTIVE"])
         self.token_cache_seconds = float(self.app_env("JOBLAB_TOKEN_CACHE_SECONDS") or DEFAULTS["TOKEN_CACHE_SECONDS"])
         self.bootstrap = self.app_env("JOBLAB_KAFKA_BOOTSTRAP")
@@ -357,13 +426,17 @@ class LabTarget:
 
     def kill_web_worker(self) -> str:
         master = self._gunicorn_master()
-        pids = [int(p) for p in self.ssh("app", "ps -o pid= --ppid %d || true" % master).split()]
-        if not pids:
-            raise RuntimeError("app: gunicorn master %d has no workers" % master)
-        pid = min(pids)
+        # The newest worker that is there when the kill comes (one a reload retired may be gone),
+        # killed as the app user, never root; the pid it killed is printed.
+        script = ('for p in $(ps -o pid= --ppid %d | sort -rn); do sudo -u %s kill -KILL "$p" 2>/dev/null '
+                  '&& { echo "$p"; exit 0; }; done; exit 1' % (master, APP_USER))
+        with Burst(self.url, self.burst_token) as burst:
+            out = self.ssh("app", "bash -c %s || true" % shlex.quote(script)).split()
+        if not out or not out[-1].isdigit():
+            raise RuntimeError("app: gunicorn master %d has no workers to kill" % master)
+        pid = int(out[-1])
         self.web_kills.add(pid)
-        self.ssh("app", "sudo -u %s kill -KILL %d" % (APP_USER, pid))  # as the app user, never root
-        return "app: SIGKILL gunicorn worker %d of master %d" % (pid, master)
+        return "app: SIGKILL gunicorn worker %d of master %d; %s" % (pid, master, burst.summary())
 
     def restart_kafka(self) -> str:
         self.ssh("sidecar", "sudo /etc/init.d/kafka restart")

@@ -87,7 +87,7 @@ class Queue:
     def refuse_acks(self, n: int = 1) -> None:
         self.ack_refusals += n
 
-    def wait(self, pending: Any) -> None:
+    def wait(self, pending: Any, timeout: Any = None) -> None:
         if self.ack_refusals:
             self.ack_refusals -= 1
             raise QueueUnavailable("kafka: KafkaTimeoutError") from KafkaTimeoutError()

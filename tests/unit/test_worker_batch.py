@@ -161,3 +161,37 @@ def test_the_run_loop_hands_whole_polls_to_the_batch(engine, user):
     assert asked == [5]  # no more than max_messages still wanted
     assert all(status(engine, i) is JobStatus.SUCCEEDED for i in ids)
     assert consumer.commits == [("jobs", 0, 5)]
+
+
+def test_a_stuck_producer_costs_one_timeout_per_checkpoint_not_one_per_message(engine):
+    # kafka-python's producer, stuck after a broker restart, never completes its futures: each
+    # wait runs out its whole timeout. Seen in the drills as a worker stalled for minutes.
+    import time as clock
+
+    from app.jobqueue import QueueUnavailable
+    from app.store.outbox import Message
+    from worker.errors import KafkaUnavailable
+    from worker.publisher import Publisher
+
+    class StuckQueue:
+        timeout = 0.2
+        waited = []
+
+        def send_async(self, topic, key, value, headers=None):
+            return object()
+
+        def wait(self, pending, timeout=None):
+            self.waited.append(timeout)
+            clock.sleep(max(0.0, timeout))
+            raise QueueUnavailable("kafka: KafkaTimeoutError")
+
+    publisher = Publisher(engine, StuckQueue())
+    publisher.deferred = True
+    publisher.unsent = [(i, Message("jobs.succeeded", "k%d" % i, b"{}")) for i in range(20)]
+    publisher.flush()
+    began = clock.monotonic()
+    with pytest.raises(KafkaUnavailable):
+        publisher.wait()
+    assert clock.monotonic() - began < StuckQueue.timeout + 1 + 0.5  # one timeout (+1 s), not 20 of them
+    assert len(StuckQueue.waited) == 20 and StuckQueue.waited[-1] <= 0.05  # each asked, the last at once
+    assert [i for i, _m in publisher.unsent] == list(range(20))  # all kept, in order, for later
