@@ -96,27 +96,22 @@ class Publisher:
     def transaction(self, work: Callable[[Connection], T]) -> T:
         """``work(conn)`` in a store transaction that also deletes published rows not deleted yet
         (the store was down when they were published)."""
-        deleting = list(self.sent)
-
-        def run(conn: Connection) -> T:
-            outbox.remove(conn, deleting)
-            return work(conn)
-
-        result = in_store(self._run, False, run)
-        self.sent = self.sent[len(deleting):]
-        return result
+        return self._with_tidying(False, work)
 
     def statement(self, work: Callable[[Connection], T]) -> T:
         """``work(conn)`` in autocommit: for ONE statement (a claim), which is atomic by itself,
         without the BEGIN and COMMIT round trips. Published rows not deleted yet are deleted by
         a statement of their own first."""
+        return self._with_tidying(True, work)
+
+    def _with_tidying(self, autocommit: bool, work: Callable[[Connection], T]) -> T:
         deleting = list(self.sent)
 
         def run(conn: Connection) -> T:
             outbox.remove(conn, deleting)
             return work(conn)
 
-        result = in_store(self._run, True, run)
+        result = in_store(self._run, autocommit, run)
         self.sent = self.sent[len(deleting):]
         return result
 
