@@ -39,7 +39,7 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 from urllib.parse import urlsplit
 
 from kafka.admin import KafkaAdminClient
@@ -327,9 +327,9 @@ def run_joblab(work_dir: str, workers: int, clients: int, jobs: int, kind_jobs: 
 
 # -- Celery + Redis ---------------------------------------------------------------------------
 class CeleryStack:
-    """Redis, ``workers`` Celery workers and, with ``http``, the Flask front under gunicorn."""
+    """Redis, ``workers`` Celery workers and, with ``via_http``, the Flask front under gunicorn."""
 
-    def __init__(self, work_dir: str, workers: int, durable: bool, http: bool, worker_class: str) -> None:
+    def __init__(self, work_dir: str, workers: int, durable: bool, via_http: bool, worker_class: str) -> None:
         from .celery_app import CeleryWorkers, RedisServer, make_app
 
         os.makedirs(work_dir, exist_ok=True)
@@ -342,7 +342,7 @@ class CeleryStack:
         self.web: Optional[Gunicorn] = None
         try:
             self.pool.start()
-            if http:
+            if via_http:
                 env = stack_env({}, BENCH_REDIS_URL=self.redis.url, BENCH_CELERY_DURABLE="1" if durable else "0",
                                 BENCH_TOKEN=self.token)
                 self.web = Gunicorn(env, os.path.join(work_dir, "gunicorn.log"), worker_class=worker_class,
@@ -433,11 +433,11 @@ class CeleryStack:
 def run_celery(work_dir: str, workers: int, clients: int, jobs: int, kind_jobs: int,
                worker_class: str) -> List[Dict[str, Any]]:
     rows = []
-    for name, durable, http, kinds in (("celery durable", True, True, list(KINDS)),
+    for name, durable, via_http, kinds in (("celery durable", True, True, list(KINDS)),
                                        ("celery default", False, True, ["noop"]),
                                        ("celery default", False, False, ["noop"])):
-        stack = CeleryStack(os.path.join(work_dir, "%s-%s" % (name.replace(" ", "-"), "http" if http else "direct")),
-                            workers, durable, http, worker_class)
+        stack = CeleryStack(os.path.join(work_dir, "%s-%s" % (name.replace(" ", "-"), "http" if via_http else "direct")),
+                            workers, durable, via_http, worker_class)
         try:
             stack.warm()
             for kind in kinds:
