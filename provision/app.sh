@@ -7,6 +7,8 @@
 # Settings (environment):
 #   LAB_WORKER_CLASS       gevent (default, as the seed) | sync: gunicorn's worker class
 #   LAB_GUNICORN_WORKERS   gunicorn worker processes (default 2)
+#   LAB_GUNICORN_MAX_REQUESTS  gunicorn max_requests (default 2000; 0: workers are never recycled)
+#   LAB_GUNICORN_TIMEOUT   gunicorn timeout in seconds (default 30)
 #   LAB_JOB_WORKERS        job worker processes (default 1; supervisor.sh starts them), at most
 #                          LAB_KAFKA_PARTITIONS (default 4) do work
 #   LAB_DB_KIND            postgresql (default on Debian) | mssql (default on RHEL): the results store
@@ -20,6 +22,8 @@ source "$(dirname "$0")/lib/common.sh"
 
 LAB_WORKER_CLASS="${LAB_WORKER_CLASS:-gevent}"
 LAB_GUNICORN_WORKERS="${LAB_GUNICORN_WORKERS:-2}"
+LAB_GUNICORN_MAX_REQUESTS="${LAB_GUNICORN_MAX_REQUESTS:-2000}"
+LAB_GUNICORN_TIMEOUT="${LAB_GUNICORN_TIMEOUT:-30}"
 LAB_JOB_WORKERS="${LAB_JOB_WORKERS:-1}"
 LAB_KAFKA_PARTITIONS="${LAB_KAFKA_PARTITIONS:-4}"
 LAB_LOG_LEVEL="${LAB_LOG_LEVEL:-INFO}"
@@ -45,6 +49,10 @@ check_settings() {
     for name in LAB_GUNICORN_WORKERS LAB_JOB_WORKERS LAB_KAFKA_PARTITIONS; do
         [[ "${!name}" =~ ^[1-9][0-9]*$ ]] || die "$name must be a positive number (got '${!name}')"
     done
+    [[ "$LAB_GUNICORN_MAX_REQUESTS" =~ ^(0|[1-9][0-9]{0,8})$ ]] \
+        || die "LAB_GUNICORN_MAX_REQUESTS must be a whole number, 0 for never (got '$LAB_GUNICORN_MAX_REQUESTS')"
+    [[ "$LAB_GUNICORN_TIMEOUT" =~ ^[1-9][0-9]{0,3}$ ]] \
+        || die "LAB_GUNICORN_TIMEOUT must be 1-9999 seconds (got '$LAB_GUNICORN_TIMEOUT')"
     if ((LAB_JOB_WORKERS > LAB_KAFKA_PARTITIONS)); then
         say "note: $LAB_JOB_WORKERS job workers but $LAB_KAFKA_PARTITIONS partitions: $((LAB_JOB_WORKERS - LAB_KAFKA_PARTITIONS)) will idle"
     fi
@@ -170,6 +178,8 @@ render_template "$DEVOPS/joblab.env" "$ENV_FILE" 640 "root:$LAB_APP_USER" \
     "LOG_LEVEL=$LAB_LOG_LEVEL" \
     "WORKER_CLASS=$LAB_WORKER_CLASS" \
     "GUNICORN_WORKERS=$LAB_GUNICORN_WORKERS" \
+    "GUNICORN_MAX_REQUESTS=$LAB_GUNICORN_MAX_REQUESTS" \
+    "GUNICORN_TIMEOUT=$LAB_GUNICORN_TIMEOUT" \
     && changed=1
 
 if [[ "$LAB_SKIP_REMOTE" == 1 ]]; then

@@ -11,10 +11,11 @@ source "$(dirname "$0")/lib/common.sh"
 # The last CentOS 6 tree on the vault (a frozen 6.8 tree is unconfirmed: RHEL-FACTS §1).
 CENTOS6_VAULT_RELEASE="${LAB_CENTOS6_VAULT_RELEASE:-6.10}"
 
-debian_packages=(ca-certificates curl procps iproute2 less tzdata python3 python3-venv)
+# psmisc: killall, fuser, pstree - part of a RHEL base system, and the seed's admin commands use killall.
+debian_packages=(ca-certificates curl procps psmisc iproute2 less tzdata python3 python3-venv)
 
 rhel_packages() {
-    local pkgs=(ca-certificates curl tar bzip2 less which)
+    local pkgs=(ca-certificates curl tar bzip2 less which psmisc)
     case "$OS_MAJOR" in
         6) pkgs+=(procps iproute) ;;              # Python comes from conda (python-env.sh)
         7) pkgs+=(procps-ng iproute) ;;           # python3 is 3.6: conda only

@@ -8,6 +8,9 @@
 # Settings (environment, lab.yml):
 #   LAB_SUBMIT_RATE    POST /v1/jobs per API token, sustained: N r/s or N r/m (default 100r/s)
 #   LAB_SUBMIT_BURST   ...and how many more at once before nginx answers 429 (default 200)
+#   LAB_PROXY_CONNECT_TIMEOUT  seconds nginx waits for gunicorn to accept (default 5)
+#   LAB_PROXY_READ_TIMEOUT     seconds nginx waits for gunicorn's answer (default 35); must be
+#                              longer than LAB_GUNICORN_TIMEOUT (default 30), so gunicorn answers first
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR
 # shellcheck source=lib/common.sh
@@ -19,12 +22,21 @@ NGINX_CONF=/etc/nginx/nginx.conf
 # the fault drills (20/s plus bursts of probes and the API fuzzer) must never meet the limit.
 LAB_SUBMIT_RATE="${LAB_SUBMIT_RATE:-100r/s}"
 LAB_SUBMIT_BURST="${LAB_SUBMIT_BURST:-200}"
+LAB_PROXY_CONNECT_TIMEOUT="${LAB_PROXY_CONNECT_TIMEOUT:-5}"
+LAB_PROXY_READ_TIMEOUT="${LAB_PROXY_READ_TIMEOUT:-35}"
+LAB_GUNICORN_TIMEOUT="${LAB_GUNICORN_TIMEOUT:-30}"
 
 check_settings() {
     [[ "$LAB_SUBMIT_RATE" =~ ^[1-9][0-9]{0,5}r/[sm]$ ]] \
         || die "LAB_SUBMIT_RATE must be like 100r/s or 600r/m (got '$LAB_SUBMIT_RATE')"
     [[ "$LAB_SUBMIT_BURST" =~ ^(0|[1-9][0-9]{0,5})$ ]] \
         || die "LAB_SUBMIT_BURST must be a whole number (got '$LAB_SUBMIT_BURST')"
+    local name
+    for name in LAB_PROXY_CONNECT_TIMEOUT LAB_PROXY_READ_TIMEOUT LAB_GUNICORN_TIMEOUT; do
+        [[ "${!name}" =~ ^[1-9][0-9]{0,3}$ ]] || die "$name must be 1-9999 seconds (got '${!name}')"
+    done
+    ((LAB_PROXY_READ_TIMEOUT > LAB_GUNICORN_TIMEOUT)) \
+        || die "LAB_PROXY_READ_TIMEOUT ($LAB_PROXY_READ_TIMEOUT) must be longer than LAB_GUNICORN_TIMEOUT ($LAB_GUNICORN_TIMEOUT): gunicorn must answer (or replace a stuck worker) before nginx gives up"
 }
 
 # CentOS 6: nginx.org's el6 RPM and signing key from the artifact cache (`make lab` checks both
@@ -70,7 +82,8 @@ install_nginx_conf() {
     tmpdir="$(mktemp -d)"
     render_template "$DEVOPS/nginx.conf" "$tmpdir/nginx.conf" 644 root:root \
         "NGINX_USER=$user" "NGINX_PID=$pid" \
-        "SUBMIT_RATE=$LAB_SUBMIT_RATE" "SUBMIT_BURST=$LAB_SUBMIT_BURST" >/dev/null || true
+        "SUBMIT_RATE=$LAB_SUBMIT_RATE" "SUBMIT_BURST=$LAB_SUBMIT_BURST" \
+        "PROXY_CONNECT_TIMEOUT=$LAB_PROXY_CONNECT_TIMEOUT" "PROXY_READ_TIMEOUT=$LAB_PROXY_READ_TIMEOUT" >/dev/null || true
     if cmp -s "$tmpdir/nginx.conf" "$NGINX_CONF"; then
         rm -rf "$tmpdir"
         return 1

@@ -34,6 +34,7 @@ import tempfile
 import urllib.request
 from typing import Any, Dict, List, Optional
 
+from fablib import labfile
 from tests.support.services import ROOT, check_running, free_port, http_ok, terminate, wait_until
 from tests.support.stack import BENCH_QUOTA, LocalStack
 
@@ -131,6 +132,11 @@ class Wrk:
 
 
 # ----------------------------------------------------------------------------------------- nginx
+def lab_setting(name: str) -> str:
+    """A setting of lab.yml's `settings`, or its environment override."""
+    return str(labfile.setting(name, labfile.load()["settings"][name]))
+
+
 def render_nginx_conf(template: str, base: str, listen_port: int, upstream_port: int,
                       ceiling_port: int, user: str, temp_paths: List[str]) -> str:
     """devops/nginx.conf made private: the same proxy settings (headers, timeouts, buffering,
@@ -150,6 +156,9 @@ def render_nginx_conf(template: str, base: str, listen_port: int, upstream_port:
         # token as fast as it can, and the row measures the proxy, not the limiter.
         ("rate=@SUBMIT_RATE@;", "rate=100000r/s;"),
         ("burst=@SUBMIT_BURST@ nodelay;", "burst=100000 nodelay;"),
+        # The lab's proxy timeouts, as lab.yml sets them.
+        ("@PROXY_CONNECT_TIMEOUT@s;", "%ss;" % lab_setting("LAB_PROXY_CONNECT_TIMEOUT")),
+        ("@PROXY_READ_TIMEOUT@s;", "%ss;" % lab_setting("LAB_PROXY_READ_TIMEOUT")),
     ]
     for old, new in edits:
         if template.count(old) != 1:
