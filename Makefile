@@ -9,7 +9,7 @@ export ARTIFACT_CACHE ?= $(CURDIR)/.cache/artifacts
 KAFKA_VERSION ?= 3.9.1
 KAFKA_STAMP := $(ARTIFACT_CACHE)/kafka-$(KAFKA_VERSION)/.complete
 
-SHELL_SCRIPTS := $(wildcard provision/*.sh provision/lib/*.sh provision/host/*.sh devops/*.sh devops/init.d/* devops/joblab-exec tests/*.sh .ci/run)
+SHELL_SCRIPTS := $(wildcard dockerfile/*.sh provision/*.sh provision/lib/*.sh provision/host/*.sh devops/*.sh devops/init.d/* devops/joblab-exec tests/*.sh .ci/run)
 
 # The lab (see lab.yml, Vagrantfile, README "The lab").
 export LAB_HTTP_PORT ?= 8080
@@ -18,7 +18,7 @@ APP_SOURCES := $(shell git ls-files app worker pyproject.toml 2>/dev/null)
 
 .PHONY: help venv kafka-jars host-deps-run host-deps-test host-deps-bench run test unit integration unit-integration lint clean \
         app-wheel lab lab-user infra-test lab-idempotence lab-deploy-test lab-suite lab-destroy lab-ssh-config \
-        drills bench
+        drills bench container container-test
 
 help: ## this list
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -76,6 +76,12 @@ app-wheel: $(APP_WHEEL_STAMP) ## build the app wheel the lab installs (rebuilt o
 
 lab: venv kafka-jars app-wheel ## boot app + sidecar with Vagrant, provision, smoke-test; prints URL and token
 	provision/host/lab-up.sh
+
+container: venv kafka-jars app-wheel ## the seed's all-in-one Docker image (dockerfile/): built offline by the lab's provision scripts (JOBLAB_DB=postgresql: with PostgreSQL)
+	provision/host/container-build.sh
+
+container-test: container ## the image end to end: a job through the published port, volumes kept across containers, graceful stop, the dev variant
+	$(PY) -m pytest -p no:cacheprovider tests/container
 
 lab-user: ## print a new token for user NAME on the lab (last line): make lab-user NAME=x
 	@provision/host/lab-user.sh "$(NAME)"

@@ -12,6 +12,9 @@
 #   LAB_JOB_WORKERS        job worker processes (default 1; supervisor.sh starts them), at most
 #                          LAB_KAFKA_PARTITIONS (default 4) do work
 #   LAB_DB_KIND            postgresql (default on Debian) | mssql (default on RHEL): the results store
+#                          on the sidecar; sqlite: a file in the app user's home (the all-in-one container)
+#   LAB_APP_SOURCE         run the code in this directory (a mounted working tree: the container's
+#                          development variant) instead of the installed release
 #   LAB_LOG_LEVEL          JOBLAB_LOG_LEVEL of app and worker (default INFO)
 #   LAB_SKIP_REMOTE=1      skip the steps that need the sidecar (schema migration, topic creation)
 # When the wheel or the settings changed and supervisord already runs the programs, they are restarted.
@@ -28,6 +31,7 @@ LAB_JOB_WORKERS="${LAB_JOB_WORKERS:-1}"
 LAB_KAFKA_PARTITIONS="${LAB_KAFKA_PARTITIONS:-4}"
 LAB_LOG_LEVEL="${LAB_LOG_LEVEL:-INFO}"
 LAB_SKIP_REMOTE="${LAB_SKIP_REMOTE:-0}"
+LAB_APP_SOURCE="${LAB_APP_SOURCE:-}"
 # Database and role the sidecar creates for the app.
 DB_NAME=joblab
 DB_USER=joblab
@@ -56,10 +60,14 @@ check_settings() {
     if ((LAB_JOB_WORKERS > LAB_KAFKA_PARTITIONS)); then
         say "note: $LAB_JOB_WORKERS job workers but $LAB_KAFKA_PARTITIONS partitions: $((LAB_JOB_WORKERS - LAB_KAFKA_PARTITIONS)) will idle"
     fi
+    if [[ -n "$LAB_APP_SOURCE" ]]; then
+        [[ "$LAB_APP_SOURCE" == /* && -f "$LAB_APP_SOURCE/app/__init__.py" && -f "$LAB_APP_SOURCE/worker/__init__.py" ]] \
+            || die "LAB_APP_SOURCE=$LAB_APP_SOURCE is not a joblab working tree (an absolute path holding app/ and worker/)"
+    fi
     case "${LAB_DB_KIND:-}" in
         "") if [[ "$OS_FAMILY" == rhel ]]; then LAB_DB_KIND=mssql; else LAB_DB_KIND=postgresql; fi ;;
-        postgresql | mssql) ;;
-        *) die "LAB_DB_KIND must be postgresql or mssql (got '$LAB_DB_KIND')" ;;
+        postgresql | mssql | sqlite) ;;
+        *) die "LAB_DB_KIND must be postgresql, mssql or sqlite (got '$LAB_DB_KIND')" ;;
     esac
 }
 
@@ -78,7 +86,9 @@ install_app_wheel() {
     local pip=("$PY" -m pip install --quiet --disable-pip-version-check --root-user-action=ignore)
     # --prefer-binary: on old glibc (CentOS 6) take the newest release that has a wheel for this
     # machine rather than try to compile a newer sdist. [$LAB_DB_KIND]: this store's driver only.
-    "${pip[@]}" --prefer-binary "${whl}[${LAB_DB_KIND}]" || die "pip install ${whl}[${LAB_DB_KIND}] failed"
+    local spec="${whl}[${LAB_DB_KIND}]"
+    [[ "$LAB_DB_KIND" != sqlite ]] || spec="$whl"  # Python's own sqlite3: no driver to add
+    "${pip[@]}" --prefer-binary "$spec" || die "pip install $spec failed"
     # Same version number, new build: replace the app's own files too.
     "${pip[@]}" --no-deps --force-reinstall "$whl" || die "pip install $whl failed"
     echo "$sha" >"$WHEEL_STAMP"
@@ -108,6 +118,10 @@ install_release() {
 # The SQLAlchemy URL of the results store, password URL-encoded (read from the file, never in argv).
 database_url() {
     local pw
+    if [[ "$LAB_DB_KIND" == sqlite ]]; then
+        echo "sqlite:///$APP_HOME/joblab.db"
+        return 0
+    fi
     pw="$("$PY" -c 'import sys, urllib.parse; sys.stdout.write(urllib.parse.quote(sys.stdin.read().strip("\r\n"), safe=""))' \
         <"$SECRETS/db-password")" || die "cannot read $SECRETS/db-password"
     [[ -n "$pw" ]] || die "$SECRETS/db-password is empty"
@@ -149,7 +163,7 @@ require_root
 detect_os
 check_settings
 [[ -x "$PY" ]] || die "no Python env at $LAB_ENV_PREFIX (run provision/python-env.sh first)"
-[[ -s "$LAB_HANDOFF/db-password" ]] \
+[[ "$LAB_DB_KIND" == sqlite || -s "$LAB_HANDOFF/db-password" ]] \
     || die "no database password at $LAB_HANDOFF/db-password: provision the sidecar first (it leaves it there)"
 
 changed=0
@@ -164,7 +178,9 @@ ensure_dir "$LAB_ETC" 755 root:root
 install_file "$DEVOPS/gunicorn.conf.py" "$LAB_ETC/gunicorn.conf.py" 644 root:root && changed=1
 ensure_dir "$SECRETS" 750 "root:$LAB_APP_USER"
 ensure_secret "$SECRETS/app-secret" "root:$LAB_APP_USER" 640
-install_file "$LAB_HANDOFF/db-password" "$SECRETS/db-password" 640 "root:$LAB_APP_USER" || true
+if [[ "$LAB_DB_KIND" != sqlite ]]; then
+    install_file "$LAB_HANDOFF/db-password" "$SECRETS/db-password" 640 "root:$LAB_APP_USER" || true
+fi
 
 db_url="$(database_url)"
 # render_template substitutes in bash: the URL (with the password) never reaches a command line.
@@ -180,6 +196,7 @@ render_template "$DEVOPS/joblab.env" "$ENV_FILE" 640 "root:$LAB_APP_USER" \
     "GUNICORN_WORKERS=$LAB_GUNICORN_WORKERS" \
     "GUNICORN_MAX_REQUESTS=$LAB_GUNICORN_MAX_REQUESTS" \
     "GUNICORN_TIMEOUT=$LAB_GUNICORN_TIMEOUT" \
+    "RELEASE_SITE=${LAB_APP_SOURCE:-$RELEASES_ROOT/current/site}" \
     && changed=1
 
 if [[ "$LAB_SKIP_REMOTE" == 1 ]]; then
