@@ -14,6 +14,7 @@ from sqlalchemy import (
     Table,
     Text,
 )
+from sqlalchemy.dialects import mssql
 
 # Named constraints so Alembic can alter them on every backend (MSSQL and PostgreSQL need names).
 metadata = MetaData(
@@ -27,13 +28,17 @@ metadata = MetaData(
 
 # SQLite only auto-increments INTEGER PRIMARY KEY, so BIGINT becomes INTEGER there.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
+# Naive UTC times. DateTime is DATETIME on SQL Server, which keeps time in steps of 1/300 s (a value
+# written as ...42.022 reads back as ...42.023): DATETIME2 keeps what the app writes (milliseconds,
+# app/store/users.py utcnow) exactly, as PostgreSQL's and SQLite's types do (migration 0005).
+Timestamp = DateTime().with_variant(mssql.DATETIME2(), "mssql")
 
 users = Table(
     "users",
     metadata,
     Column("id", BigId, primary_key=True, autoincrement=True),
     Column("name", String(64), nullable=False, unique=True),
-    Column("created_at", DateTime, nullable=False),
+    Column("created_at", Timestamp, nullable=False),
 )
 
 # API tokens are stored as SHA-256 hex digests: a leaked table does not leak usable tokens.
@@ -46,13 +51,13 @@ api_tokens = Table(
     # The token's first characters (TOKEN_PREFIX + 8): names a token in `users list` and `users revoke`
     # without revealing it (48 random bits: useless to a guesser). NULL for tokens made before 0002.
     Column("prefix", String(16), nullable=True),
-    Column("created_at", DateTime, nullable=False),
+    Column("created_at", Timestamp, nullable=False),
     # NULL: never expires.
-    Column("expires_at", DateTime, nullable=True),
+    Column("expires_at", Timestamp, nullable=True),
     # Set by `users revoke`: the token answers 401 from then on.
-    Column("revoked_at", DateTime, nullable=True),
+    Column("revoked_at", Timestamp, nullable=True),
     # Written at most once a minute per process (app/store/users.py), not on every request.
-    Column("last_used_at", DateTime, nullable=True),
+    Column("last_used_at", Timestamp, nullable=True),
 )
 
 # `seq` orders jobs (newest first, cursor pagination); `id` is the public job token.
@@ -73,10 +78,10 @@ jobs = Table(
     # attempt's message must not take (or give up) a job a newer attempt is running.
     Column("claim_attempt", Integer, nullable=False, default=0, server_default="0"),
     Column("error", Text, nullable=True),
-    Column("created_at", DateTime, nullable=False),
-    Column("started_at", DateTime, nullable=True),
-    Column("finished_at", DateTime, nullable=True),
-    Column("updated_at", DateTime, nullable=False),
+    Column("created_at", Timestamp, nullable=False),
+    Column("started_at", Timestamp, nullable=True),
+    Column("finished_at", Timestamp, nullable=True),
+    Column("updated_at", Timestamp, nullable=False),
     Index("ix_jobs_user_seq", "user_id", "seq"),
     Index("ix_jobs_status", "status"),
     # The per-user quota counts a user's queued + running jobs on every submit.
@@ -89,7 +94,7 @@ results = Table(
     metadata,
     Column("job_id", String(36), ForeignKey("jobs.id"), primary_key=True),
     Column("result", Text, nullable=False),
-    Column("created_at", DateTime, nullable=False),
+    Column("created_at", Timestamp, nullable=False),
 )
 
 # Messages a worker decided to publish (retry, status event, dead letter), written in the same
@@ -107,8 +112,8 @@ outbox = Table(
     Column("headers", Text, nullable=True),
     Column("job_id", String(36), nullable=True, index=True),
     Column("owner", String(64), nullable=False),
-    Column("lease_until", DateTime, nullable=False),
-    Column("created_at", DateTime, nullable=False),
+    Column("lease_until", Timestamp, nullable=False),
+    Column("created_at", Timestamp, nullable=False),
 )
 
 # A client's Idempotency-Key (per user): a retried submit with the same key gets the jobs the
@@ -121,5 +126,5 @@ idempotency_keys = Table(
     Column("key", String(255), primary_key=True),
     Column("request_hash", String(64), nullable=False),
     Column("job_ids", Text, nullable=False),
-    Column("created_at", DateTime, nullable=False),
+    Column("created_at", Timestamp, nullable=False),
 )

@@ -29,8 +29,11 @@ MIN_PREFIX_GIVEN = len(TOKEN_PREFIX) + 4
 
 
 def utcnow() -> datetime:
-    """Naive UTC: every backend stores it the same way (MSSQL DATETIME has no zone)."""
-    return datetime.now(timezone.utc).replace(tzinfo=None)
+    """Naive UTC (SQL Server's DATETIME2 has no zone), in whole milliseconds: the precision every
+    supported store keeps exactly (pymssql sends no finer) and the API shows, so a time the app
+    hands out - in a 202, say - is what every later read returns, on every store."""
+    now = datetime.now(timezone.utc)
+    return now.replace(tzinfo=None, microsecond=now.microsecond // 1000 * 1000)
 
 
 def hash_token(token: str) -> str:

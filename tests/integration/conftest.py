@@ -16,7 +16,7 @@ from kafka import KafkaConsumer
 from kafka.structs import TopicPartition
 from app.migrate import upgrade
 from app.topics import Topics, ensure_topics
-from tests.conftest import ROOT, auth
+from tests.conftest import ROOT, auth, mssql_store
 from tests.support.services import Broker, Postgres
 from worker.main import build_worker
 
@@ -39,15 +39,20 @@ def postgres():
     shutil.rmtree(base, ignore_errors=True)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", "postgresql", "mssql"])
 def db_url(request, tmp_path):
-    """Each test that takes it runs against both stores."""
+    """Each test that takes it runs against every store: SQLite, PostgreSQL (started here), and SQL
+    Server when JOBLAB_TEST_MSSQL_URL names one (else skipped, the reason in the summary)."""
+    if request.param == "mssql":
+        with mssql_store(request) as url:
+            yield url
+        return
     if request.param == "sqlite":
         url = "sqlite:///%s" % (tmp_path / "jobs.sqlite3")
     else:
         url = request.getfixturevalue("postgres").new_database()
     upgrade(url)
-    return url
+    yield url
 
 
 class Stack:

@@ -1,4 +1,4 @@
-"""Unit-test fixtures: an app on a fresh SQLite store (Kafka at a closed port), its client, a
+"""Unit-test fixtures: an app on a fresh store (SQLite; SQL Server too with JOBLAB_TEST_MSSQL_URL) (Kafka at a closed port), its client, a
 user's auth header, a bare engine with a user for store-level tests, and the real Worker with
 scripted Kafka doubles."""
 import pytest
@@ -11,8 +11,8 @@ from worker.runner import Worker
 
 
 @pytest.fixture
-def app(make_app, sqlite_url):
-    return make_app(sqlite_url)
+def app(make_app, store_url):
+    return make_app(store_url)
 
 
 @pytest.fixture
@@ -26,8 +26,8 @@ def alice(app):
 
 
 @pytest.fixture
-def engine(sqlite_url):
-    eng = make_engine(sqlite_url)
+def engine(store_url):
+    eng = make_engine(store_url)
     yield eng
     eng.dispose()
 
@@ -40,6 +40,6 @@ def user(engine):
 
 @pytest.fixture
 def worker(engine):
-    """The real Worker on the SQLite store, with the scripted consumer and queue (tests/unit/doubles.py)."""
+    """The real Worker on the store, with the scripted consumer and queue (tests/unit/doubles.py)."""
     return Worker(consumer=Consumer(), queue=Queue(), engine=engine, topics=TOPICS, max_attempts=3,
                   backoff=0.5, backoff_max=30.0, clock=lambda: NOW)

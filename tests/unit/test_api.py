@@ -198,11 +198,11 @@ def test_wrong_method_is_json_405_with_allow(client, alice):
     assert resp.headers["Content-Type"] == "application/json"
 
 
-def test_debug_stays_off_and_a_crash_is_a_json_500(make_app, sqlite_url, monkeypatch):
+def test_debug_stays_off_and_a_crash_is_a_json_500(make_app, store_url, monkeypatch):
     # FLASK_DEBUG=1 in the environment (a leftover from development) must not turn on the
     # debugger: a failing request still gets the JSON 500, no traceback.
     monkeypatch.setenv("FLASK_DEBUG", "1")
-    app = make_app(sqlite_url)
+    app = make_app(store_url)
     assert not app.debug
 
     @app.route("/boom")
@@ -215,8 +215,8 @@ def test_debug_stays_off_and_a_crash_is_a_json_500(make_app, sqlite_url, monkeyp
 
 
 # -- quota -------------------------------------------------------------------------------------
-def test_over_quota_is_429_with_retry_after_and_nothing_stored(make_app, sqlite_url):
-    app = make_app(sqlite_url, USER_MAX_ACTIVE=3, QUOTA_RETRY_AFTER=7, KAFKA_SEND_TIMEOUT=0.3)
+def test_over_quota_is_429_with_retry_after_and_nothing_stored(make_app, store_url):
+    app = make_app(store_url, USER_MAX_ACTIVE=3, QUOTA_RETRY_AFTER=7, KAFKA_SEND_TIMEOUT=0.3)
     client, alice, bob = app.test_client(), auth(app, "alice"), auth(app, "bob")
     mine = [js.create_job(engine(app), user_id(app, alice), "sleep", {"seconds": 60})["id"] for _ in range(3)]
     js.claim_job(engine(app), mine[0])  # running counts too
@@ -231,8 +231,8 @@ def test_over_quota_is_429_with_retry_after_and_nothing_stored(make_app, sqlite_
     assert client.post("/v1/jobs", json={"type": "noop", "args": {}}, headers=alice).status_code == 503
 
 
-def test_quota_zero_means_no_limit(make_app, sqlite_url):
-    app = make_app(sqlite_url, USER_MAX_ACTIVE=0, KAFKA_SEND_TIMEOUT=0.3)
+def test_quota_zero_means_no_limit(make_app, store_url):
+    app = make_app(store_url, USER_MAX_ACTIVE=0, KAFKA_SEND_TIMEOUT=0.3)
     alice = auth(app, "alice")
     for _ in range(3):
         js.create_job(engine(app), user_id(app, alice), "sleep", {"seconds": 1})

@@ -77,8 +77,8 @@ def test_digest_is_bounded_cpu_work_with_a_checkable_result():
         assert "rounds" in err.value.messages
 
 
-def test_the_api_refuses_args_for_noop(make_app, sqlite_url):
-    app = make_app(sqlite_url)
+def test_the_api_refuses_args_for_noop(make_app, store_url):
+    app = make_app(store_url)
     resp = app.test_client().post("/v1/jobs", json={"type": "noop", "args": {"x": 1}}, headers=auth(app, "a"))
     assert resp.status_code == 400
     assert "args.x" in resp.get_json()["fields"]

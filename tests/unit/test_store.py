@@ -127,10 +127,10 @@ def test_audit_counts_a_result_row_on_an_unfinished_job(engine, user):
     assert audit_jobs(engine, [job_id])["result_mismatch"] == [job_id]
 
 
-def test_jobs_audit_command_reads_ids_and_prints_json(make_app, sqlite_url):
+def test_jobs_audit_command_reads_ids_and_prints_json(make_app, store_url):
     import json
 
-    app = make_app(sqlite_url)
+    app = make_app(store_url)
     uid, _token, _ = issue_token(app.extensions["joblab_db"].engine, "carol")
     job_id = js.create_job(app.extensions["joblab_db"].engine, uid, "sum", {"numbers": [2]})["id"]
     out = app.test_cli_runner().invoke(args=["jobs", "audit"], input="%s\n\nnope\n" % job_id)
