@@ -11,7 +11,7 @@ KAFKA_STAMP := $(ARTIFACT_CACHE)/kafka-$(KAFKA_VERSION)/.complete
 
 SHELL_SCRIPTS := $(wildcard dockerfile/*.sh provision/*.sh provision/lib/*.sh provision/host/*.sh devops/*.sh devops/init.d/* devops/joblab-exec tests/*.sh .ci/run)
 
-# The lab (see lab.yml, Vagrantfile, README "The lab").
+# The lab (see lab.yml, Vagrantfile, docs/lab.md).
 export LAB_HTTP_PORT ?= 8080
 APP_WHEEL_STAMP := $(ARTIFACT_CACHE)/app/.built
 APP_SOURCES := $(shell git ls-files app worker pyproject.toml 2>/dev/null)
@@ -101,7 +101,7 @@ lab-deploy-test: venv lab-ssh-config ## fab deploy/rollback/scale under HTTP loa
 lab-suite: ## make lab, infra tests, idempotence check, deploy test, drills on the lab, destroy (fails if the lab cannot run here, unless ALLOW_SKIP_LAB=1)
 	provision/host/lab-suite.sh
 
-# Drills and benchmarks (README "Fault drills", "Benchmarks").
+# Drills and benchmarks (docs/drills.md, docs/bench.md).
 BENCH_VENV := .venv-bench
 
 drills: host-deps-test venv kafka-jars ## fault drills + API fuzzing on a local stack (LAB=1: the running lab); ends lost=0 duplicates=0 stuck=0

@@ -17,7 +17,7 @@
 # JOBLAB_DB: sqlite (default: the embedded store, in the data volume) | postgresql (the lab's
 # sidecar database script, on 127.0.0.1).
 # LAB_APP_SOURCE: the development variant - a working tree mounted there is served instead of the
-# installed release (README, "The seed's Docker container").
+# installed release (docs/container.md).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -39,7 +39,7 @@ VBOX_DEFAULT_RANGES = ["192.168.56.0/21"]
 VAGRANT_DRIVES = [((2, 4, 2), (7, 1)), ((0, 0, 0), (7, 0))]
 #: Memory the host keeps for itself beside the machines (MB).
 HOST_RESERVE_MB = 1024
-#: Boxes that have no build for a provider (bento's published providers; see README "The lab").
+#: Boxes that have no build for a provider (bento's published providers; see docs/lab.md).
 NO_BUILD = {("bento/centos-6.10", "libvirt")}
 
 

@@ -67,7 +67,7 @@ class Container:
         return docker("exec", *(["-u", user] if user else []), self.name, *command)
 
     def token(self, user):
-        """The documented way: README, "The seed's Docker container"."""
+        """The documented way: docs/container.md."""
         out = self.exec("runuser", "-u", APP_USER, "--", "joblab-exec", "flask", "--app", "app", "users", "create", user)
         return out.stdout.strip().splitlines()[-1]
 

@@ -3,8 +3,8 @@ them, each followed by what the seed promises: the service is back, a job submit
 nginx (127.0.0.1:$LAB_HTTP_PORT on the host) succeeds, TTIN/TTOU move the gunicorn worker count
 by one, and every job accepted before the command still succeeds (none lost).
 
-`$masterpid` is taken as an operator does on this lab: from gunicorn's pidfile (README, "Everyday
-operations"). The tests run in file order and leave the lab as they found it (TTIN then TTOU)."""
+`$masterpid` is taken as an operator does on this lab: from gunicorn's pidfile (docs/operations.md).
+The tests run in file order and leave the lab as they found it (TTIN then TTOU)."""
 from __future__ import annotations
 
 import shlex

@@ -13,7 +13,7 @@ from sqlalchemy.engine import make_url
 ENV = "JOBLAB_TEST_MSSQL_URL"
 #: Why the MSSQL tests did not run (tests/conftest.py says it once, at the end of the run).
 SKIP_REASON = ("set %s=mssql+pymssql://user:pass@host:1433/master to run the store, "
-               "API and pipeline tests against a SQL Server (README: Results stores)" % ENV)
+               "API and pipeline tests against a SQL Server (docs/stores.md)" % ENV)
 #: Test databases are named so; a crashed run's leftovers are recognisable (and droppable by prefix).
 PREFIX = "joblab_test_"
 
