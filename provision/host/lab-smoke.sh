@@ -27,7 +27,7 @@ for _ in $(seq 1 150); do
     [[ "$status" == succeeded || "$status" == failed ]] && break
     sleep 0.2
 done
-[[ "$status" == succeeded ]] || die "job $job ended '$status' (wanted succeeded); see: make lab-logs"
+[[ "$status" == succeeded ]] || die "job $job ended '$status' (wanted succeeded); see: .venv/bin/fab logs --lines=100"
 result="$(curl -sS --max-time 5 "$base/v1/jobs/$job/result" -H "Authorization: Bearer $token")"
 say "job $job succeeded: $result"
 say "ready: $base  (user $LAB_USER; token on the next line)"
