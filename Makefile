@@ -48,8 +48,9 @@ host-deps-bench:
 run: host-deps-run venv kafka-jars ## broker + worker + gunicorn in the foreground; API on http://127.0.0.1:8000 (PORT=... overrides)
 	devops/run-local.sh
 
-lint: host-deps-test venv ## shellcheck the scripts, bash-version traps, Python 3.9 compatibility
+lint: host-deps-test venv ## shellcheck the scripts, bash-version traps, ruff (pyproject.toml), Python 3.9 compatibility
 	shellcheck -x $(SHELL_SCRIPTS)
+	$(VENV)/bin/ruff check app worker tests fablib fabfile.py devops/gunicorn.conf.py devops/joblab-gunicorn provision/host/vm-preflight.py
 	tests/lint-shell-compat.sh $(SHELL_SCRIPTS)
 	$(VENV)/bin/vermin --no-tips --violations -t=3.9- app worker devops/gunicorn.conf.py
 

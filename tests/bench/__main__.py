@@ -24,9 +24,9 @@ def machine() -> str:
     model = "unknown CPU"
     try:
         with open("/proc/cpuinfo") as fh:
-            model = next((l.split(":", 1)[1].strip() for l in fh if l.startswith("model name")), model)
+            model = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), model)
         with open("/proc/meminfo") as fh:
-            mem_kb = int(next(l.split()[1] for l in fh if l.startswith("MemTotal")))
+            mem_kb = int(next(line.split()[1] for line in fh if line.startswith("MemTotal")))
     except (OSError, StopIteration, ValueError):
         mem_kb = 0
     osname = platform.platform()

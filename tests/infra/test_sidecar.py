@@ -52,6 +52,6 @@ def test_secret_file(root, path, mode):
 
 def test_database_accepts_the_app_role_only_with_a_password(root):
     hba = root.check_output("cat $(sudo -u postgres psql -tAc 'SHOW hba_file')")
-    assert "%s/32" % machine_ip("app") in hba and "trust" not in [l.split()[-1] for l in hba.splitlines()
-                                                                  if l.strip() and l.split()[0] == "host"]
+    assert "%s/32" % machine_ip("app") in hba and "trust" not in [line.split()[-1] for line in hba.splitlines()
+                                                                  if line.strip() and line.split()[0] == "host"]
     assert root.check_output("sudo -u postgres psql -tAc \"SELECT 1 FROM pg_database WHERE datname='joblab'\"") == "1"
