@@ -6,8 +6,6 @@ VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
 export ARTIFACT_CACHE ?= $(CURDIR)/.cache/artifacts
-KAFKA_VERSION ?= 3.9.1
-KAFKA_STAMP := $(ARTIFACT_CACHE)/kafka-$(KAFKA_VERSION)/.complete
 
 SHELL_SCRIPTS := $(wildcard dockerfile/*.sh provision/*.sh provision/lib/*.sh provision/host/*.sh devops/*.sh devops/init.d/* devops/joblab-exec tests/*.sh .ci/run)
 
@@ -31,10 +29,10 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed ## create .venv and install the app, worker and test tools (schemathesis included)
 
-$(KAFKA_STAMP):
-	provision/fetch-kafka.sh
-
-kafka-jars: $(KAFKA_STAMP) ## fetch the pinned Kafka broker's jars into the artifact cache (no-op when cached)
+# The version is lab.yml's (LAB_KAFKA_VERSION): fetch-kafka.sh resolves it, and is a quick no-op
+# when those jars are cached already.
+kafka-jars: venv ## fetch the pinned Kafka broker's jars into the artifact cache (no-op when cached)
+	@LAB_PYTHON=$(PY) provision/fetch-kafka.sh
 
 host-deps-run:
 	@provision/host-deps.sh run

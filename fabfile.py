@@ -29,7 +29,7 @@ from fablib import labfile
 from fablib.releases import (KEEP_RELEASES, RELEASES_ROOT, DeployError, activate, build_wheel, link_target,
                              list_releases, set_link, wheel_version)
 from fablib.remote import (APP_USER, LAB_HOSTS, LOGS, SUPERVISORCTL, capped_workers, consumer_lag, env_value,
-                           gunicorn_master_pid, gunicorn_worker_count, http_get, lab_settings, name_of, store_extra,
+                           gunicorn_master_pid, gunicorn_worker_count, http_get, name_of, store_extra,
                            one_line_errors, parse_supervisor_status, restart_job_workers, role_of,
                            signal_app_process, wait_for_worker_count, web_scale_signals)
 from fablib.shipping import run_provision_scripts, source_tarball, staged_upload
@@ -193,11 +193,11 @@ def rollback(c):
 @one_line_errors
 def provision(c, role=None):
     """Run the provision/*.sh scripts of a role (lab.yml order) on any SSH host, as root via sudo."""
-    lab = lab_settings()
+    lab = labfile.load()
     role = role or (name_of(c) if name_of(c) in lab["machines"] else None)
     if role not in lab["machines"]:
         raise Exit("fab: provision needs --role=app|sidecar for host %s" % name_of(c))
-    env = {k: str(os.environ.get(k, v)) for k, v in lab["settings"].items()}
+    env = labfile.settings(lab)
     # The machines' addresses: LAB_*_HOST for any host, else the lab's (same overrides as the Vagrantfile).
     for machine in ("sidecar", "app"):
         up = machine.upper()

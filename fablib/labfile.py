@@ -1,13 +1,15 @@
-"""lab.yml as the host-side Python tools read it (fabfile, testinfra, drills): the same rules as the
-Vagrantfile's: an environment variable named after a setting beats the file, an empty one counts
-as unset, and a machine's address is its provider's subnet with the machine's `host` number."""
+"""lab.yml as the host-side tools read it (fabfile, testinfra, drills, and the shell scripts through
+`python -m fablib.labfile get NAME`): the same rules as the Vagrantfile's: an environment variable
+named after a setting beats the file, an empty one counts as unset, and a machine's address is its
+provider's subnet with the machine's `host` number."""
 from __future__ import annotations
 
 import glob
 import ipaddress
 import os
 import subprocess
-from typing import Any, Dict, Optional
+import sys
+from typing import Any, Dict, List, Optional
 
 import yaml
 
@@ -24,6 +26,12 @@ def load() -> Dict[str, Any]:
 def setting(name: str, default: Any) -> Any:
     value = os.environ.get(name)
     return default if value is None or value == "" else value
+
+
+def settings(lab: Optional[Dict[str, Any]] = None) -> Dict[str, str]:
+    """lab.yml's `settings`, each resolved (a non-empty environment variable of its name wins)."""
+    lab = lab or load()
+    return {name: str(setting(name, value)) for name, value in lab["settings"].items()}
 
 
 def provider(lab: Optional[Dict[str, Any]] = None) -> str:
@@ -50,3 +58,20 @@ def machine_ip(name: str, lab: Optional[Dict[str, Any]] = None, on: Optional[str
         return override
     net = ipaddress.ip_network(setting("LAB_SUBNET", lab["subnet"][on or provider(lab)]))
     return str(net.network_address + int(lab["machines"][name]["host"]))
+
+
+def main(argv: List[str]) -> int:
+    """`python -m fablib.labfile get NAME`: a setting's resolved value (for shell scripts and make)."""
+    if len(argv) != 2 or argv[0] != "get":
+        print("usage: python -m fablib.labfile get NAME", file=sys.stderr)
+        return 2
+    resolved = settings()
+    if argv[1] not in resolved:
+        print("labfile: %s is not a setting of lab.yml" % argv[1], file=sys.stderr)
+        return 1
+    print(resolved[argv[1]])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

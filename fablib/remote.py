@@ -7,13 +7,12 @@ import os
 import re
 import shlex
 import socket
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
-import yaml
 from invoke.exceptions import Exit, UnexpectedExit
 from paramiko.ssh_exception import AuthenticationException, SSHException
 
-from . import REPO_ROOT
+from . import labfile
 
 LAB_HOSTS = ["app", "sidecar"]
 ENV_FILE = "/etc/joblab/joblab.env"
@@ -25,14 +24,9 @@ LOGS = {
 }
 
 
-def lab_settings() -> Dict[str, Any]:
-    with open(os.path.join(REPO_ROOT, "lab.yml")) as fh:
-        return yaml.safe_load(fh)
-
-
-#: The unprivileged user gunicorn and the job workers run as (lab.yml's LAB_APP_USER, with the
-#: same environment override the provisioning uses).
-APP_USER = os.environ.get("LAB_APP_USER") or str(lab_settings()["settings"]["LAB_APP_USER"])
+#: The unprivileged user gunicorn and the job workers run as (lab.yml's LAB_APP_USER, resolved by
+#: fablib/labfile.py as for the provisioning).
+APP_USER = labfile.settings()["LAB_APP_USER"]
 
 
 def one_line_errors(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -220,7 +214,7 @@ def consumer_lag(c: Any) -> str:
         "enable_auto_commit=False);ps=[T(p+'jobs',i) for i in sorted(c.partitions_for_topic(p+'jobs') or [])];"
         "e=c.end_offsets(ps);print(sum(e[t]-(c.committed(t) or 0) for t in ps));c.close(autocommit=False)"
     )
-    res = c.sudo("-u joblab /usr/local/bin/joblab-exec python -c %s" % shlex.quote(script), hide=True, warn=True)
+    res = c.sudo("-u %s /usr/local/bin/joblab-exec python -c %s" % (APP_USER, shlex.quote(script)), hide=True, warn=True)
     return res.stdout.strip().splitlines()[-1] if res.ok and res.stdout.strip() else "unknown (%s)" % (
         (res.stderr.strip().splitlines() or ["no answer"])[-1])
 

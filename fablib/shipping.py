@@ -13,7 +13,7 @@ from typing import Any, Dict, Iterator, List, Optional, Union
 
 from invoke.exceptions import Exit
 
-from . import REPO_ROOT
+from . import REPO_ROOT, labfile
 from .remote import name_of
 
 #: mktemp's template for the per-run staging directory on the host (see staged_upload).
@@ -31,7 +31,8 @@ def source_tarball(role: str) -> bytes:
             for member in src.getmembers():
                 tar.addfile(member, src.extractfile(member) if member.isfile() else None)
         cache = os.path.join(REPO_ROOT, ".cache", "artifacts")
-        wanted = ["ca-certificates"] + (["app", "miniconda"] if role == "app" else ["kafka-3.9.1"])
+        kafka = "kafka-" + labfile.settings()["LAB_KAFKA_VERSION"]
+        wanted = ["ca-certificates"] + (["app", "miniconda"] if role == "app" else [kafka])
         for name in wanted:
             path = os.path.join(cache, name)
             if os.path.exists(path):

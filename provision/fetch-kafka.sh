@@ -17,16 +17,19 @@
 # .sha1/.md5 from the repository does not match fails the fetch instead of drawing Maven's default
 # warning (checksumPolicy "warn"); nothing reaches the cache or the broker's classpath.
 #
-# Env: KAFKA_VERSION, SCALA_VERSION, ARTIFACT_CACHE, KAFKA_TARBALL,
+# Versions: lab.yml's LAB_KAFKA_VERSION and LAB_KAFKA_SCALA (the environment overrides them, as
+# everywhere: fablib/labfile.py resolves).
+# Env: ARTIFACT_CACHE, KAFKA_TARBALL,
 #      KAFKA_MVN_SETTINGS (a Maven settings.xml for mvn -s, e.g. a mirror; default: mvn's own).
 set -euo pipefail
 
-# Pinned versions; keep the defaults in devops/kafka/pom.xml in sync.
-KAFKA_VERSION="${KAFKA_VERSION:-3.9.1}"
-SCALA_VERSION="${SCALA_VERSION:-2.13}"
-
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_ROOT="$(dirname "$SCRIPT_DIR")"
+export HOST_TOOL=fetch-kafka
+# shellcheck source=provision/host/lib.sh
+source "$SCRIPT_DIR/host/lib.sh"
+KAFKA_VERSION="$(lab_setting LAB_KAFKA_VERSION)"
+SCALA_VERSION="$(lab_setting LAB_KAFKA_SCALA)"
 ARTIFACT_CACHE="${ARTIFACT_CACHE:-$REPO_ROOT/.cache/artifacts}"
 KAFKA_POM="$REPO_ROOT/devops/kafka/pom.xml"
 KAFKA_HOME_DIR="$ARTIFACT_CACHE/kafka-$KAFKA_VERSION"
@@ -37,10 +40,6 @@ BROKER_JAR="kafka_${SCALA_VERSION}-${KAFKA_VERSION}.jar"
 STAGING_DIR=""
 MVN_PID=""
 
-die() {
-    echo "fetch-kafka: error: $*" >&2
-    exit 1
-}
 
 # Runs on every exit: whatever was half-built in the staging dir is dropped,
 # so a failed or interrupted run never leaves a partial cache behind.

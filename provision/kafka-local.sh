@@ -14,7 +14,7 @@
 #   KAFKA_CONTROLLER_PORT  KRaft controller port (default KAFKA_PORT+1)
 #   KAFKA_DATA_DIR         default $ARTIFACT_CACHE/kafka-data/$KAFKA_PORT
 #   ARTIFACT_CACHE         default <repo>/.cache/artifacts (see fetch-kafka.sh)
-#   KAFKA_VERSION          default 3.9.1 (see fetch-kafka.sh)
+#   LAB_KAFKA_VERSION      lab.yml's (resolved by fablib/labfile.py; fetch-kafka.sh caches its jars)
 #   KAFKA_HEAP_OPTS        default -Xmx512m
 #   KAFKA_START_TIMEOUT    seconds to wait for the broker (default 60)
 #   KAFKA_STOP_TIMEOUT     seconds before SIGKILL (default 30)
@@ -23,11 +23,12 @@
 # they use different KAFKA_PORTs: everything else is derived from the port.
 set -euo pipefail
 
-# Keep in sync with fetch-kafka.sh (which owns the pin).
-KAFKA_VERSION="${KAFKA_VERSION:-3.9.1}"
-
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_ROOT="$(dirname "$SCRIPT_DIR")"
+export HOST_TOOL=kafka-local
+# shellcheck source=provision/host/lib.sh
+source "$SCRIPT_DIR/host/lib.sh"
+KAFKA_VERSION="$(lab_setting LAB_KAFKA_VERSION)"
 ARTIFACT_CACHE="${ARTIFACT_CACHE:-$REPO_ROOT/.cache/artifacts}"
 KAFKA_PORT="${KAFKA_PORT:-9092}"
 # Checked here already: the default below does arithmetic with it.
@@ -115,7 +116,7 @@ running_broker_pid() {
 
 ensure_kafka_fetched() {
     if [[ ! -f "$KAFKA_HOME_DIR/.complete" ]]; then
-        ARTIFACT_CACHE="$ARTIFACT_CACHE" KAFKA_VERSION="$KAFKA_VERSION" \
+        ARTIFACT_CACHE="$ARTIFACT_CACHE" LAB_KAFKA_VERSION="$KAFKA_VERSION" \
             "$SCRIPT_DIR/fetch-kafka.sh" || die "could not fetch Kafka $KAFKA_VERSION"
     fi
 }

@@ -11,8 +11,8 @@
 # Idempotent: a second run changes nothing and restarts nothing.
 set -euo pipefail
 
-# Pinned; keep in sync with provision/fetch-kafka.sh, which owns the pin.
-KAFKA_VERSION="${KAFKA_VERSION:-3.9.1}"
+# lab.yml's, handed over by the Vagrantfile, fab provision or the container (never re-declared here).
+KAFKA_VERSION="${LAB_KAFKA_VERSION:?LAB_KAFKA_VERSION is not set (lab.yml; the Vagrantfile and fab provision pass it)}"
 KAFKA_PORT=9092
 KAFKA_CONTROLLER_PORT=9093
 

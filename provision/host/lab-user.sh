@@ -7,6 +7,10 @@ name="${1:-}"
 [[ -n "$name" ]] || { echo "usage: make lab-user NAME=<user>" >&2; exit 2; }
 [[ "$name" =~ ^[A-Za-z0-9._@-]{1,64}$ ]] || { echo "lab: user name '$name' must be 1-64 of A-Z a-z 0-9 . _ @ -" >&2; exit 2; }
 cd "$(dirname "$0")/../.."
-out="$(vagrant ssh app -c "sudo -u joblab /usr/local/bin/joblab-exec flask --app app users create '$name'" 2>/dev/null | tr -d '\r')" \
+export HOST_TOOL=lab
+# shellcheck source=provision/host/lib.sh
+source provision/host/lib.sh
+app_user="$(lab_setting LAB_APP_USER)"
+out="$(vagrant ssh app -c "sudo -u '$app_user' /usr/local/bin/joblab-exec flask --app app users create '$name'" 2>/dev/null | tr -d '\r')" \
     || { echo "lab: could not reach the app machine (is the lab up? make lab)" >&2; exit 1; }
 printf '%s\n' "$out" | tail -n1

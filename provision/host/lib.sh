@@ -24,3 +24,14 @@ apt_install_host() {
     "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
         "$@" >/dev/null || die "apt-get install $* failed"
 }
+
+# lab_setting NAME — a lab.yml setting, resolved by the one resolver (fablib/labfile.py: a non-empty
+# environment variable of the same name wins). Python: $LAB_PYTHON, else the repository's .venv,
+# else python3 (with PyYAML).
+lab_setting() {
+    local root py
+    root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+    py="${LAB_PYTHON:-$root/.venv/bin/python}"
+    [[ -x "$py" ]] || py=python3
+    (cd "$root" && "$py" -m fablib.labfile get "$1") || die "cannot resolve $1 from lab.yml (make venv first)"
+}

@@ -21,8 +21,9 @@ def machine_ip(name: str) -> str:
     return labfile.machine_ip(name, LAB)
 
 
-APP_USER = os.environ.get("LAB_APP_USER") or LAB["settings"]["LAB_APP_USER"]
-ENV_PREFIX = "/usr/local/envs/" + (os.environ.get("LAB_ENV_NAME") or LAB["settings"]["LAB_ENV_NAME"])
+SETTINGS = labfile.settings(LAB)  # resolved: a non-empty LAB_<NAME> wins, as for the provisioning
+APP_USER = SETTINGS["LAB_APP_USER"]
+ENV_PREFIX = "/usr/local/envs/" + SETTINGS["LAB_ENV_NAME"]
 
 
 @pytest.fixture(scope="module")

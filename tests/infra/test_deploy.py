@@ -12,7 +12,7 @@ import time
 import pytest
 import testinfra
 
-from tests.infra.conftest import ROOT
+from tests.infra.conftest import APP_USER, ROOT
 from tests.infra.load import Load, call
 
 FAB = os.path.join(os.path.dirname(sys.executable), "fab")
@@ -52,7 +52,7 @@ def served_version(token):
 def gunicorn_processes(app_host):
     """(pid, ppid, args) of the app user's gunicorn processes, from ONE ps snapshot (asking per
     attribute races with processes that exit meanwhile)."""
-    out = app_host.run("ps -u joblab -o pid=,ppid=,args=").stdout
+    out = app_host.run("ps -u %s -o pid=,ppid=,args=" % APP_USER).stdout
     rows = [line.split(None, 2) for line in out.splitlines() if line.strip()]
     return [(int(r[0]), int(r[1]), r[2]) for r in rows if len(r) == 3 and "gunicorn" in r[2]]
 

@@ -64,7 +64,7 @@ def tampered_repo(tmp_path):
 @pytest.mark.skipif(shutil.which("mvn") is None, reason="needs Maven (provision/host-deps.sh installs it)")
 def test_fetch_kafka_fails_on_a_bad_checksum(tampered_repo, tmp_path):
     cache = tmp_path / "cache"
-    env = dict(os.environ, KAFKA_VERSION=VERSION, ARTIFACT_CACHE=str(cache), KAFKA_MVN_SETTINGS=str(tampered_repo))
+    env = dict(os.environ, LAB_KAFKA_VERSION=VERSION, ARTIFACT_CACHE=str(cache), KAFKA_MVN_SETTINGS=str(tampered_repo))
     run = subprocess.run([os.path.join(ROOT, "provision", "fetch-kafka.sh")], env=env, capture_output=True,
                          text=True, timeout=600)
     assert run.returncode != 0, run.stdout + run.stderr

@@ -14,7 +14,7 @@ from fabric import Config, Connection
 from invoke.exceptions import Exit
 
 import fabfile
-from tests.infra.conftest import APP_USER, LAB, ROOT, fab
+from tests.infra.conftest import APP_USER, ROOT, SETTINGS, fab
 
 CANARY = "/etc/joblab-canary"  # root's file, which a followed link would change
 PIDFILE = "/var/lib/joblab/gunicorn.pid"
@@ -81,8 +81,7 @@ def test_a_link_left_in_the_log_dir_is_removed_not_followed(canary):
     provisioning removes it, and supervisord reopening its log creates a file, not the target."""
     app = canary
     app.run_expect([0], "ln -sfn %s /var/log/joblab/web-access.log" % CANARY)  # as the app user could have
-    env = {k: str(os.environ.get(k) or v) for k, v in LAB["settings"].items()}
-    env.update(LAB_ROOT="/vagrant")
+    env = dict(SETTINGS, LAB_ROOT="/vagrant")
     out = app.run("env %s bash /vagrant/provision/supervisor.sh" % " ".join(
         "%s=%s" % (k, shlex.quote(v)) for k, v in sorted(env.items())))
     assert out.rc == 0 and "removed links from /var/log/joblab" in out.stdout, out.stdout + out.stderr

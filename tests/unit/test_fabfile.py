@@ -14,6 +14,7 @@ import pytest
 from invoke.exceptions import Exit, UnexpectedExit
 
 import fabfile
+from fablib.remote import APP_USER
 import fablib.releases
 import fablib.remote
 import fablib.shipping
@@ -150,10 +151,10 @@ def test_restart_is_graceful_by_default():
 
 
 def test_hard_restart_kills_only_the_app_users_stragglers():
-    c = Recorder({"test -x": "app\n", "service supervisord stop": "", "pkill -KILL -u joblab": "",
+    c = Recorder({"test -x": "app\n", "service supervisord stop": "", "pkill -KILL -u %s" % APP_USER: "",
                   "service supervisord start": "", "service nginx restart": ""})
     fabfile.restart.body(c, hard=True)
-    assert "pkill -KILL -u joblab -f 'gunicorn|python -m worker'" in c.commands
+    assert "pkill -KILL -u %s -f 'gunicorn|python -m worker'" % APP_USER in c.commands
 
 
 def test_source_tarball_ships_the_tree_and_the_roles_artifacts():
