@@ -32,16 +32,16 @@ venv: $(VENV)/.installed ## create .venv and install the app, worker and test to
 # The version is lab.yml's (LAB_KAFKA_VERSION): fetch-kafka.sh resolves it, and is a quick no-op
 # when those jars are cached already.
 kafka-jars: venv ## fetch the pinned Kafka broker's jars into the artifact cache (no-op when cached)
-	@LAB_PYTHON=$(PY) provision/fetch-kafka.sh
+	@LAB_PYTHON=$(PY) provision/host/fetch-kafka.sh
 
 host-deps-run:
-	@provision/host-deps.sh run
+	@provision/host/host-deps.sh run
 
 host-deps-test:
-	@provision/host-deps.sh test
+	@provision/host/host-deps.sh test
 
 host-deps-bench:
-	@provision/host-deps.sh bench
+	@provision/host/host-deps.sh bench
 
 run: host-deps-run venv kafka-jars ## broker + worker + gunicorn in the foreground; API on http://127.0.0.1:8000 (PORT=... overrides)
 	devops/run-local.sh

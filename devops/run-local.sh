@@ -37,17 +37,17 @@ stop_all() {
     for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
     for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
     if [[ $started_broker -eq 1 ]]; then
-        "$REPO_ROOT/provision/kafka-local.sh" stop
+        "$REPO_ROOT/provision/host/kafka-local.sh" stop
     fi
     say "stopped"
 }
 trap 'stop_all; exit 0' INT TERM
 trap 'stop_all' EXIT
 
-if "$REPO_ROOT/provision/kafka-local.sh" status >/dev/null 2>&1; then
+if "$REPO_ROOT/provision/host/kafka-local.sh" status >/dev/null 2>&1; then
     say "Kafka already running on 127.0.0.1:$KAFKA_PORT (left running on exit)"
 else
-    "$REPO_ROOT/provision/kafka-local.sh" start
+    "$REPO_ROOT/provision/host/kafka-local.sh" start
     started_broker=1
 fi
 

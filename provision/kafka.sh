@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Apache Kafka on the sidecar: single-node KRaft broker as the init.d service `kafka`, run by user kafka.
 #   /opt/kafka/libs          the pinned broker's jars, copied from $LAB_ARTIFACTS/kafka-$KAFKA_VERSION/libs
-#   /etc/kafka/*.properties  rendered from devops/kafka/ (the templates provision/kafka-local.sh uses)
+#   /etc/kafka/*.properties  rendered from devops/kafka/ (the templates provision/host/kafka-local.sh uses)
 #   /var/lib/kafka           data (kraft-combined-logs/) and cluster.id; formatted once
 #   /var/log/kafka           server.log (log4j), kafka.out (JVM console)
 #   /etc/init.d/kafka        from devops/init.d/kafka; enabled at boot, started when not running,
 #                            restarted only when the jars or the config changed.
 # Clients: 0.0.0.0:$KAFKA_PORT, advertised as $LAB_SIDECAR_HOST:$KAFKA_PORT; controller on 127.0.0.1.
-# Needs Java 17+ (provision/java.sh) and the cached jars (provision/fetch-kafka.sh, on the host).
+# Needs Java 17+ (provision/java.sh) and the cached jars (provision/host/fetch-kafka.sh, on the host).
 # Idempotent: a second run changes nothing and restarts nothing.
 set -euo pipefail
 
@@ -36,7 +36,7 @@ restart_needed=0
 
 check_inputs() {
     [[ -f "$LAB_ARTIFACTS/kafka-$KAFKA_VERSION/.complete" ]] \
-        || die "no Kafka $KAFKA_VERSION jars in $JARS_SRC (run provision/fetch-kafka.sh on the host)"
+        || die "no Kafka $KAFKA_VERSION jars in $JARS_SRC (run provision/host/fetch-kafka.sh on the host)"
     [[ -f "$INIT_SCRIPT_SRC" && -f "$TEMPLATES/server.properties" ]] || die "LAB_ROOT=$LAB_ROOT is not the repository"
     command -v java >/dev/null 2>&1 || die "java not found (run provision/java.sh first)"
     # Clients reconnect to the advertised address: it must be one host, not a list or 0.0.0.0.

@@ -84,7 +84,7 @@ class RedisServer:
     def start(self, seconds: float = 20) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
-            raise RuntimeError("redis-server missing: run provision/host-deps.sh bench")
+            raise RuntimeError("redis-server missing: run provision/host/host-deps.sh bench")
         os.makedirs(self.data_dir, exist_ok=True)
         with open(os.path.join(self.data_dir, "redis.log"), "ab") as log:
             self.proc = subprocess.Popen(

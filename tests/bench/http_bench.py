@@ -14,7 +14,7 @@ draining the POSTed backlog does not compete for the CPU during another row.
 
     .venv/bin/python -m tests.bench.http_bench [--duration S] [--connections C] [--threads T]
 
-Needs wrk and nginx: provision/host-deps.sh bench. Nothing touches the system's nginx, ports 80/8080
+Needs wrk and nginx: provision/host/host-deps.sh bench. Nothing touches the system's nginx, ports 80/8080
 or any system service: every process here is private, on free loopback ports, under one work dir.
 Failed requests are never hidden: wrk's non-2xx count and socket errors (connect/read/write, and
 requests slower than WRK_TIMEOUT) are in every row, such rows are marked `!` and main() exits 1.
@@ -45,7 +45,7 @@ WEB_WORKERS = 2
 JOB = {"type": "sum", "args": {"numbers": [1, 2, 3]}}
 # wrk's latency units -> milliseconds.
 _UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0, "h": 3600000.0}
-HINT = "run provision/host-deps.sh bench"
+HINT = "run provision/host/host-deps.sh bench"
 # wrk drops a request slower than its timeout from the latency histogram (it only counts it as an
 # error), which would flatter p99 under overload. 10 s instead of wrk's 2 s: longer than any healthy
 # answer, shorter than gunicorn's worker timeout (30 s) and nginx's proxy_read_timeout (35 s).

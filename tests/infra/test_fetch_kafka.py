@@ -1,4 +1,4 @@
-"""provision/fetch-kafka.sh refuses a jar whose repository checksum does not match (mvn -C), on
+"""provision/host/fetch-kafka.sh refuses a jar whose repository checksum does not match (mvn -C), on
 this host, no lab needed: a file:// repository serves a made-up Kafka version whose jar's .sha1
 is wrong, and declares checksumPolicy "warn" (what Maven does by default) to show that the
 script's --strict-checksums wins over it."""
@@ -61,11 +61,11 @@ def tampered_repo(tmp_path):
     shutil.rmtree(os.path.expanduser(os.path.join("~", ".m2", "repository", GROUP_DIR, VERSION)), ignore_errors=True)
 
 
-@pytest.mark.skipif(shutil.which("mvn") is None, reason="needs Maven (provision/host-deps.sh installs it)")
+@pytest.mark.skipif(shutil.which("mvn") is None, reason="needs Maven (provision/host/host-deps.sh installs it)")
 def test_fetch_kafka_fails_on_a_bad_checksum(tampered_repo, tmp_path):
     cache = tmp_path / "cache"
     env = dict(os.environ, LAB_KAFKA_VERSION=VERSION, ARTIFACT_CACHE=str(cache), KAFKA_MVN_SETTINGS=str(tampered_repo))
-    run = subprocess.run([os.path.join(ROOT, "provision", "fetch-kafka.sh")], env=env, capture_output=True,
+    run = subprocess.run([os.path.join(ROOT, "provision", "host", "fetch-kafka.sh")], env=env, capture_output=True,
                          text=True, timeout=600)
     assert run.returncode != 0, run.stdout + run.stderr
     error = run.stderr.strip().splitlines()[-1]

@@ -1,4 +1,4 @@
-"""Real parts for integration tests, started here: a Kafka broker (provision/kafka-local.sh, the
+"""Real parts for integration tests, started here: a Kafka broker (provision/host/kafka-local.sh, the
 cached jars, its own port and data dir), a PostgreSQL server (initdb in a temp dir, its own port)
 and SQLite files. Each test gets its own topic prefix, consumer group and database."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Processes of a local job stack: a KRaft Kafka broker (provision/kafka-local.sh), a throwaway
+"""Processes of a local job stack: a KRaft Kafka broker (provision/host/kafka-local.sh), a throwaway
 PostgreSQL cluster (initdb), gunicorn with devops/gunicorn.conf.py and `python -m worker`
 processes. Everything binds to 127.0.0.1 on free ports; nothing touches the system services."""
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Dict, List, Optional
 from sqlalchemy import create_engine, text
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-KAFKA_SCRIPT = os.path.join(ROOT, "provision", "kafka-local.sh")
+KAFKA_SCRIPT = os.path.join(ROOT, "provision", "host", "kafka-local.sh")
 GUNICORN_CONF = os.path.join(ROOT, "devops", "gunicorn.conf.py")
 BIN = os.path.dirname(sys.executable)
 
@@ -68,7 +68,7 @@ class Postgres:
     def __init__(self, base: str) -> None:
         bindirs = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(p.split("/")[-2]))
         if not bindirs:
-            raise RuntimeError("PostgreSQL server binaries missing: run provision/host-deps.sh test")
+            raise RuntimeError("PostgreSQL server binaries missing: run provision/host/host-deps.sh test")
         self.bindir = bindirs[-1]
         self.base = base
         self.data = os.path.join(base, "data")

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run a single-node KRaft Kafka broker on 127.0.0.1 for local runs and tests.
 #
-# Usage: provision/kafka-local.sh {start|stop|status|restart|reset}
+# Usage: provision/host/kafka-local.sh {start|stop|status|restart|reset}
 #   start    fetch Kafka if needed, format storage once, start in the
 #            background and wait until the broker answers (no-op if running)
 #   stop     SIGTERM, then SIGKILL after KAFKA_STOP_TIMEOUT s (no-op if stopped)
@@ -24,10 +24,10 @@
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-REPO_ROOT="$(dirname "$SCRIPT_DIR")"
+REPO_ROOT="$(cd "$SCRIPT_DIR/../.." && pwd)"
 export HOST_TOOL=kafka-local
 # shellcheck source=provision/host/lib.sh
-source "$SCRIPT_DIR/host/lib.sh"
+source "$SCRIPT_DIR/lib.sh"
 KAFKA_VERSION="$(lab_setting LAB_KAFKA_VERSION)"
 ARTIFACT_CACHE="${ARTIFACT_CACHE:-$REPO_ROOT/.cache/artifacts}"
 KAFKA_PORT="${KAFKA_PORT:-9092}"

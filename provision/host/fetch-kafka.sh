@@ -24,10 +24,10 @@
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-REPO_ROOT="$(dirname "$SCRIPT_DIR")"
+REPO_ROOT="$(cd "$SCRIPT_DIR/../.." && pwd)"
 export HOST_TOOL=fetch-kafka
 # shellcheck source=provision/host/lib.sh
-source "$SCRIPT_DIR/host/lib.sh"
+source "$SCRIPT_DIR/lib.sh"
 KAFKA_VERSION="$(lab_setting LAB_KAFKA_VERSION)"
 SCALA_VERSION="$(lab_setting LAB_KAFKA_SCALA)"
 ARTIFACT_CACHE="${ARTIFACT_CACHE:-$REPO_ROOT/.cache/artifacts}"
@@ -120,7 +120,7 @@ extract_jars_from_tarball() {
     echo "extracting Kafka jars from $KAFKA_TARBALL"
     mkdir -p "$unpack_dir"
     # Only libs/ is needed: our own config templates replace config/, and
-    # bin/ is replaced by provision/kafka-local.sh.
+    # bin/ is replaced by provision/host/kafka-local.sh.
     tar -xzf "$KAFKA_TARBALL" -C "$unpack_dir" --wildcards '*/libs/*' 2>/dev/null \
         || die "could not extract libs/ from $KAFKA_TARBALL (not a Kafka release .tgz?)"
     found_libs="$(find "$unpack_dir" -mindepth 2 -maxdepth 2 -type d -name libs | head -n1)"

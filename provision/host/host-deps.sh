@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install the Debian/Ubuntu packages this checkout needs on the machine it runs on, only those
-# missing. Usage: provision/host-deps.sh run|test|bench   (default: test)
+# missing. Usage: provision/host/host-deps.sh run|test|bench   (default: test)
 #   run  : Java 17+ (Kafka broker), Maven (fetches the broker's jars), python3 venv support
 #   test : the above + PostgreSQL server (integration tests) + shellcheck
 #   bench: the above + wrk (load generator), nginx (nginx-light when the archive has it) and
@@ -11,7 +11,7 @@ set -euo pipefail
 want="${1:-test}"
 case "$want" in
     run | test | bench) ;;
-    *) echo "usage: provision/host-deps.sh run|test|bench" >&2; exit 2 ;;
+    *) echo "usage: provision/host/host-deps.sh run|test|bench" >&2; exit 2 ;;
 esac
 
 have_java17() {
