@@ -14,7 +14,7 @@ LAYERS=(
     "unit + integration tests|unit-integration"
     "fault drills, local stack|drills"
     "lab suite (infra, idempotence, deploy, lab drills)|lab-suite"
-    "the seed's Docker container (build, run, stop, dev variant)|container-test"
+    "Docker container (build, run, stop, dev variant)|container-test"
 )
 
 rows=()
