@@ -55,8 +55,6 @@ DEFAULTS: Dict[str, Any] = {
     # sweep (worker/sweep.py), which runs every SWEEP_EVERY seconds.
     "STRANDED_AFTER": 120.0,
     "SWEEP_EVERY": 30.0,
-    # Longest `sleep` job accepted, seconds. The worker's max.poll.interval is derived from it.
-    "SLEEP_MAX": 60.0,
 }
 
 

@@ -17,6 +17,10 @@ CHECKPOINT_SECONDS = 0.5
 #: long job never looks like a dead worker (no rebalance storms).
 MAX_POLL_INTERVAL_MS = int((SLEEP_MAX_SECONDS + BATCH_SECONDS + 240) * 1000)
 
+#: How long supervisor waits for a stopping worker before SIGKILL (stopwaitsecs, rendered from
+#: this by provision/supervisor.sh): its current job at the longest, then the commit.
+STOP_WAIT_SECONDS = int(SLEEP_MAX_SECONDS) + 30
+
 #: How soon the group notices a worker that died without leaving (SIGKILL): its partitions
 #: move to the survivors after this long.
 SESSION_TIMEOUT_MS = 10000

@@ -80,6 +80,15 @@ def test_supervisor_waits_longer_than_gunicorn_drains(host):
     assert graceful.rc == 0 and waits > int(graceful.stdout.strip().splitlines()[-1])
 
 
+def test_supervisor_waits_longer_than_the_longest_job(host):
+    """stopwaitsecs of the job workers is rendered from the installed code's longest job."""
+    ini = host.file("/etc/supervisord.d/joblab-worker.ini").content_string.replace(" ", "")
+    waits = int(ini.split("stopwaitsecs=")[1].split()[0])
+    longest = host.run("sudo -u %s /usr/local/bin/joblab-exec python -c "
+                       "'from app.jobtypes import SLEEP_MAX_SECONDS as s; print(s)'" % APP_USER)
+    assert longest.rc == 0 and waits > float(longest.stdout.strip().splitlines()[-1])
+
+
 @pytest.mark.parametrize("pattern", ["gunicorn", "python -m worker"])
 def test_app_processes_are_not_root(host, pattern):
     procs = host.process.filter(user=APP_USER)
