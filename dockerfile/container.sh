@@ -109,6 +109,9 @@ build() {
     export PIP_NO_INDEX=1 PIP_FIND_LINKS="$deps/wheels"
     provision
     stop_services
+    # The seed's development steps type `pip install -e .` with its env active: here `pip` is the
+    # app env's pip (the base image has no other).
+    ln -sfn "/usr/local/envs/$LAB_ENV_NAME/bin/pip" /usr/local/bin/pip
     mv /etc/apt/sources.list.joblab-build /etc/apt/sources.list
     rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb "$deps"
     local path

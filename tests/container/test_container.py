@@ -20,9 +20,7 @@ from tests.conftest import ROOT
 from tests.support.services import free_port
 
 IMAGE = os.environ.get("CONTAINER_IMAGE", "nginx_gunicorn_flask")
-SETTINGS = labfile.load()["settings"]
-APP_USER = labfile.setting("LAB_APP_USER", SETTINGS["LAB_APP_USER"])
-ENV_PREFIX = "/usr/local/envs/" + labfile.setting("LAB_ENV_NAME", SETTINGS["LAB_ENV_NAME"])
+APP_USER = labfile.settings()["LAB_APP_USER"]
 STOP_TIMEOUT = 60  # docker stop -t: seconds before docker SIGKILLs
 
 
@@ -168,7 +166,7 @@ def test_the_development_variant_serves_the_mounted_working_tree(containers, tmp
     dev = containers("-v", "%s:/opt/apps" % tree, "-e", "LAB_APP_SOURCE=/opt/apps")
 
     # The seed's steps: pip install -e . in the mounted tree, edit, restart nginx and supervisord.
-    dev.exec("sh", "-c", "cd /opt/apps && %s/bin/pip install --quiet -e ." % ENV_PREFIX)
+    dev.exec("sh", "-c", "cd /opt/apps && pip install --quiet -e .")
     health = tree / "app" / "api" / "health.py"
     marker = "edited-" + uuid.uuid4().hex[:6]
     text = health.read_text()
