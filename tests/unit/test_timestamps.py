@@ -1,7 +1,7 @@
 """Timestamps on SQL Server are DATETIME2 (DATETIME rounds to 1/300 s: a time the app handed out
 read back changed), in the schema and through migration 0005 for stores made before it; the app
 makes times in whole milliseconds, which every store keeps exactly. (The 202-versus-GET round
-trip on real stores: tests/integration/test_timestamps.py.)"""
+trip on real stores: tests/integration/test_time_roundtrip.py.)"""
 from __future__ import annotations
 
 import importlib.util
