@@ -72,5 +72,22 @@ def drop_parked_records(consumer: KafkaConsumer, tp: TopicPartition) -> None:
                 stale.drain()
 
 
+def finish_stalled_rejoin(consumer: KafkaConsumer) -> bool:
+    """Work around kafka-python 3.0.x: a rejoin started because the group's metadata changed (the
+    leader assigned while it knew no partitions of a topic, or partitions were added) is driven only
+    while need_rejoin() says so - and that turns false as soon as the JoinGroup is answered. If the
+    JoinGroup/SyncGroup round trip outlives the poll that started it, no later poll finishes it: the
+    member stays "rebalancing" with no partitions for good (the broker thinks it owns them; found by
+    `make drills`: a worker restarted after a SIGKILL sat idle for 9 minutes). Asking for a rejoin
+    in that state makes the next poll drive the join to the end. True if it was needed."""
+    coordinator = getattr(consumer, "_coordinator", None)
+    if coordinator is None or not getattr(coordinator, "rejoining", False):
+        return False
+    if not coordinator.rebalance_in_progress() or coordinator.need_rejoin():
+        return False
+    coordinator.request_rejoin()
+    return True
+
+
 def fmt_partitions(tps: Any) -> str:
     return ", ".join(sorted("%s[%d]" % (tp.topic, tp.partition) for tp in tps)) or "none"

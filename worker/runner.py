@@ -35,7 +35,7 @@ from app.store import jobs as job_store
 from app.topics import Topics
 
 from . import defaults
-from .consumer import ForgetRevoked, drop_parked_records
+from .consumer import ForgetRevoked, drop_parked_records, finish_stalled_rejoin
 from .errors import KafkaUnavailable, StoreUnavailable, Unavailable, describe
 from .outcomes import Outcomes
 from .publisher import Publisher
@@ -124,7 +124,7 @@ class Worker:
                     limit = self.batch_size
                     if max_messages is not None:
                         limit = max(1, min(limit, max_messages - self.handled))
-                    batch = self.consumer.poll(timeout_ms=self._poll_timeout_ms(), max_records=limit)
+                    batch = self.poll(self._poll_timeout_ms(), limit)
                     poll_failures = 0
                 except KafkaError as exc:
                     # The broker or the group is in a state kafka-python reports as an error
@@ -148,6 +148,12 @@ class Worker:
                 log.warning("could not delete published outbox rows on the way out: %s", exc)
             self.consumer.close(autocommit=False)
         return self.handled
+
+    def poll(self, timeout_ms: int, limit: int) -> Dict[TopicPartition, List[Any]]:
+        batch = self.consumer.poll(timeout_ms=timeout_ms, max_records=limit)
+        if finish_stalled_rejoin(self.consumer):
+            log.warning("the group rejoin that started in an earlier poll was left unfinished by kafka-python; rejoining")
+        return batch
 
     def housekeeping(self, idle: bool) -> None:
         """Between records: delete published outbox rows when idle, take over abandoned ones, sweep
