@@ -4,18 +4,19 @@
 # and the Kafka topics on the sidecar. Needs python-env.sh first, and the sidecar provisioned (it leaves
 # the database password in $LAB_HANDOFF/db-password). Run as root.
 #
-# Settings (environment):
-#   LAB_WORKER_CLASS       gevent (default, as the seed) | sync: gunicorn's worker class
-#   LAB_GUNICORN_WORKERS   gunicorn worker processes (default 2)
-#   LAB_GUNICORN_MAX_REQUESTS  gunicorn max_requests (default 2000; 0: workers are never recycled)
-#   LAB_GUNICORN_TIMEOUT   gunicorn timeout in seconds (default 30)
-#   LAB_JOB_WORKERS        job worker processes (default 1; supervisor.sh starts them), at most
-#                          LAB_KAFKA_PARTITIONS (default 4) do work
+# Settings (lab.yml, resolved; checked here):
+#   LAB_WORKER_CLASS       gevent (as the seed) | sync: gunicorn's worker class
+#   LAB_GUNICORN_WORKERS   gunicorn worker processes
+#   LAB_GUNICORN_MAX_REQUESTS  gunicorn max_requests (0: workers are never recycled)
+#   LAB_GUNICORN_TIMEOUT   gunicorn timeout in seconds
+#   LAB_JOB_WORKERS        job worker processes (supervisor.sh starts them), at most
+#                          LAB_KAFKA_PARTITIONS do work
+#   LAB_LOG_LEVEL          JOBLAB_LOG_LEVEL of app and worker
+# Context (environment):
 #   LAB_DB_KIND            postgresql (default on Debian) | mssql (default on RHEL): the results store
 #                          on the sidecar; sqlite: a file in the app user's home (the all-in-one container)
 #   LAB_APP_SOURCE         run the code in this directory (a mounted working tree: the container's
 #                          development variant) instead of the installed release
-#   LAB_LOG_LEVEL          JOBLAB_LOG_LEVEL of app and worker (default INFO)
 #   LAB_SKIP_REMOTE=1      skip the steps that need the sidecar (schema migration, topic creation)
 # When the wheel or the settings changed and supervisord already runs the programs, they are restarted.
 set -euo pipefail
@@ -23,13 +24,8 @@ set -euo pipefail
 # shellcheck source=lib/common.sh
 source "$(dirname "$0")/lib/common.sh"
 
-LAB_WORKER_CLASS="${LAB_WORKER_CLASS:-gevent}"
-LAB_GUNICORN_WORKERS="${LAB_GUNICORN_WORKERS:-2}"
-LAB_GUNICORN_MAX_REQUESTS="${LAB_GUNICORN_MAX_REQUESTS:-2000}"
-LAB_GUNICORN_TIMEOUT="${LAB_GUNICORN_TIMEOUT:-30}"
-LAB_JOB_WORKERS="${LAB_JOB_WORKERS:-1}"
-LAB_KAFKA_PARTITIONS="${LAB_KAFKA_PARTITIONS:-4}"
-LAB_LOG_LEVEL="${LAB_LOG_LEVEL:-INFO}"
+need_settings LAB_ENV_NAME LAB_APP_USER LAB_WORKER_CLASS LAB_GUNICORN_WORKERS LAB_GUNICORN_MAX_REQUESTS \
+    LAB_GUNICORN_TIMEOUT LAB_JOB_WORKERS LAB_KAFKA_PARTITIONS LAB_LOG_LEVEL
 LAB_SKIP_REMOTE="${LAB_SKIP_REMOTE:-0}"
 LAB_APP_SOURCE="${LAB_APP_SOURCE:-}"
 # Database and role the sidecar creates for the app.

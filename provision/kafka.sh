@@ -11,8 +11,6 @@
 # Idempotent: a second run changes nothing and restarts nothing.
 set -euo pipefail
 
-# lab.yml's, handed over by the Vagrantfile, fab provision or the container (never re-declared here).
-KAFKA_VERSION="${LAB_KAFKA_VERSION:?LAB_KAFKA_VERSION is not set (lab.yml; the Vagrantfile and fab provision pass it)}"
 KAFKA_PORT=9092
 KAFKA_CONTROLLER_PORT=9093
 
@@ -24,6 +22,8 @@ KAFKA_LOG_DIR=/var/log/kafka
 
 # shellcheck source=provision/lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
+need_settings LAB_KAFKA_VERSION
+KAFKA_VERSION="$LAB_KAFKA_VERSION"
 
 TEMPLATES="$LAB_ROOT/devops/kafka"
 INIT_SCRIPT_SRC="$LAB_ROOT/devops/init.d/kafka"

@@ -5,12 +5,12 @@
 # rejected one leaves the running config alone and stops here with nginx's message. nginx is
 # reloaded only when the config changed. On RHEL with SELinux enforcing, nginx is allowed to
 # connect to gunicorn (httpd_can_network_connect). Run as root.
-# Settings (environment, lab.yml):
-#   LAB_SUBMIT_RATE    POST /v1/jobs per API token, sustained: N r/s or N r/m (default 100r/s)
-#   LAB_SUBMIT_BURST   ...and how many more at once before nginx answers 429 (default 200)
-#   LAB_PROXY_CONNECT_TIMEOUT  seconds nginx waits for gunicorn to accept (default 5)
-#   LAB_PROXY_READ_TIMEOUT     seconds nginx waits for gunicorn's answer (default 35); must be
-#                              longer than LAB_GUNICORN_TIMEOUT (default 30), so gunicorn answers first
+# Settings (lab.yml, resolved; checked here):
+#   LAB_SUBMIT_RATE    POST /v1/jobs per API token, sustained: N r/s or N r/m
+#   LAB_SUBMIT_BURST   ...and how many more at once before nginx answers 429
+#   LAB_PROXY_CONNECT_TIMEOUT  seconds nginx waits for gunicorn to accept
+#   LAB_PROXY_READ_TIMEOUT     seconds nginx waits for gunicorn's answer; must be
+#                              longer than LAB_GUNICORN_TIMEOUT, so gunicorn answers first
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR
 # shellcheck source=lib/common.sh
@@ -20,11 +20,8 @@ DEVOPS="$LAB_ROOT/devops"
 NGINX_CONF=/etc/nginx/nginx.conf
 # Generous by default: the lab's deploy test (40 submissions/s from one token, paced) and
 # the fault drills (20/s plus bursts of probes and the API fuzzer) must never meet the limit.
-LAB_SUBMIT_RATE="${LAB_SUBMIT_RATE:-100r/s}"
-LAB_SUBMIT_BURST="${LAB_SUBMIT_BURST:-200}"
-LAB_PROXY_CONNECT_TIMEOUT="${LAB_PROXY_CONNECT_TIMEOUT:-5}"
-LAB_PROXY_READ_TIMEOUT="${LAB_PROXY_READ_TIMEOUT:-35}"
-LAB_GUNICORN_TIMEOUT="${LAB_GUNICORN_TIMEOUT:-30}"
+need_settings LAB_SUBMIT_RATE LAB_SUBMIT_BURST LAB_PROXY_CONNECT_TIMEOUT LAB_PROXY_READ_TIMEOUT LAB_GUNICORN_TIMEOUT \
+    LAB_NGINX_EL6_RPM LAB_NGINX_KEY_FINGERPRINT
 
 check_settings() {
     [[ "$LAB_SUBMIT_RATE" =~ ^[1-9][0-9]{0,5}r/[sm]$ ]] \
@@ -43,8 +40,6 @@ check_settings() {
 # on the host; lab.yml pins the RPM's name and the key's fingerprint), so the step does not
 # depend on nginx.org still serving its el6 repository. The RPM's signature is checked with
 # that key before anything is installed.
-LAB_NGINX_EL6_RPM="${LAB_NGINX_EL6_RPM:-nginx-1.16.1-1.el6.ngx.x86_64.rpm}"
-LAB_NGINX_KEY_FINGERPRINT="${LAB_NGINX_KEY_FINGERPRINT:-573BFD6B3D8FBC641079A6ABABF5BD827BD9BF62}"
 install_cached_el6_rpm() {
     local rpm_file="$LAB_ARTIFACTS/nginx/$LAB_NGINX_EL6_RPM" key="$LAB_ARTIFACTS/nginx/nginx_signing.key" keyid check
     # rpm names an imported key gpg-pubkey-<last 8 hex digits of its fingerprint>.

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The app's Python env at $LAB_ENV_PREFIX (/usr/local/envs/joblab), conda or venv at the same prefix.
-#   LAB_PYTHON_ENV=auto   (default) conda when the pinned Miniconda installer is in the artifact
+#   LAB_PYTHON_ENV=auto   (lab.yml) conda when the pinned Miniconda installer is in the artifact
 #                         cache ($LAB_ARTIFACTS/miniconda/$LAB_MINICONDA_INSTALLER), and always on
 #                         a RHEL 6 machine (no Python 3 there); else venv
 #   LAB_PYTHON_ENV=conda  run that installer into /usr/local/miniconda (batch mode), then
@@ -22,7 +22,7 @@ source "$(dirname "$0")/lib/common.sh"
 # Pinned: 3.9 is the newest CPython whose compiled deps still install on glibc 2.12 (RHEL-FACTS §2).
 CONDA_PYTHON_VERSION=3.9
 CONDA_ROOT=/usr/local/miniconda
-LAB_PYTHON_ENV="${LAB_PYTHON_ENV:-auto}"
+need_settings LAB_ENV_NAME LAB_PYTHON_ENV LAB_WORKER_CLASS LAB_MINICONDA_INSTALLER LAB_MINICONDA_SHA256
 LAB_CONDA_CHANNEL="${LAB_CONDA_CHANNEL:-conda-forge}"
 # Written last, holding "venv" or "conda": the env is complete.
 ENV_STAMP="$LAB_ENV_PREFIX/.joblab-env"
@@ -34,8 +34,6 @@ GEVENT_SOURCE_VERSION=23.9.1
 
 # The pinned installer (lab.yml: LAB_MINICONDA_INSTALLER, LAB_MINICONDA_SHA256) when it is in the
 # artifact cache, or nothing. `make lab` checks it on the host for CentOS 6 machines already.
-LAB_MINICONDA_INSTALLER="${LAB_MINICONDA_INSTALLER:-Miniconda3-py39_4.9.2-Linux-x86_64.sh}"
-LAB_MINICONDA_SHA256="${LAB_MINICONDA_SHA256:-}"
 find_miniconda_installer() {
     local path="$LAB_ARTIFACTS/miniconda/$LAB_MINICONDA_INSTALLER"
     [[ -f "$path" ]] && echo "$path"

@@ -6,7 +6,7 @@
 # only Python 3 there is. Needs python-env.sh and app.sh first. Run as root.
 #   /etc/supervisord.conf, /etc/supervisord.d/joblab-{web,worker}.ini   from devops/
 #   /etc/init.d/supervisord   devops/init.d/supervisord.rhel (chkconfig) or .lsb (update-rc.d)
-# Settings: LAB_JOB_WORKERS (default 1) job worker processes.
+# Settings (lab.yml, resolved): LAB_JOB_WORKERS job worker processes (fab scale --workers sets it).
 # Changed program files are applied with supervisorctl reread + update (only those programs
 # restart); a changed supervisord.conf restarts supervisord; nothing changed, nothing restarts.
 set -euo pipefail
@@ -16,7 +16,7 @@ source "$(dirname "$0")/lib/common.sh"
 
 SUPERVISOR_VERSION=4.3.0
 SUPERVISOR_PREFIX=/usr/local/envs/supervisor
-LAB_JOB_WORKERS="${LAB_JOB_WORKERS:-1}"
+need_settings LAB_ENV_NAME LAB_APP_USER LAB_JOB_WORKERS
 
 DEVOPS="$LAB_ROOT/devops"
 APP_HOME=/var/lib/joblab

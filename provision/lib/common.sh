@@ -2,20 +2,20 @@
 # Shared by every provision/*.sh script: logging, OS detection (once), idempotent helpers.
 # Sourced, never run. Every helper changes the machine only when it differs from the goal.
 #
-# Contract (set by the Vagrantfile or `fab provision`; defaults fit the lab):
+# Contract (set by the Vagrantfile, `fab provision` or the container's settings file):
+#   lab.yml's settings (LAB_APP_USER, LAB_ENV_NAME, ...), resolved: a script names those it uses
+#                   with need_settings and never gives one a default of its own
 #   LAB_ROOT        the repository as seen on the machine           (/vagrant)
 #   LAB_ARTIFACTS   the artifact cache (Kafka jars, app wheel, ...)  ($LAB_ROOT/.cache/artifacts)
-#   LAB_ENV_NAME    Python env name: /usr/local/envs/$LAB_ENV_NAME  (joblab)
-#   LAB_APP_USER    unprivileged user running gunicorn and workers  (joblab)
 #   LAB_SIDECAR_HOST, LAB_APP_HOST   addresses of the two machines
 #   LAB_HANDOFF     host-shared dir, 0700, where the sidecar leaves the DB password for the app
 #                   ($LAB_ROOT/.vagrant/lab-secrets; gitignored, never printed)
 
 LAB_ROOT="${LAB_ROOT:-/vagrant}"
 LAB_ARTIFACTS="${LAB_ARTIFACTS:-$LAB_ROOT/.cache/artifacts}"
-LAB_ENV_NAME="${LAB_ENV_NAME:-joblab}"
-export LAB_ENV_PREFIX="/usr/local/envs/$LAB_ENV_NAME"
-LAB_APP_USER="${LAB_APP_USER:-joblab}"
+if [[ -n "${LAB_ENV_NAME:-}" ]]; then
+    export LAB_ENV_PREFIX="/usr/local/envs/$LAB_ENV_NAME"
+fi
 LAB_SIDECAR_HOST="${LAB_SIDECAR_HOST:-sidecar}"
 LAB_APP_HOST="${LAB_APP_HOST:-app}"
 LAB_HANDOFF="${LAB_HANDOFF:-$LAB_ROOT/.vagrant/lab-secrets}"
@@ -25,6 +25,15 @@ _lab_script="$(basename "${0:-provision}" .sh)"
 
 say() { echo "[$_lab_script] $*"; }
 die() { echo "[$_lab_script] error: $*" >&2; exit 1; }
+
+# need_settings NAME...: stop with one line unless every named lab.yml setting arrived non-empty.
+need_settings() {
+    local name missing=()
+    for name in "$@"; do
+        [[ -n "${!name:-}" ]] || missing+=("$name")
+    done
+    ((${#missing[@]} == 0)) || die "settings not given: ${missing[*]} (provisioning gets lab.yml's resolved settings from vagrant provision or fab provision)"
+}
 
 # OS family, detected once: debian (Debian/Ubuntu) or rhel (RHEL/CentOS/Rocky/Alma/Oracle).
 detect_os() {

@@ -56,3 +56,24 @@ def test_every_consumer_reads_the_resolved_app_user():
     empty = subprocess.run([sys.executable, "-m", "fablib.labfile", "get", "LAB_APP_USER"], cwd=ROOT,
                            env=dict(os.environ, LAB_APP_USER=""), capture_output=True, text=True, timeout=60)
     assert empty.stdout.strip() == str(SETTINGS["LAB_APP_USER"])
+
+
+def test_no_script_gives_a_setting_a_default_of_its_own():
+    """Provisioning receives lab.yml's resolved settings and checks them (need_settings); a `${LAB_X:-...}`
+    of its own would silently disagree with lab.yml when a caller forgets one."""
+    names = "|".join(re.escape(n) for n in SETTINGS)
+    defaulted = re.compile(r"\$\{(%s)(:?[-=])(?!\})" % names)  # ${X:-} (empty) is no default
+    found = []
+    for path in tracked("provision/*", "dockerfile/*", "devops/*"):
+        with open(os.path.join(ROOT, path), errors="replace") as fh:
+            found += ["%s:%d: %s" % (path, n, line.strip()) for n, line in enumerate(fh, 1) if defaulted.search(line)]
+    assert found == []
+
+
+def test_a_missing_setting_stops_provisioning_with_one_line():
+    run = subprocess.run(["bash", os.path.join(ROOT, "provision", "supervisor.sh")], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60, env={k: v for k, v in os.environ.items() if not k.startswith("LAB_")})
+    assert run.returncode != 0
+    assert run.stderr.strip().splitlines() == [
+        "[supervisor] error: settings not given: LAB_ENV_NAME LAB_APP_USER LAB_JOB_WORKERS "
+        "(provisioning gets lab.yml's resolved settings from vagrant provision or fab provision)"]
