@@ -39,7 +39,7 @@ def create_app(test_config: Optional[Mapping[str, Any]] = None) -> Flask:
     )
     # JSON responses keep their key order: easier for people reading curl output.
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    configure_logging()
+    configure_logging(app.config["LOG_LEVEL"])
 
     Database().init_app(app)
     JobQueue().init_app(app)

@@ -55,7 +55,11 @@ DEFAULTS: Dict[str, Any] = {
     # sweep (worker/sweep.py), which runs every SWEEP_EVERY seconds.
     "STRANDED_AFTER": 120.0,
     "SWEEP_EVERY": 30.0,
+    # Lowest level logged by the API and the worker: DEBUG, INFO, WARNING, ERROR or CRITICAL.
+    "LOG_LEVEL": "INFO",
 }
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 def _coerce(default: Any, raw: str) -> Any:
@@ -87,4 +91,7 @@ def load_settings(
             ) from None
     if overrides:
         settings.update(overrides)
+    settings["LOG_LEVEL"] = str(settings["LOG_LEVEL"]).upper()
+    if settings["LOG_LEVEL"] not in LOG_LEVELS:
+        raise SystemExit("%sLOG_LEVEL=%r is not one of %s" % (ENV_PREFIX, settings["LOG_LEVEL"], ", ".join(LOG_LEVELS)))
     return settings

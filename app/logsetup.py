@@ -6,7 +6,6 @@ start a line that looks like one of ours."""
 from __future__ import annotations
 
 import logging
-import os
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
 
@@ -23,9 +22,9 @@ class OneLineFormatter(logging.Formatter):
         return "\n".join("    | " + line for line in super().formatException(ei).splitlines())
 
 
-def configure_logging() -> None:
-    """Set up root logging once (gunicorn's own handlers are left alone when present)."""
-    level = os.environ.get("JOBLAB_LOG_LEVEL", "INFO").upper()
+def configure_logging(level: str = "INFO") -> None:
+    """Set up root logging once at ``level`` (the LOG_LEVEL setting; gunicorn's own handlers are left
+    alone when present)."""
     root = logging.getLogger()
     if not root.handlers:
         handler = logging.StreamHandler()

@@ -68,8 +68,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--max-messages", type=int, help="stop after handling this many messages")
     parser.add_argument("--max-seconds", type=float, help="stop after this many seconds")
     args = parser.parse_args(argv)
-    configure_logging()
     settings = load_settings()
+    configure_logging(settings["LOG_LEVEL"])
     try:
         worker = build_worker(settings)
     except KafkaError as exc:
