@@ -7,7 +7,8 @@ Hosts: `app` and `sidecar` from `vagrant ssh-config` by default (`make lab` writ
     fab logs [--follow] [--lines=N]
     fab restart [--hard]          graceful (nginx reload, gunicorn HUP, workers finish their job)
     fab scale --web=+1|-1|N       TTIN/TTOU on the gunicorn master
-    fab scale --workers=N         job worker processes, at most the jobs topic's partitions
+    fab scale --workers=N         job worker processes, at most the jobs topic's partitions; kept as
+                                  LAB_JOB_WORKERS in lab.local.yml, so a re-provision keeps it
     fab deploy [--source=DIR]     build, upload, migrate, switch `current`, USR2 reload, health check
     fab rollback                  back to the previous release, same graceful path
     fab provision [--role=app|sidecar]   run provision/*.sh on the host, as on the lab machines
@@ -113,16 +114,24 @@ def scale(c, web=None, workers=None):
             raise Exit("fab: %s: gunicorn has %d workers, not %d, after 30 s" % (name_of(c), now, target))
         print("%s: gunicorn %d -> %d workers (%s x%d)" % (name_of(c), current, now, sig, times))
     if workers is not None:
-        partitions = int(env_value(c, "JOBLAB_KAFKA_PARTITIONS") or 4)
+        partitions = int(env_value(c, "JOBLAB_KAFKA_PARTITIONS") or labfile.settings()["LAB_KAFKA_PARTITIONS"])
         n, capped = capped_workers(int(workers), partitions)
+        pinned = os.environ.get("LAB_JOB_WORKERS")
+        if pinned and pinned != str(n):
+            raise Exit("fab: LAB_JOB_WORKERS=%s in the environment overrides lab.local.yml: unset it to scale to %d"
+                       % (pinned, n))
         if capped:
             print("%s: --workers=%s capped at %d: the jobs topic has %d partitions" % (name_of(c), workers, n, partitions))
-        ini = "/etc/supervisord.d/joblab-worker.ini"
-        c.sudo("sed -i 's/^numprocs=.*/numprocs=%d/' %s" % (n, ini), hide=True)
-        # reread + update replaces the process group; each old worker finishes its job first.
-        c.sudo("%s reread" % SUPERVISORCTL, hide=True)
-        c.sudo("%s update joblab-worker" % SUPERVISORCTL, hide=True)
-        print("%s: %d job workers (provisioning sets LAB_JOB_WORKERS again on the next run)" % (name_of(c), n))
+        # The setting provisioning renders, then the renderer itself (supervisor.sh: joblab-worker.ini,
+        # reread + update, which replaces the process group; each old worker finishes its job first).
+        before = labfile.local_settings().get("LAB_JOB_WORKERS")
+        labfile.save_local_setting("LAB_JOB_WORKERS", str(n))
+        try:
+            provision_role(c, "app", ["supervisor"])
+        except BaseException:
+            labfile.save_local_setting("LAB_JOB_WORKERS", None if before is None else str(before))
+            raise
+        print("%s: %d job workers (LAB_JOB_WORKERS=%d in lab.local.yml: a re-provision keeps it)" % (name_of(c), n, n))
 
 
 @task(hosts=["app"], optional=["source"])
@@ -197,6 +206,13 @@ def provision(c, role=None):
     role = role or (name_of(c) if name_of(c) in lab["machines"] else None)
     if role not in lab["machines"]:
         raise Exit("fab: provision needs --role=app|sidecar for host %s" % name_of(c))
+    provision_role(c, role, lab["machines"][role]["provision"])
+    print("%s: provisioned as %s" % (name_of(c), role))
+
+
+def provision_role(c, role, scripts):
+    """Run provision/<script>.sh for ``scripts`` of ``role`` with lab.yml's resolved settings."""
+    lab = labfile.load()
     env = labfile.settings(lab)
     # The machines' addresses: LAB_*_HOST for any host, else the lab's (same overrides as the Vagrantfile).
     for machine in ("sidecar", "app"):
@@ -204,7 +220,7 @@ def provision(c, role=None):
         env["LAB_%s_HOST" % up] = os.environ.get("LAB_%s_HOST" % up) or labfile.machine_ip(machine, lab)
     if c.run("test -f /vagrant/provision/lib/common.sh", hide=True, warn=True).ok:
         # A lab machine: the repository is already there (and the handoff dir).
-        run_provision_scripts(c, lab["machines"][role]["provision"], dict(env, LAB_ROOT="/vagrant"))
+        run_provision_scripts(c, scripts, dict(env, LAB_ROOT="/vagrant"))
     else:
         # Any other host: ship the committed tree and the role's artifacts into a fresh root-only
         # directory (staged_upload: checked by sha256, removed afterwards, also on failure); the
@@ -215,7 +231,5 @@ def provision(c, role=None):
             # --no-same-owner: root's files, whatever uid the tarball recorded.
             c.sudo("bash -c %s" % shlex.quote("mkdir -m 0700 %s && tar -xzf %s --no-same-owner -C %s"
                                               % (tree, tarball, tree)), hide=True)
-            run_provision_scripts(c, lab["machines"][role]["provision"],
-                                  dict(env, LAB_ROOT=tree, LAB_HANDOFF="/etc/joblab/handoff"))
-    print("%s: provisioned as %s" % (name_of(c), role))
+            run_provision_scripts(c, scripts, dict(env, LAB_ROOT=tree, LAB_HANDOFF="/etc/joblab/handoff"))
 

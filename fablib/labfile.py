@@ -1,7 +1,8 @@
 """lab.yml as the host-side tools read it (fabfile, testinfra, drills, and the shell scripts through
-`python -m fablib.labfile get NAME`): the same rules as the Vagrantfile's: an environment variable
-named after a setting beats the file, an empty one counts as unset, and a machine's address is its
-provider's subnet with the machine's `host` number."""
+`python -m fablib.labfile get NAME`): the same rules as the Vagrantfile's: this checkout's
+lab.local.yml (gitignored; `fab scale --workers` writes it) overrides lab.yml's settings, an
+environment variable named after a setting beats both, an empty one counts as unset, and a
+machine's address is its provider's subnet with the machine's `host` number."""
 from __future__ import annotations
 
 import glob
@@ -18,9 +19,46 @@ from . import REPO_ROOT
 PROVIDERS = ("docker", "virtualbox", "libvirt")
 
 
+LOCAL_FILE = os.path.join(REPO_ROOT, "lab.local.yml")
+
+
 def load() -> Dict[str, Any]:
+    """lab.yml, its settings overlaid with lab.local.yml's (settings lab.yml has, only)."""
     with open(os.path.join(REPO_ROOT, "lab.yml")) as fh:
-        return yaml.safe_load(fh)
+        lab = yaml.safe_load(fh)
+    for name, value in local_settings().items():
+        if name not in lab["settings"]:
+            raise SystemExit("lab.local.yml: %s is not a setting of lab.yml" % name)
+        lab["settings"][name] = value
+    return lab
+
+
+def local_settings() -> Dict[str, Any]:
+    try:
+        with open(LOCAL_FILE) as fh:
+            local = yaml.safe_load(fh) or {}
+    except FileNotFoundError:
+        return {}
+    settings = local.get("settings") if isinstance(local, dict) else None
+    if not isinstance(settings, dict):
+        raise SystemExit("lab.local.yml: expected a `settings:` mapping, like lab.yml's")
+    return settings
+
+
+def save_local_setting(name: str, value: Optional[str]) -> None:
+    """Set one setting in lab.local.yml (made if missing; its other settings kept); None drops it."""
+    if name not in load()["settings"]:
+        raise SystemExit("lab.local.yml: %s is not a setting of lab.yml" % name)
+    settings = dict(local_settings())
+    settings.pop(name, None)
+    if value is not None:
+        settings[name] = str(value)
+    tmp = LOCAL_FILE + ".tmp"
+    with open(tmp, "w") as fh:
+        fh.write("# This checkout's overrides of lab.yml's settings (gitignored; a non-empty LAB_<NAME> in the\n"
+                 "# environment still wins). `fab scale --workers` writes LAB_JOB_WORKERS here.\n")
+        yaml.safe_dump({"settings": settings}, fh, default_flow_style=False, sort_keys=True)
+    os.replace(tmp, LOCAL_FILE)
 
 
 def setting(name: str, default: Any) -> Any:

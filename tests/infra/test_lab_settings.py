@@ -12,7 +12,7 @@ import time
 import pytest
 import testinfra
 
-from tests.infra.conftest import APP_USER, LAB, ROOT
+from tests.infra.conftest import APP_USER, ROOT, SETTINGS
 from tests.infra.load import call
 
 pytestmark = pytest.mark.reprovision
@@ -33,7 +33,7 @@ NGINX = {"LAB_PROXY_CONNECT_TIMEOUT": "proxy_connect_timeout", "LAB_PROXY_READ_T
 
 
 def defaults():
-    return {name: str(LAB["settings"][name]) for name in CHANGED}
+    return {name: SETTINGS[name] for name in CHANGED}
 
 
 def provision(settings, scripts="app,nginx"):

@@ -78,3 +78,24 @@ def test_host_side_tools_compute_the_same_addresses():
         config = generated(provider)
         assert {name: labfile.machine_ip(name, on=provider) for name in config["machines"]} == {
             name: m["ip"] for name, m in config["machines"].items()}
+
+
+def test_lab_local_yml_overrides_settings_for_vagrant_and_the_host_tools_alike(tmp_path, monkeypatch):
+    from fablib import labfile
+
+    other = tmp_path / "checkout"
+    other.mkdir()
+    for name in ("Vagrantfile", "lab.yml"):
+        shutil.copy(os.path.join(ROOT, name), str(other / name))
+    (other / "lab.local.yml").write_text("settings:\n  LAB_JOB_WORKERS: \"3\"\n")
+    assert generated("docker", str(other))["provision_env"]["LAB_JOB_WORKERS"] == "3"
+    monkeypatch.setattr(labfile, "LOCAL_FILE", str(other / "lab.local.yml"))
+    monkeypatch.delenv("LAB_JOB_WORKERS", raising=False)
+    assert labfile.settings()["LAB_JOB_WORKERS"] == "3"
+    monkeypatch.setenv("LAB_JOB_WORKERS", "2")  # a non-empty variable still wins
+    assert labfile.settings()["LAB_JOB_WORKERS"] == "2"
+
+    (other / "lab.local.yml").write_text("settings:\n  LAB_NO_SUCH: 1\n")
+    run = subprocess.run(["vagrant", "validate"], cwd=str(other), capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, LAB_PROVIDER="docker"))
+    assert run.returncode != 0 and "lab.local.yml: LAB_NO_SUCH is not a setting of lab.yml" in run.stdout + run.stderr

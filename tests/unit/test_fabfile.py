@@ -18,6 +18,7 @@ from fablib.remote import APP_USER
 import fablib.releases
 import fablib.remote
 import fablib.shipping
+from fablib import labfile
 
 
 class Failed(str):
@@ -121,13 +122,39 @@ def test_scale_web_signals_the_master_and_waits_for_the_count():
     assert not any(cmd.startswith("kill -TTIN") for cmd in c.commands)
 
 
-def test_scale_workers_rewrites_numprocs_and_updates_the_group(capsys):
-    c = Recorder({"JOBLAB_KAFKA_PARTITIONS": "4\n", "sed -i 's/^numprocs=.*/numprocs=4/'": "", " reread": "",
-                  " update joblab-worker": ""})
+@pytest.fixture
+def local_file(tmp_path, monkeypatch):
+    path = tmp_path / "lab.local.yml"
+    monkeypatch.setattr(labfile, "LOCAL_FILE", str(path))
+    monkeypatch.delenv("LAB_JOB_WORKERS", raising=False)
+    return path
+
+
+def test_scale_workers_sets_the_setting_then_renders_it_with_provisioning(capsys, local_file):
+    c = Recorder({"JOBLAB_KAFKA_PARTITIONS": "4\n", "test -f /vagrant/provision/lib/common.sh": "",
+                  "provision/supervisor.sh": ""})
     fabfile.scale.body(c, workers="6")
-    assert any("numprocs=4" in cmd for cmd in c.commands)
-    assert any(cmd.endswith("update joblab-worker") for cmd in c.commands)
+    (script,) = [cmd for cmd in c.commands if "provision/supervisor.sh" in cmd]
+    assert " LAB_JOB_WORKERS=4 " in script and "LAB_ROOT=/vagrant" in script
+    assert labfile.local_settings() == {"LAB_JOB_WORKERS": "4"}
+    assert labfile.settings()["LAB_JOB_WORKERS"] == "4"  # what the next provision renders
     assert "capped at 4" in capsys.readouterr().out
+
+
+def test_scale_workers_that_fails_leaves_the_setting_as_it_was(local_file):
+    labfile.save_local_setting("LAB_JOB_WORKERS", "2")
+    c = Recorder({"JOBLAB_KAFKA_PARTITIONS": "4\n", "test -f /vagrant/provision/lib/common.sh": "",
+                  "provision/supervisor.sh": Failed("supervisorctl update failed")})
+    with pytest.raises(Exit, match="provision/supervisor.sh failed"):
+        fabfile.scale.body(c, workers="3")
+    assert labfile.local_settings() == {"LAB_JOB_WORKERS": "2"}
+
+
+def test_scale_workers_refuses_when_the_environment_pins_the_count(local_file, monkeypatch):
+    monkeypatch.setenv("LAB_JOB_WORKERS", "2")
+    with pytest.raises(Exit, match="LAB_JOB_WORKERS=2 in the environment overrides lab.local.yml"):
+        fabfile.scale.body(Recorder({"JOBLAB_KAFKA_PARTITIONS": "4\n"}), workers="3")
+    assert not local_file.exists()
 
 
 def test_scale_needs_an_option():
