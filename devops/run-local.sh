@@ -16,8 +16,9 @@ export JOBLAB_DATABASE_URL="${JOBLAB_DATABASE_URL:-sqlite:///$REPO_ROOT/var/jobl
 export GUNICORN_WORKERS="${GUNICORN_WORKERS:-2}"
 export FLASK_APP=app
 
-say() { echo "run: $*"; }
-die() { echo "run: error: $*" >&2; exit 1; }
+SAY_PREFIX="run:"
+# shellcheck source=provision/lib/say.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../provision/lib/say.sh"
 
 [[ -x "$VENV/bin/gunicorn" ]] || die "no virtualenv at $VENV (run: make venv)"
 if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then

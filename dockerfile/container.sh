@@ -33,8 +33,9 @@ SCRIPTS=(ca-certs base java kafka database python-env app supervisor nginx)
 PER_INSTANCE=(/etc/joblab/secrets /etc/joblab/handoff /etc/joblab/joblab.env /var/lib/joblab /var/lib/kafka
     /var/log/joblab /var/log/kafka /var/log/supervisor /var/log/nginx)
 
-say() { echo "[container] $*"; }
-die() { echo "[container] error: $*" >&2; exit 1; }
+SAY_PREFIX="[container]"
+# shellcheck source=provision/lib/say.sh
+source "$LAB_ROOT/provision/lib/say.sh"
 
 load_settings() {
     local line name

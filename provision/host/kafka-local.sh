@@ -58,14 +58,7 @@ LOG_DIRS="$KAFKA_DATA_DIR/kraft-combined-logs"
 # The broker logs this once it serves clients (KafkaRaftServer, 3.x).
 READY_LINE="Kafka Server started"
 
-say() {
-    echo "kafka-local[$KAFKA_PORT]: $*"
-}
-
-die() {
-    echo "kafka-local[$KAFKA_PORT]: error: $*" >&2
-    exit 1
-}
+SAY_PREFIX="kafka-local[$KAFKA_PORT]:"
 
 check_settings() {
     local name value

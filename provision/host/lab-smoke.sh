@@ -7,8 +7,9 @@ LAB_HTTP_PORT="${LAB_HTTP_PORT:-8080}"
 LAB_USER="${LAB_USER:-lab}"
 base="http://127.0.0.1:$LAB_HTTP_PORT"
 
-say() { echo "lab: $*"; }
-die() { echo "lab: error: $*" >&2; exit 1; }
+SAY_PREFIX="lab:"
+# shellcheck source=provision/lib/say.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../lib/say.sh"
 
 token="$("$(dirname "$0")/lab-user.sh" "$LAB_USER" | tail -n1)"
 [[ "$token" == jl_* ]] || die "could not create a token for user $LAB_USER on the app machine"

@@ -6,7 +6,9 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$HERE/../.."
 
-say() { echo "lab: $*"; }
+SAY_PREFIX="lab:"
+# shellcheck source=provision/lib/say.sh
+source "$HERE/../lib/say.sh"
 
 "$HERE/vagrant.sh"
 provider="$("$HERE/lab-provider.sh")"

@@ -4,10 +4,9 @@
 
 as_root=()
 
-die() {
-    echo "${HOST_TOOL:-host}: error: $*" >&2
-    exit 1
-}
+SAY_PREFIX="${SAY_PREFIX:-${HOST_TOOL:-host}:}"
+# shellcheck source=provision/lib/say.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../lib/say.sh"
 
 # Commands that need root go through "${as_root[@]}": empty for root, sudo otherwise.
 use_sudo_unless_root() {

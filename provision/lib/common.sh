@@ -21,10 +21,8 @@ LAB_APP_HOST="${LAB_APP_HOST:-app}"
 LAB_HANDOFF="${LAB_HANDOFF:-$LAB_ROOT/.vagrant/lab-secrets}"
 export LAB_ETC=/etc/joblab
 
-_lab_script="$(basename "${0:-provision}" .sh)"
-
-say() { echo "[$_lab_script] $*"; }
-die() { echo "[$_lab_script] error: $*" >&2; exit 1; }
+# shellcheck source=provision/lib/say.sh
+source "$(dirname "${BASH_SOURCE[0]}")/say.sh"
 
 # need_settings NAME...: stop with one line unless every named lab.yml setting arrived non-empty.
 need_settings() {
