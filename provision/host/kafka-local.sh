@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Run a single-node KRaft Kafka broker on 127.0.0.1 for local runs and tests.
+# Run a single-node KRaft Kafka broker on 127.0.0.1 for local runs and tests: this script fetches,
+# configures and formats it in its data dir; the lab's init script (devops/init.d/kafka) starts,
+# stops and checks it, as it does the sidecar's broker.
 #
 # Usage: provision/host/kafka-local.sh {start|stop|status|restart|reset}
 #   start    fetch Kafka if needed, format storage once, start in the
@@ -45,18 +47,14 @@ KAFKA_STOP_TIMEOUT="${KAFKA_STOP_TIMEOUT:-30}"
 KAFKA_HOME_DIR="$ARTIFACT_CACHE/kafka-$KAFKA_VERSION"
 KAFKA_LIBS="$KAFKA_HOME_DIR/libs"
 TEMPLATE_DIR="$REPO_ROOT/devops/kafka"
+INIT_SCRIPT="$REPO_ROOT/devops/init.d/kafka"
 
 # Everything a broker writes lives in its data dir.
 SERVER_PROPS="$KAFKA_DATA_DIR/server.properties"
 LOG4J_PROPS="$KAFKA_DATA_DIR/log4j.properties"
-PID_FILE="$KAFKA_DATA_DIR/kafka.pid"
 CLUSTER_ID_FILE="$KAFKA_DATA_DIR/cluster.id"
 SERVER_LOG="$KAFKA_DATA_DIR/server.log"
-CONSOLE_LOG="$KAFKA_DATA_DIR/kafka.out"
 LOG_DIRS="$KAFKA_DATA_DIR/kraft-combined-logs"
-
-# The broker logs this once it serves clients (KafkaRaftServer, 3.x).
-READY_LINE="Kafka Server started"
 
 SAY_PREFIX="kafka-local[$KAFKA_PORT]:"
 
@@ -88,23 +86,6 @@ is_port_open() {
     local port="$1"
     # bash's /dev/tcp avoids depending on nc/ss being installed.
     (: <>"/dev/tcp/127.0.0.1/$port") 2>/dev/null
-}
-
-# The pid in the pidfile, if that process is alive and really is our broker
-# (a stale pidfile may name a pid since reused by something else).
-running_broker_pid() {
-    local pid state
-    [[ -f "$PID_FILE" ]] || return 1
-    pid="$(<"$PID_FILE")"
-    [[ "$pid" =~ ^[0-9]+$ ]] || return 1
-    kill -0 "$pid" 2>/dev/null || return 1
-    if [[ -r "/proc/$pid/stat" ]]; then
-        # A zombie still answers kill -0 where nothing reaps orphans (some containers).
-        state="$(sed -e 's/^.*) //' "/proc/$pid/stat" | cut -d' ' -f1)"
-        [[ "$state" != Z ]] || return 1
-        tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "kafka.Kafka $SERVER_PROPS" || return 1
-    fi
-    echo "$pid"
 }
 
 ensure_kafka_fetched() {
@@ -171,172 +152,49 @@ ensure_ports_free() {
     for port in "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT"; do
         # Fail now rather than after the start timeout with a bind error in the log.
         if is_port_open "$port"; then
-            die "127.0.0.1:$port is already in use by another process (not this broker: no live pid in $PID_FILE)"
+            die "127.0.0.1:$port is already in use by another process (not this broker: it is not running)"
         fi
     done
 }
 
-launch_broker() {
-    local -a launcher=() heap_opts=()
-    # KAFKA_HEAP_OPTS may hold several flags, e.g. "-Xms256m -Xmx1g".
-    read -r -a heap_opts <<<"$KAFKA_HEAP_OPTS"
-    # Own session: the broker outlives the calling shell and is not hit by its
-    # Ctrl-C; `stop` is how it ends. nohup as fallback where setsid is missing.
-    if command -v setsid >/dev/null 2>&1; then
-        launcher=(setsid)
-    else
-        launcher=(nohup)
-    fi
-    # 8>&-: the broker must not inherit the data dir lock, or the next
-    # start/stop would wait on it forever.
-    # The inner shell writes its own pid and then execs java, so the pidfile
-    # holds the JVM's pid whatever setsid/nohup do with forking.
-    # shellcheck disable=SC2016  # $$ and $@ are for the inner shell
-    "${launcher[@]}" bash -c 'echo "$$" >"$0"; exec "$@"' "$PID_FILE" \
-        java "${heap_opts[@]}" \
-        -XX:+ExitOnOutOfMemoryError \
-        -Djava.awt.headless=true \
-        -Dlog4j.configuration="file:$LOG4J_PROPS" \
-        -cp "$KAFKA_LIBS/*" \
-        kafka.Kafka "$SERVER_PROPS" \
-        </dev/null >"$CONSOLE_LOG" 2>&1 8>&- &
-}
-
-file_size() {
-    if [[ -f "$1" ]]; then
-        wc -c <"$1"
-    else
-        echo 0
-    fi
-}
-
-# Only log lines written by this start count: server.log keeps earlier runs.
-ready_line_logged_since() {
-    local offset="$1"
-    if (($(file_size "$SERVER_LOG") < offset)); then
-        offset=0 # rolled over meanwhile
-    fi
-    tail -c "+$((offset + 1))" "$SERVER_LOG" 2>/dev/null | grep -qF "$READY_LINE"
-}
-
-# What went wrong during this start: the new part of server.log (older runs
-# and the storage format output would only mislead) and the JVM's console
-# output (e.g. a JVM that could not even start).
-print_log_tail() {
-    local offset="$1"
-    if (($(file_size "$SERVER_LOG") < offset)); then
-        offset=0
-    fi
-    if (($(file_size "$SERVER_LOG") > offset)); then
-        echo "--- last lines of $SERVER_LOG ---" >&2
-        tail -c "+$((offset + 1))" "$SERVER_LOG" | tail -n 25 >&2
-    fi
-    if [[ -s "$CONSOLE_LOG" ]]; then
-        echo "--- $CONSOLE_LOG ---" >&2
-        tail -n 25 "$CONSOLE_LOG" >&2
-    fi
-}
-
-kill_broker() {
-    local pid="$1"
-    kill -KILL "$pid" 2>/dev/null || true
-    rm -f -- "$PID_FILE"
-}
-
-wait_until_ready() {
-    local log_offset="$1" start_s="$SECONDS" waited pid=""
-    while true; do
-        waited=$((SECONDS - start_s))
-        pid="$(running_broker_pid)" || pid=""
-        if [[ -z "$pid" ]]; then
-            print_log_tail "$log_offset"
-            rm -f -- "$PID_FILE"
-            die "broker exited during startup (see $SERVER_LOG)"
-        fi
-        # Port open alone is not enough: the socket server binds before the
-        # broker has caught up with its metadata and is unfenced.
-        if is_port_open "$KAFKA_PORT" && ready_line_logged_since "$log_offset"; then
-            say "up on 127.0.0.1:$KAFKA_PORT (pid $pid, ${waited}s)"
-            return 0
-        fi
-        if ((waited >= KAFKA_START_TIMEOUT)); then
-            print_log_tail "$log_offset"
-            # A broker that never got ready would hold the ports; don't leave it behind.
-            kill_broker "$pid"
-            die "broker not ready after ${KAFKA_START_TIMEOUT}s (killed it; see $SERVER_LOG)"
-        fi
-        if ((waited > 0 && waited % 10 == 0)); then
-            say "still waiting (${waited}s)"
-            sleep 1
-        else
-            sleep 0.5
-        fi
-    done
+# Start, stop and status are the lab's init script's (devops/init.d/kafka), pointed at this broker:
+# its settings file holds the paths of the data dir and this user as the broker's user.
+init_script() {
+    local defaults="$KAFKA_DATA_DIR/init.defaults"
+    {
+        echo "# Written by provision/host/kafka-local.sh on each call: devops/init.d/kafka's settings."
+        printf '%s=%q\n' KAFKA_USER "$(id -un)" KAFKA_HOME "$KAFKA_HOME_DIR" \
+            KAFKA_CONF_DIR "$KAFKA_DATA_DIR" KAFKA_LOG_DIR "$KAFKA_DATA_DIR" PID_DIR "$KAFKA_DATA_DIR" \
+            LOCK_FILE "$KAFKA_DATA_DIR/init.lock" SUBSYS_LOCK "" KAFKA_HEAP_OPTS "$KAFKA_HEAP_OPTS" \
+            KAFKA_START_TIMEOUT "$KAFKA_START_TIMEOUT" KAFKA_STOP_TIMEOUT "$KAFKA_STOP_TIMEOUT"
+    } >"$defaults"
+    # 8>&-: the broker must not inherit the data dir lock, or the next start/stop would wait on it.
+    KAFKA_DEFAULTS="$defaults" bash "$INIT_SCRIPT" "$@" 8>&-
 }
 
 start_broker() {
-    local pid log_offset
-    if pid="$(running_broker_pid)"; then
-        say "already running (pid $pid) on 127.0.0.1:$KAFKA_PORT"
+    if [[ -f "$KAFKA_DATA_DIR/init.defaults" ]] && init_script status >/dev/null; then
+        say "already running on 127.0.0.1:$KAFKA_PORT"
         return 0
     fi
-    rm -f -- "$PID_FILE"
     command -v java >/dev/null 2>&1 || die "java not found (Kafka $KAFKA_VERSION needs Java 11+)"
     ensure_kafka_fetched
     ensure_ports_free
     render_config "$TEMPLATE_DIR/server.properties" "$SERVER_PROPS"
     render_config "$TEMPLATE_DIR/log4j.properties" "$LOG4J_PROPS"
     format_storage_once
-    log_offset="$(file_size "$SERVER_LOG")"
     say "starting Kafka $KAFKA_VERSION on 127.0.0.1:$KAFKA_PORT (controller :$KAFKA_CONTROLLER_PORT, data $KAFKA_DATA_DIR)"
-    launch_broker
-    # Give the inner shell a moment to write the pidfile before we read it.
-    local tries=0
-    while [[ ! -s "$PID_FILE" ]] && ((tries < 50)); do
-        sleep 0.1
-        tries=$((tries + 1))
-    done
-    wait_until_ready "$log_offset"
+    init_script start || die "the broker did not start (see $SERVER_LOG)"
 }
 
 stop_broker() {
-    local pid start_s="$SECONDS"
-    if ! pid="$(running_broker_pid)"; then
-        rm -f -- "$PID_FILE"
-        say "not running"
-        return 0
-    fi
-    say "stopping (pid $pid)"
-    # SIGTERM = controlled shutdown: the log is flushed and the next start
-    # skips log recovery.
-    kill -TERM "$pid" 2>/dev/null || true
-    while running_broker_pid >/dev/null; do
-        if ((SECONDS - start_s >= KAFKA_STOP_TIMEOUT)); then
-            # Costs ~15 s on the next start: the restarted controller still holds
-            # the killed broker's registration (DUPLICATE_BROKER_REGISTRATION)
-            # until broker.session.timeout.ms (9 s) expires.
-            say "no exit after ${KAFKA_STOP_TIMEOUT}s, sending SIGKILL"
-            kill_broker "$pid"
-            break
-        fi
-        sleep 0.5
-    done
-    rm -f -- "$PID_FILE"
-    say "stopped ($((SECONDS - start_s))s)"
+    [[ -f "$SERVER_PROPS" ]] || { say "not running"; return 0; }
+    init_script stop || die "the broker did not stop (see $SERVER_LOG)"
 }
 
 print_status() {
-    local pid
-    if pid="$(running_broker_pid)"; then
-        if is_port_open "$KAFKA_PORT"; then
-            echo "running (pid $pid) on 127.0.0.1:$KAFKA_PORT"
-        else
-            echo "running (pid $pid), but 127.0.0.1:$KAFKA_PORT not open yet"
-        fi
-        return 0
-    fi
-    echo "stopped"
-    return 3
+    [[ -f "$SERVER_PROPS" ]] || { echo "stopped"; return 3; }
+    init_script status
 }
 
 # Refuse to rm -rf a KAFKA_DATA_DIR that does not look like ours (a typo in
