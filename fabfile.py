@@ -27,8 +27,8 @@ from invoke.exceptions import Exit, UnexpectedExit
 
 from fablib import REPO_ROOT as ROOT
 from fablib import labfile
-from fablib.releases import (KEEP_RELEASES, RELEASES_ROOT, DeployError, activate, build_wheel, link_target,
-                             list_releases, set_link, wheel_version)
+from fablib.releases import (KEEP_RELEASES, DeployError, activate, build_wheel, install_release, list_releases,
+                             prune_releases, remove_release, wheel_version)
 from fablib.remote import (APP_USER, LAB_HOSTS, LOGS, SUPERVISORCTL, capped_workers, consumer_lag, env_value,
                            gunicorn_master_pid, gunicorn_worker_count, http_get, name_of, store_extra,
                            one_line_errors, parse_supervisor_status, restart_job_workers, role_of,
@@ -56,8 +56,8 @@ def status(c):
         print("  program %-28s %s" % (name, state))
     master = gunicorn_master_pid(c)
     print("  gunicorn master %d, %d workers" % (master, gunicorn_worker_count(c, master)))
-    names, current = list_releases(c)
-    print("  release   %s (previous: %s; %d kept)" % (current, link_target(c, "previous"), len(names)))
+    names, current, previous = list_releases(c)
+    print("  release   %s (previous: %s; %d kept)" % (current, previous, len(names)))
     print("  /v1/info  %s" % http_get(c, "/v1/info"))
     print("  /readyz   %s" % http_get(c, "/readyz"))
     print("  consumer group workers, lag on jobs: %s" % consumer_lag(c))
@@ -142,18 +142,18 @@ def deploy(c, source=ROOT, keep=KEEP_RELEASES):
     started = time.monotonic()
     wheel = build_wheel(source)
     version = wheel_version(wheel)
-    names, previous = list_releases(c)
+    _names, previous, before_previous = list_releases(c)
     if previous is None:
         raise Exit("fab: %s: no current release (provision the host first: fab provision)" % name_of(c))
-    name = "%s-%s" % (time.strftime("%Y%m%d%H%M%S", time.gmtime()), version)
-    rel = "%s/releases/%s" % (RELEASES_ROOT, name)
+    name = None
     pip = "%s/bin/python -m pip install -q --disable-pip-version-check --root-user-action=ignore" % (
         env_value(c, "JOBLAB_ENV_PREFIX"))
     # Installed by root from a fresh root-only directory, once its sha256 matches the local wheel's
     # (staged_upload); the directory is gone afterwards, whatever happened.
     with staged_upload(c, wheel) as remote_wheel:
         try:
-            c.sudo("%s --no-deps --target %s/site %s" % (pip, rel, remote_wheel), hide=True)
+            rel = install_release(c, remote_wheel)
+            name = posixpath.basename(rel)
             # The release's dependencies, with the driver of the store the host uses.
             c.sudo("%s --prefer-binary '%s%s'" % (pip, remote_wheel, store_extra(c)), hide=True)
             # Migrations run with the new code before anything serves it (they must suit both
@@ -161,24 +161,20 @@ def deploy(c, source=ROOT, keep=KEEP_RELEASES):
             c.sudo("-u %s env JOBLAB_RELEASE_SITE=%s/site /usr/local/bin/joblab-exec flask --app app db upgrade"
                    % (APP_USER, rel), hide=True)
         except UnexpectedExit as exc:
-            c.sudo("rm -rf %s" % rel, hide=True, warn=True)
+            if name:
+                remove_release(c, name)
             last = ((exc.result.stderr or exc.result.stdout).strip().splitlines() or ["no output"])[-1]
             raise Exit("fab: %s: deploy of %s failed before the switch: %s; still serving %s"
                        % (name_of(c), version, last, previous))
-    before_previous = link_target(c, "previous")
     try:
         activate(c, name)
     except (DeployError, UnexpectedExit) as exc:
         reason = str(exc).splitlines()[0] if isinstance(exc, DeployError) else "`%s` failed" % exc.result.command
-        activate(c, previous)
-        if before_previous:
-            set_link(c, "previous", before_previous)
-        c.sudo("rm -rf %s" % rel, hide=True, warn=True)
+        # current and previous as they were before this deploy; then the failed release goes.
+        activate(c, previous, before_previous or "none")
+        remove_release(c, name)
         raise Exit("fab: %s: deploy of %s failed: %s; rolled back to %s" % (name_of(c), version, reason, previous))
-    # Keep the newest `keep` releases, and always the one just replaced (rollback's target).
-    for old in sorted(names + [name])[: -int(keep)]:
-        if old not in (name, previous):
-            c.sudo("rm -rf %s/releases/%s" % (RELEASES_ROOT, old), hide=True)
+    prune_releases(c, keep)  # the newest `keep`, and always the one just replaced (rollback's target)
     print("%s: deployed %s (release %s) in %.0f s" % (name_of(c), version, name, time.monotonic() - started))
 
 
@@ -186,8 +182,7 @@ def deploy(c, source=ROOT, keep=KEEP_RELEASES):
 @one_line_errors
 def rollback(c):
     """Serve the release that was current before the last deploy (or rollback) again."""
-    names, current = list_releases(c)
-    target = link_target(c, "previous")
+    names, current, target = list_releases(c)
     if target is None or target not in names or target == current:
         raise Exit("fab: %s: no previous release to roll back to (current: %s)" % (name_of(c), current))
     try:

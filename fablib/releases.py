@@ -1,5 +1,6 @@
-"""Releases on the app host: /opt/joblab/releases/<stamp>-<version>, `current` and `previous`
-links, and the graceful code reload (USR2) that makes a release the one served."""
+"""Releases on the app host, through the host's own joblab-release (devops/joblab-release, which
+provisioning uses too): /opt/joblab/releases/<stamp>-<version>, `current` and `previous`; and the
+graceful code reload (USR2) that makes a release the one served."""
 from __future__ import annotations
 
 import json
@@ -15,7 +16,7 @@ from invoke.exceptions import Exit
 from .remote import (alive, check_app_process, env_value, gunicorn_master_pid, gunicorn_worker_count, read_pid,
                      restart_job_workers, signal_app_process)
 
-RELEASES_ROOT = "/opt/joblab"
+RELEASE_TOOL = "/usr/local/sbin/joblab-release"  # installed by provision/app.sh
 KEEP_RELEASES = 5
 
 
@@ -43,30 +44,41 @@ def release_version(name: str) -> str:
     return name.split("-", 1)[1] if "-" in name else name
 
 
-def list_releases(c: Any) -> Tuple[List[str], Optional[str]]:
-    """Release names, oldest first, and the one `current` points at."""
-    names = c.run("ls -1 %s/releases 2>/dev/null || true" % RELEASES_ROOT, hide=True).stdout.split()
-    return sorted(names), link_target(c, "current")
+def list_releases(c: Any) -> Tuple[List[str], Optional[str], Optional[str]]:
+    """Release names, oldest first, and the ones `current` and `previous` point at."""
+    res = c.sudo(RELEASE_TOOL + " list", hide=True, warn=True)
+    if not res.ok:
+        raise Exit("fab: %s: %s list failed (provision the host: fab provision): %s"
+                   % (c.host, RELEASE_TOOL, (res.stderr.strip().splitlines() or ["no output"])[-1]))
+    names, current, previous = [], None, None
+    for line in res.stdout.splitlines():
+        name, *flags = line.split()
+        names.append(name)
+        if "current" in flags:
+            current = name
+        if "previous" in flags:
+            previous = name
+    return names, current, previous
 
 
-def link_target(c: Any, link: str) -> Optional[str]:
-    """The release a link under /opt/joblab (`current`, `previous`) points at, or None."""
-    target = c.run("readlink %s/%s || true" % (RELEASES_ROOT, link), hide=True).stdout.strip()
-    return os.path.basename(target) if target else None
+def install_release(c: Any, wheel: str) -> str:
+    """Unpack the uploaded ``wheel`` into a new release; its directory on the host."""
+    return c.sudo("%s install %s" % (RELEASE_TOOL, wheel), hide=True).stdout.strip().splitlines()[-1]
 
 
-def set_link(c: Any, link: str, name: str) -> None:
-    """Atomic: a new symlink renamed over the old one (readers see the old or the new, never none)."""
-    c.sudo("ln -sfn %s/releases/%s %s/%s.new" % (RELEASES_ROOT, name, RELEASES_ROOT, link), hide=True)
-    c.sudo("mv -T %s/%s.new %s/%s" % (RELEASES_ROOT, link, RELEASES_ROOT, link), hide=True)
+def remove_release(c: Any, name: str) -> None:
+    c.sudo("%s remove %s" % (RELEASE_TOOL, name), hide=True, warn=True)
 
 
-def switch_current(c: Any, name: str) -> None:
-    """`current` -> name; `previous` -> what was current (rollback's target)."""
-    current = link_target(c, "current")
-    if current and current != name:
-        set_link(c, "previous", current)
-    set_link(c, "current", name)
+def prune_releases(c: Any, keep: int) -> None:
+    """The newest ``keep`` stay, and always `current` and `previous` (rollback's target)."""
+    c.sudo("%s prune %d" % (RELEASE_TOOL, int(keep)), hide=True)
+
+
+def switch_current(c: Any, name: str, previous: Optional[str] = None) -> None:
+    """`current` -> name; `previous` -> what was current (rollback's target), or ``previous``
+    ("none": no previous), atomically."""
+    c.sudo("%s activate %s%s" % (RELEASE_TOOL, name, " " + previous if previous else ""), hide=True)
 
 
 def get_info(c: Any, port: int) -> Dict[str, Any]:
@@ -131,10 +143,10 @@ def check_health(c: Any, version: str, seconds: int = 30) -> None:
     raise DeployError("health check failed (%s; wanted %s)" % (last, version))
 
 
-def activate(c: Any, name: str) -> None:
+def activate(c: Any, name: str, previous: Optional[str] = None) -> None:
     """Make release ``name`` the one served: switch, reload gunicorn, restart workers, check."""
     version = release_version(name)
-    switch_current(c, name)
+    switch_current(c, name, previous)
     if get_info(c, 8000).get("version") != version:
         reload_code(c, version)
     restart_job_workers(c)

@@ -37,7 +37,8 @@ APP_HOME=/var/lib/joblab
 PY="$LAB_ENV_PREFIX/bin/python"
 # sha256 of the wheel last installed into the env.
 WHEEL_STAMP="$LAB_ENV_PREFIX/.joblab-wheel.sha256"
-RELEASES_ROOT=/opt/joblab
+RELEASES_ROOT=/opt/joblab  # joblab-release's layout (devops/joblab-release)
+RELEASE_TOOL=/usr/local/sbin/joblab-release
 SECRETS="$LAB_ETC/secrets"
 ENV_FILE="$LAB_ETC/joblab.env"
 SUPERVISORCTL=(/usr/local/envs/supervisor/bin/supervisorctl -c /etc/supervisord.conf)
@@ -91,24 +92,19 @@ install_app_wheel() {
 }
 
 # The app's code runs from a release directory (/opt/joblab/current -> releases/<stamp>-<version>),
-# the layout `fab deploy` and `fab rollback` switch between. Provisioning makes a release from the
-# cached wheel when there is none yet or when that wheel changed; otherwise it leaves `current`
-# alone (it may be a newer deploy). Returns 0 when it switched `current`.
+# kept by joblab-release, as for `fab deploy` and `fab rollback`. Provisioning makes a release from
+# the cached wheel when there is none yet or when that wheel changed (the one it replaces becomes
+# `previous`, rollback's target); otherwise it leaves `current` alone (it may be a newer deploy).
+# Returns 0 when it switched `current`.
 install_release() {
-    local wheel_changed="$1" whl version rel
+    local wheel_changed="$1" rel out
     if [[ -L "$RELEASES_ROOT/current" && "$wheel_changed" -eq 0 ]]; then
         return 1
     fi
-    whl="$(compgen -G "$LAB_ARTIFACTS/app/joblab-*.whl")"
-    version="$(basename "$whl" | cut -d- -f2)"
-    rel="$RELEASES_ROOT/releases/$(date -u +%Y%m%d%H%M%S)-$version"
-    ensure_dir "$RELEASES_ROOT" 755 root:root
-    ensure_dir "$RELEASES_ROOT/releases" 755 root:root
-    "$PY" -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
-        --no-deps --target "$rel/site" "$whl" || die "pip install --target $rel/site failed"
-    ln -sfn "$rel" "$RELEASES_ROOT/current.new"
-    mv -T "$RELEASES_ROOT/current.new" "$RELEASES_ROOT/current"
-    say "release $(basename "$rel") is current"
+    rel="$(JOBLAB_ENV_PREFIX="$LAB_ENV_PREFIX" "$RELEASE_TOOL" install "$(compgen -G "$LAB_ARTIFACTS/app/joblab-*.whl")")" \
+        || die "joblab-release install failed"
+    out="$("$RELEASE_TOOL" activate "$(basename "$rel")")" || die "joblab-release activate failed"
+    say "release $out"
 }
 
 # The SQLAlchemy URL of the results store, password URL-encoded (read from the file, never in argv).
@@ -166,6 +162,7 @@ changed=0
 ensure_system_user "$LAB_APP_USER" "$APP_HOME"
 wheel_changed=0
 install_app_wheel && wheel_changed=1
+install_file "$DEVOPS/joblab-release" "$RELEASE_TOOL" 755 root:root || true
 install_release "$wheel_changed" && changed=1
 install_file "$DEVOPS/joblab-exec" /usr/local/bin/joblab-exec 755 root:root || true
 install_file "$DEVOPS/joblab-gunicorn" /usr/local/bin/joblab-gunicorn 755 root:root || true

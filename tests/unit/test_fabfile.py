@@ -205,21 +205,27 @@ def test_build_wheel_from_a_tree_carries_its_version():
     assert fabfile.wheel_version(fabfile.build_wheel(fabfile.ROOT)) == declared
 
 
+RELEASE_TOOL = fablib.releases.RELEASE_TOOL
+
+
 def test_rollback_needs_a_previous_release():
-    c = Recorder({"ls -1": "20260101000000-0.1.0\n", "readlink /opt/joblab/current": "/opt/joblab/releases/20260101000000-0.1.0\n",
-                  "readlink /opt/joblab/previous": ""})
+    c = Recorder({RELEASE_TOOL + " list": "20260101000000-0.1.0 current\n"})
     with pytest.raises(Exit, match="no previous release"):
         fabfile.rollback.body(c)
 
 
-def test_switch_remembers_the_release_it_replaces():
-    c = Recorder({"readlink /opt/joblab/current": "/opt/joblab/releases/A-0.1.0\n", "ln -sfn": "", "mv -T": ""})
+def test_releases_are_read_and_switched_by_the_hosts_joblab_release():
+    c = Recorder({RELEASE_TOOL + " list": "A-0.1.0 previous\nB-0.1.1\nC-0.1.2 current\n", " activate ": ""})
+    assert fablib.releases.list_releases(c) == (["A-0.1.0", "B-0.1.1", "C-0.1.2"], "C-0.1.2", "A-0.1.0")
     fablib.releases.switch_current(c, "B-0.1.1")
-    links = [cmd for cmd in c.commands if cmd.startswith(("ln -sfn", "mv -T"))]
-    assert links == [
-        "ln -sfn /opt/joblab/releases/A-0.1.0 /opt/joblab/previous.new", "mv -T /opt/joblab/previous.new /opt/joblab/previous",
-        "ln -sfn /opt/joblab/releases/B-0.1.1 /opt/joblab/current.new", "mv -T /opt/joblab/current.new /opt/joblab/current",
-    ]
+    fablib.releases.switch_current(c, "C-0.1.2", "none")
+    assert c.commands[-2:] == [RELEASE_TOOL + " activate B-0.1.1", RELEASE_TOOL + " activate C-0.1.2 none"]
+
+
+def test_a_host_without_joblab_release_is_one_line():
+    c = Recorder({RELEASE_TOOL + " list": Failed("sudo: /usr/local/sbin/joblab-release: command not found")})
+    with pytest.raises(Exit, match="joblab-release list failed \\(provision the host: fab provision\\)"):
+        fablib.releases.list_releases(c)
 
 
 def test_a_failed_build_is_one_line(tmp_path):
@@ -298,10 +304,11 @@ def local_wheel(tmp_path, monkeypatch):
     return wheel
 
 
-RELEASES = dict(STAGE_LIFE, **{"ls -1": "20260101000000-0.1.0\n", "JOBLAB_ENV_PREFIX": "/usr/local/envs/joblab\n",
-                               "readlink /opt/joblab/current": "/opt/joblab/releases/20260101000000-0.1.0\n",
+RELEASES = dict(STAGE_LIFE, **{RELEASE_TOOL + " list": "20260101000000-0.1.0 current\n",
+                               "JOBLAB_ENV_PREFIX": "/usr/local/envs/joblab\n", "JOBLAB_DATABASE_URL": "postgresql\n",
                                "mktemp -d": STAGE + "\n", "chown -R root:root " + STAGE: "",
-                               "rm -rf /opt/joblab/releases/": ""})
+                               RELEASE_TOOL + " install": "/opt/joblab/releases/20260102000000-0.1.0\n",
+                               RELEASE_TOOL + " remove": ""})
 
 
 def test_deploy_refuses_a_wheel_that_changed_in_transit(local_wheel):
@@ -311,19 +318,20 @@ def test_deploy_refuses_a_wheel_that_changed_in_transit(local_wheel):
     assert err.value.message == ("fab: app: the uploaded %s does not match the local file (sha256 0000000000000000, "
                                  "expected %s); nothing was installed"
                                  % (local_wheel.name, hashlib.sha256(local_wheel.read_bytes()).hexdigest()[:16]))
-    assert not any("pip" in cmd or "/opt/joblab/releases/2" in cmd for cmd in c.commands)
+    assert not any("pip" in cmd or "joblab-release install" in cmd for cmd in c.commands)
     assert c.commands[-1] == "rm -rf " + STAGE
 
 
 def test_deploy_installs_from_the_stage_and_removes_it_when_the_install_fails(local_wheel):
     digest = hashlib.sha256(local_wheel.read_bytes()).hexdigest()
     failed = UnexpectedExit(SimpleNamespace(stdout="", stderr="ERROR: no space left", exited=1, command="pip"))
-    c = Recorder(dict(RELEASES, **{"sha256sum": "%s  x\n" % digest, "--no-deps --target": failed}))
+    c = Recorder(dict(RELEASES, **{"sha256sum": "%s  x\n" % digest, "--prefer-binary": failed}))
     with pytest.raises(Exit, match="failed before the switch: ERROR: no space left; still serving"):
         fabfile.deploy.body(c)
-    pip = [cmd for cmd in c.commands if "pip install" in cmd]
-    assert pip and pip[0].endswith(" %s/%s" % (STAGE, local_wheel.name))
-    assert c.commands[-1] == "rm -rf " + STAGE and any(cmd.startswith("rm -rf /opt/joblab/releases/") for cmd in c.commands)
+    (install,) = [cmd for cmd in c.commands if "joblab-release install" in cmd]
+    assert install.endswith(" %s/%s" % (STAGE, local_wheel.name))
+    assert RELEASE_TOOL + " remove 20260102000000-0.1.0" in c.commands
+    assert c.commands[-1] == "rm -rf " + STAGE
 
 
 def test_provision_of_another_host_runs_from_a_checked_stage_and_cleans_up(monkeypatch):
