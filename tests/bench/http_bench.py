@@ -31,10 +31,10 @@ import signal
 import subprocess
 import sys
 import tempfile
-import urllib.request
 from typing import Any, Dict, List, Optional
 
 from fablib import labfile
+from tests.support.httpclient import call
 from tests.support.services import ROOT, check_running, free_port, http_ok, terminate, wait_until
 from tests.support.stack import BENCH_QUOTA, LocalStack
 
@@ -246,13 +246,10 @@ class Nginx:
 # ------------------------------------------------------------------------------------------- run
 def _submit_job(base_url: str, token: str) -> str:
     """One POST /v1/jobs; the new job's id (the GET row reads it)."""
-    req = urllib.request.Request(base_url + "/v1/jobs", data=json.dumps(JOB).encode(), method="POST",
-                                 headers={"Authorization": "Bearer " + token,
-                                          "Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        if resp.status != 202:
-            raise RuntimeError("POST /v1/jobs answered %d, expected 202" % resp.status)
-        return json.loads(resp.read())["id"]
+    status, body = call(base_url, "POST", "/v1/jobs", token, JOB, timeout=30)
+    if status != 202:
+        raise RuntimeError("POST /v1/jobs answered %d, expected 202" % status)
+    return body["id"]
 
 
 def _row(name: str, worker_class: Optional[str], result: Dict[str, Any], ceiling_rps: float,

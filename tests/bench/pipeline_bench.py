@@ -28,7 +28,6 @@ and Kafka leaves flushing to the OS; durable Redis fsyncs once a second.
 from __future__ import annotations
 
 import argparse
-import http.client
 import itertools
 import json
 import os
@@ -40,7 +39,6 @@ import tempfile
 import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
-from urllib.parse import urlsplit
 
 from kafka.admin import KafkaAdminClient
 from kafka.errors import KafkaError
@@ -50,6 +48,7 @@ from app.store import make_engine
 from app.store.schema import jobs as jobs_table
 from tests.bench import cpu
 from tests.support.figures import percentile
+from tests.support.httpclient import NOT_SENT, Client
 from tests.support.services import ROOT, Gunicorn, stack_env
 from tests.support.stack import BENCH_QUOTA, LocalStack
 
@@ -123,43 +122,31 @@ def submit_all(jobs: int, clients: int, new_client: Callable[[], Tuple[Callable[
 
 
 class ApiClient:
-    """POSTs JSON ``body`` to ``path`` on one keep-alive connection (one client per thread)."""
+    """POSTs JSON ``body`` to ``path`` on one keep-alive connection (one client per thread), with the
+    tests' HTTP client."""
 
     def __init__(self, url: str, token: str, path: str, body: Any) -> None:
-        parts = urlsplit(url)
-        self.host, self.port = parts.hostname, parts.port
+        self.client = Client(url, token, timeout=60)
         self.path = path
-        self.headers = {"Authorization": "Bearer " + token, "Content-Type": "application/json"}
         self.body = json.dumps(body).encode()
-        self.conn: Optional[http.client.HTTPConnection] = None
         self.resent = 0
 
     def post(self) -> Any:
         """The 202's JSON."""
         for attempt in (1, 2):
-            if self.conn is None:
-                self.conn = http.client.HTTPConnection(self.host, self.port, timeout=60)
-            try:
-                self.conn.request("POST", self.path, body=self.body, headers=self.headers)
-                resp = self.conn.getresponse()
-                data = resp.read()
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            status, parsed, _headers = self.client.raw("POST", self.path, self.body)
+            if status == 0 and parsed in NOT_SENT and attempt == 1:
                 # gunicorn recycles each worker after ~2000 requests (max_requests) and closes its
                 # idle keep-alive connections: the request never reached the app; send it again.
-                self.close()
-                if attempt == 2:
-                    raise
                 self.resent += 1
                 continue
-            if resp.status != 202:
-                raise RuntimeError("POST %s: %d %s" % (self.path, resp.status, data[:300]))
-            return json.loads(data)
+            if status != 202:
+                raise RuntimeError("POST %s: %d %s" % (self.path, status, str(parsed)[:300]))
+            return parsed
         raise AssertionError("unreachable")
 
     def close(self) -> None:
-        if self.conn is not None:
-            self.conn.close()
-            self.conn = None
+        self.client.close()
 
 
 def post_all(url: str, token: str, path: str, body: Any, requests: int, clients: int,

@@ -5,18 +5,16 @@ jobs kept in the volumes for the next container, and the development variant ser
 the mounted working tree after the seed's `service ... restart`s."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import time
-import urllib.error
-import urllib.request
 import uuid
 
 import pytest
 
 from fablib import labfile
 from tests.conftest import ROOT
+from tests.support import httpclient as http
 from tests.support.services import free_port
 
 IMAGE = os.environ.get("CONTAINER_IMAGE", "nginx_gunicorn_flask")
@@ -53,10 +51,9 @@ class Container:
             if not self.running():
                 pytest.fail("container %s exited:\n%s" % (self.name, self.logs()[-3000:]))
             try:
-                with urllib.request.urlopen("http://127.0.0.1:%d/readyz" % self.port, timeout=5) as resp:
-                    if resp.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
+                if http.call(self.url, "GET", "/readyz", timeout=5)[0] == 200:
+                    return
+            except OSError:
                 pass
             time.sleep(1)
         pytest.fail("container %s not ready in %d s:\n%s" % (self.name, seconds, self.logs()[-3000:]))
@@ -69,12 +66,12 @@ class Container:
         out = self.exec("runuser", "-u", APP_USER, "--", "joblab-exec", "flask", "--app", "app", "users", "create", user)
         return out.stdout.strip().splitlines()[-1]
 
+    @property
+    def url(self):
+        return "http://127.0.0.1:%d" % self.port
+
     def call(self, method, path, token, body=None):
-        req = urllib.request.Request("http://127.0.0.1:%d%s" % (self.port, path), method=method,
-                                     data=None if body is None else json.dumps(body).encode(),
-                                     headers={"Authorization": "Bearer " + token, "Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=15) as resp:
-            return resp.status, json.loads(resp.read())
+        return http.call(self.url, method, path, token, body)
 
     def submit(self, token, job):
         status, body = self.call("POST", "/v1/jobs", token, job)
@@ -178,9 +175,8 @@ def test_the_development_variant_serves_the_mounted_working_tree(containers, tmp
     seen = None
     while time.monotonic() < deadline and seen != marker:
         try:
-            with urllib.request.urlopen("http://127.0.0.1:%d/healthz" % dev.port, timeout=5) as resp:
-                seen = json.loads(resp.read())["status"]
-        except (urllib.error.URLError, OSError, ValueError):
+            seen = http.call(dev.url, "GET", "/healthz", timeout=5)[1]["status"]
+        except (OSError, TypeError, KeyError):
             pass
         time.sleep(1)
     assert seen == marker

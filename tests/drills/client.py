@@ -1,65 +1,16 @@
-"""The drill's HTTP client and its ledger: every job id the API accepted (202), with what was
-submitted and when. The ledger is the client's memory of promises, checked against the store
-and the topics at the end."""
+"""The drill's ledger: every job id the API accepted (202), with what was submitted and when, through
+the tests' HTTP client (tests/support/httpclient.py). The ledger is the client's memory of promises,
+checked against the store and the topics at the end."""
 from __future__ import annotations
 
-import http.client
-import json
 import random
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
-from urllib.parse import urlsplit
 
-
-class Client:
-    """One keep-alive HTTP connection (one per thread); reconnects after any transport error."""
-
-    def __init__(self, base_url: str, token: str, timeout: float = 30.0) -> None:
-        parts = urlsplit(base_url)
-        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
-        self.headers = {"Authorization": "Bearer " + token, "Content-Type": "application/json"}
-        self.timeout = timeout
-        self.conn: Optional[http.client.HTTPConnection] = None
-
-    def request(self, method: str, path: str, body: Any = None) -> Tuple[int, Any]:
-        """(status, parsed JSON or None). Transport errors come back as status 0 and the error's name."""
-        status, parsed, _headers = self.raw(method, path, None if body is None else json.dumps(body).encode())
-        return status, parsed
-
-    def raw(self, method: str, path: str, data: Optional[bytes],
-            headers: Optional[Dict[str, str]] = None) -> Tuple[int, Any, Dict[str, str]]:
-        """Send ``data`` as it is (hostile bodies too): (status, parsed JSON or text, headers)."""
-        if self.conn is None:
-            self.conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
-        try:
-            self.conn.request(method, path, body=data, headers=dict(self.headers, **(headers or {})))
-            resp = self.conn.getresponse()
-            raw = resp.read()
-        except (OSError, http.client.HTTPException) as exc:
-            self.close()
-            return 0, exc.__class__.__name__, {}
-        answer = {k.lower(): v for k, v in resp.getheaders()}
-        if resp.will_close:
-            self.close()
-        try:
-            return resp.status, json.loads(raw) if raw else None, answer
-        except ValueError:
-            return resp.status, raw[:200].decode("utf-8", "replace"), answer
-
-    def submit(self, job_type: str, args: Dict[str, Any]) -> Tuple[int, Any]:
-        return self.request("POST", "/v1/jobs", {"type": job_type, "args": args})
-
-    def status(self, job_id: str) -> Optional[str]:
-        code, body = self.request("GET", "/v1/jobs/" + job_id)
-        return body.get("status") if code == 200 and isinstance(body, dict) else None
-
-    def close(self) -> None:
-        if self.conn is not None:
-            self.conn.close()
-            self.conn = None
+from tests.support.httpclient import Client
 
 
 @dataclass

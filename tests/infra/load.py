@@ -2,23 +2,19 @@
 deploy gate and the graceful-restart test count its failures (there must be none)."""
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
-import urllib.error
-import urllib.request
 
 from tests.infra.conftest import LAB
+from tests.support import httpclient as http
 
 BASE = "http://127.0.0.1:%s" % (os.environ.get("LAB_HTTP_PORT") or LAB["machines"]["app"]["forwarded_ports"][0]["host"])
 
 
 def call(method, path, token, body=None, timeout=10):
-    req = urllib.request.Request(BASE + path, method=method, data=None if body is None else json.dumps(body).encode(),
-                                 headers={"Authorization": "Bearer " + token, "Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=timeout) as resp:
-        return resp.status, json.loads(resp.read())
+    """(status, JSON) from the lab's nginx; an error status or a broken connection raises OSError."""
+    return http.call(BASE, method, path, token, body, timeout)
 
 
 class Load:
@@ -53,7 +49,7 @@ class Load:
                 else:
                     status, _ = call("GET", "/v1/jobs/" + last, self.token)
                     ok, last = status == 200, None
-            except (urllib.error.URLError, OSError, ValueError) as exc:
+            except (OSError, ValueError) as exc:
                 ok, status, last = False, repr(exc), None
             with self.lock:
                 if ok:

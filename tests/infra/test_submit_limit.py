@@ -4,7 +4,6 @@ token's submissions and the same token's reads go through."""
 from __future__ import annotations
 
 import concurrent.futures
-import http.client
 import json
 import os
 import re
@@ -13,6 +12,7 @@ import subprocess
 import pytest
 
 from tests.infra.conftest import LAB, ROOT
+from tests.support.httpclient import Client, call
 
 PORT = int(os.environ.get("LAB_HTTP_PORT") or LAB["machines"]["app"]["forwarded_ports"][0]["host"])
 
@@ -40,14 +40,12 @@ def limits(host):
 
 def post(token, body):
     """POST /v1/jobs through nginx from this host (the lab's forwarded port): (status, type, body)."""
-    conn = http.client.HTTPConnection("127.0.0.1", PORT, timeout=30)
+    client = Client("http://127.0.0.1:%d" % PORT, token)
     try:
-        conn.request("POST", "/v1/jobs", body=json.dumps(body),
-                     headers={"Authorization": "Bearer " + token, "Content-Type": "application/json"})
-        resp = conn.getresponse()
-        return resp.status, resp.getheader("Content-Type", ""), resp.read()
+        status, parsed, headers = client.raw("POST", "/v1/jobs", json.dumps(body).encode())
+        return status, headers.get("content-type", ""), parsed
     finally:
-        conn.close()
+        client.close()
 
 
 def test_a_burst_from_one_token_gets_429_json_others_go_through(host, tokens):
@@ -68,13 +66,8 @@ def test_a_burst_from_one_token_gets_429_json_others_go_through(host, tokens):
     assert limited and len(passed) >= burst
     assert {a[1] for a in limited} == {"application/json"}
     # The body of a 429: the app's error shape.
-    assert json.loads(limited[0][2]) == {"status": 429, "error": "Too Many Requests",
+    assert limited[0][2] == {"status": 429, "error": "Too Many Requests",
                                          "message": "too many job submissions for this token; retry shortly"}
     # Right after: another token still submits, and the flooding token still reads.
     assert post(other, {"type": "sum", "args": {"numbers": [1, 2]}})[0] == 202
-    conn = http.client.HTTPConnection("127.0.0.1", PORT, timeout=30)
-    try:
-        conn.request("GET", "/v1/jobs?limit=1", headers={"Authorization": "Bearer " + flood})
-        assert conn.getresponse().status == 200
-    finally:
-        conn.close()
+    assert call("http://127.0.0.1:%d" % PORT, "GET", "/v1/jobs?limit=1", flood)[0] == 200

@@ -8,30 +8,28 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
+from urllib.parse import urlsplit
 
 import pytest
 
 from tests.conftest import ROOT
+from tests.support.httpclient import Client
 from tests.support.services import free_port
 
 pytestmark = pytest.mark.integration
 
 
 def http(method, url, body=None, token=None):
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method)
-    if body is not None:
-        req.add_header("Content-Type", "application/json")
-    if token:
-        req.add_header("Authorization", "Bearer " + token)
+    """(status, headers with lower-case names, JSON) of one request; an error status is a value."""
+    parts = urlsplit(url)
+    client = Client("%s://%s" % (parts.scheme, parts.netloc), token, timeout=15)
     try:
-        with urllib.request.urlopen(req, timeout=15) as resp:
-            return resp.status, dict(resp.headers), json.loads(resp.read() or b"null")
-    except urllib.error.HTTPError as err:
-        with err:
-            return err.code, dict(err.headers), json.loads(err.read() or b"null")
+        status, parsed, headers = client.raw(method, parts.path, None if body is None else json.dumps(body).encode())
+    finally:
+        client.close()
+    if status == 0:
+        raise ConnectionError("%s %s: %s" % (method, url, parsed))
+    return status, headers, parsed
 
 
 def wait_http(url, timeout=30):
@@ -39,7 +37,7 @@ def wait_http(url, timeout=30):
     while time.monotonic() < deadline:
         try:
             return http("GET", url)
-        except (urllib.error.URLError, ConnectionError):
+        except ConnectionError:
             time.sleep(0.2)
     raise AssertionError("%s never answered" % url)
 
@@ -78,7 +76,7 @@ def test_gunicorn_worker_and_cli_serve_a_job_end_to_end(make_stack, request, tmp
         status, _h, ready = http("GET", base + "/readyz")
         assert status == 200, ready
         status, headers, job = http("POST", base + "/v1/jobs", {"type": "sum", "args": {"numbers": [1, 2, 3]}}, token)
-        assert status == 202 and job["status"] == "queued" and headers["Location"] == "/v1/jobs/" + job["id"]
+        assert status == 202 and job["status"] == "queued" and headers["location"] == "/v1/jobs/" + job["id"]
         deadline = time.monotonic() + 30
         while job["status"] not in ("succeeded", "failed") and time.monotonic() < deadline:
             time.sleep(0.05)

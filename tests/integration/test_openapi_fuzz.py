@@ -5,12 +5,11 @@ A small example budget keeps this well under a minute; `python -m tests.drills.o
 runs the bigger one against any stack."""
 from __future__ import annotations
 
-import json
-import urllib.request
 
 import pytest
 
 from tests.drills.openapi_fuzz import INSTALL_HINT, fuzz, schemathesis_bin
+from tests.support.httpclient import call
 from tests.support.stack import LocalStack
 
 pytestmark = [
@@ -22,8 +21,7 @@ HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "tra
 
 
 def documented_operations(base_url: str) -> int:
-    with urllib.request.urlopen(base_url + "/openapi.json", timeout=15) as resp:
-        spec = json.load(resp)
+    spec = call(base_url, "GET", "/openapi.json")[1]
     return sum(1 for item in spec["paths"].values() for method in item if method in HTTP_METHODS)
 
 

@@ -4,7 +4,6 @@ processes. Everything binds to 127.0.0.1 on free ports; nothing touches the syst
 from __future__ import annotations
 
 import glob
-import http.client
 import os
 import pwd
 import signal
@@ -16,6 +15,8 @@ import uuid
 from typing import Dict, List, Optional
 
 from sqlalchemy import create_engine, text
+
+from tests.support.httpclient import call
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 KAFKA_SCRIPT = os.path.join(ROOT, "provision", "host", "kafka-local.sh")
@@ -110,11 +111,7 @@ class Postgres:
 def http_ok(port: int, path: str = "/healthz", timeout: float = 2.0) -> bool:
     """True when 127.0.0.1:``port`` answers ``path`` with 200."""
     try:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-        conn.request("GET", path)
-        ok = conn.getresponse().status == 200
-        conn.close()
-        return ok
+        return call("http://127.0.0.1:%d" % port, "GET", path, timeout=timeout)[0] == 200
     except OSError:
         return False
 
