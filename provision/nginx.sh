@@ -76,7 +76,8 @@ install_nginx_conf() {
     fi
     tmpdir="$(mktemp -d)"
     render_template "$DEVOPS/nginx.conf" "$tmpdir/nginx.conf" 644 root:root \
-        "NGINX_USER=$user" "NGINX_PID=$pid" \
+        "NGINX_USER=$user" "NGINX_PID=$pid" "LISTEN=0.0.0.0:80" "UPSTREAM=127.0.0.1:8000" \
+        "NGINX_ERROR_LOG=/var/log/nginx/error.log" "NGINX_ACCESS_LOG=/var/log/nginx/access.log joblab" "HTTP_EXTRA=" \
         "SUBMIT_RATE=$LAB_SUBMIT_RATE" "SUBMIT_BURST=$LAB_SUBMIT_BURST" \
         "PROXY_CONNECT_TIMEOUT=$LAB_PROXY_CONNECT_TIMEOUT" "PROXY_READ_TIMEOUT=$LAB_PROXY_READ_TIMEOUT" >/dev/null || true
     if cmp -s "$tmpdir/nginx.conf" "$NGINX_CONF"; then

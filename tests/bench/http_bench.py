@@ -22,6 +22,7 @@ requests slower than WRK_TIMEOUT) are in every row, such rows are marked `!` and
 from __future__ import annotations
 
 import argparse
+import grp
 import json
 import os
 import pwd
@@ -39,6 +40,7 @@ from tests.support.services import ROOT, check_running, free_port, http_ok, term
 from tests.support.stack import BENCH_QUOTA, LocalStack
 
 NGINX_TEMPLATE = os.path.join(ROOT, "devops", "nginx.conf")
+COMMON_SH = os.path.join(ROOT, "provision", "lib", "common.sh")
 WORKER_CLASSES = ("sync", "gevent")
 # The 2-core machine's classic setting; the same for both classes so only the class differs.
 WEB_WORKERS = 2
@@ -137,39 +139,41 @@ def lab_setting(name: str) -> str:
     return str(labfile.setting(name, labfile.load()["settings"][name]))
 
 
-def render_nginx_conf(template: str, base: str, listen_port: int, upstream_port: int,
-                      ceiling_port: int, user: str, temp_paths: List[str]) -> str:
-    """devops/nginx.conf made private: the same proxy settings (headers, timeouts, buffering,
-    upstream keep-alive, error pages), with pid, logs and temp dirs under ``base``, loopback ports,
-    no access log, plus a `return 200` server for the ceiling row. Each edit must match exactly once,
-    so a changed template stops the benchmark instead of silently measuring another config."""
+def render_nginx_conf(base: str, listen_port: int, upstream_port: int, ceiling_port: int, user: str,
+                      temp_paths: List[str]) -> str:
+    """devops/nginx.conf rendered by provisioning's own renderer (render_template in
+    provision/lib/common.sh), with this run's values: the same proxy settings (headers, timeouts,
+    buffering, upstream keep-alive, error pages), with pid, logs and temp dirs under ``base``,
+    loopback ports, no access log, plus a `return 200` server for the ceiling row. The path of the
+    written file."""
     temps = "".join("\n    %s %s;" % (d, os.path.join(base, d.split("_")[0])) for d in temp_paths)
-    edits = [
-        ("user @NGINX_USER@;", "user %s;" % user),
-        ("pid @NGINX_PID@;", "pid %s;" % os.path.join(base, "nginx.pid")),
-        ("error_log /var/log/nginx/error.log warn;", "error_log %s warn;" % os.path.join(base, "error.log")),
-        # Logging every request would measure the disk, not the proxy.
-        ("access_log /var/log/nginx/access.log joblab;", "access_log off;" + temps),
-        ("server 127.0.0.1:8000;", "server 127.0.0.1:%d;" % upstream_port),
-        ("listen 0.0.0.0:80 default_server;", "listen 127.0.0.1:%d default_server;" % listen_port),
-        # The per-token submission limit stays in the path but never binds: wrk POSTs with one
-        # token as fast as it can, and the row measures the proxy, not the limiter.
-        ("rate=@SUBMIT_RATE@;", "rate=100000r/s;"),
-        ("burst=@SUBMIT_BURST@ nodelay;", "burst=100000 nodelay;"),
-        # The lab's proxy timeouts, as lab.yml sets them.
-        ("@PROXY_CONNECT_TIMEOUT@s;", "%ss;" % lab_setting("LAB_PROXY_CONNECT_TIMEOUT")),
-        ("@PROXY_READ_TIMEOUT@s;", "%ss;" % lab_setting("LAB_PROXY_READ_TIMEOUT")),
-    ]
-    for old, new in edits:
-        if template.count(old) != 1:
-            raise RuntimeError("%s: expected exactly one %r; update tests/bench/http_bench.py"
-                               % (NGINX_TEMPLATE, old))
-        template = template.replace(old, new)
     ceiling = ("\n    # Added by tests/bench/http_bench.py: nginx alone, the ceiling for every other row.\n"
                "    server {\n        listen 127.0.0.1:%d;\n"
-               "        location / {\n            return 200 \"ok\";\n        }\n    }\n" % ceiling_port)
-    end = template.rstrip().rfind("}")  # the http block's closing brace ends the file
-    return template[:end] + ceiling + template[end:]
+               "        location / {\n            return 200 \"ok\";\n        }\n    }" % ceiling_port)
+    values = {
+        "NGINX_USER": user,
+        "NGINX_PID": os.path.join(base, "nginx.pid"),
+        "NGINX_ERROR_LOG": os.path.join(base, "error.log"),
+        "NGINX_ACCESS_LOG": "off",  # logging every request would measure the disk, not the proxy
+        "LISTEN": "127.0.0.1:%d" % listen_port,
+        "UPSTREAM": "127.0.0.1:%d" % upstream_port,
+        # The per-token submission limit stays in the path but never binds: wrk POSTs with one
+        # token as fast as it can, and the row measures the proxy, not the limiter.
+        "SUBMIT_RATE": "100000r/s",
+        "SUBMIT_BURST": "100000",
+        # The lab's proxy timeouts, as lab.yml sets them.
+        "PROXY_CONNECT_TIMEOUT": lab_setting("LAB_PROXY_CONNECT_TIMEOUT"),
+        "PROXY_READ_TIMEOUT": lab_setting("LAB_PROXY_READ_TIMEOUT"),
+        "HTTP_EXTRA": temps + ceiling,
+    }
+    conf = os.path.join(base, "nginx.conf")
+    owner = "%s:%s" % (pwd.getpwuid(os.geteuid()).pw_name, grp.getgrgid(os.getegid()).gr_name)
+    run = subprocess.run(["bash", "-c", 'source "$1"; shift; render_template "$@"', "render", COMMON_SH,
+                          NGINX_TEMPLATE, conf, "644", owner] + ["%s=%s" % kv for kv in values.items()],
+                         capture_output=True, text=True, timeout=60)
+    if run.returncode not in (0, 1):  # 1: written before, unchanged
+        raise RuntimeError("rendering %s failed: %s" % (NGINX_TEMPLATE, run.stderr.strip()))
+    return conf
 
 
 class Nginx:
@@ -215,11 +219,8 @@ class Nginx:
     def point_at(self, upstream_port: int) -> None:
         """Proxy to gunicorn on ``upstream_port``: start nginx, or reload it when running."""
         os.makedirs(self.base, exist_ok=True)
-        with open(NGINX_TEMPLATE) as f:
-            text = render_nginx_conf(f.read(), self.base, self.port, upstream_port, self.ceiling_port,
-                                     self.user, self._temp_paths())
-        with open(self.conf, "w") as f:
-            f.write(text)
+        self.conf = render_nginx_conf(self.base, self.port, upstream_port, self.ceiling_port, self.user,
+                                      self._temp_paths())
         check = subprocess.run(self._cmd("-t", "-q"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                universal_newlines=True, timeout=30)
         if check.returncode != 0:
