@@ -3,12 +3,10 @@ cached jars, its own port and data dir), a PostgreSQL server (initdb in a temp d
 and SQLite files. Each test gets its own topic prefix, consumer group and database."""
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import threading
 import time
-import uuid
 from typing import Any, Callable, Dict, List, Optional
 
 import pytest
@@ -16,8 +14,9 @@ from kafka import KafkaConsumer
 from kafka.structs import TopicPartition
 from app.migrate import upgrade
 from app.topics import Topics, ensure_topics
-from tests.conftest import ROOT, auth, mssql_store
-from tests.support.services import Broker, Postgres
+from tests.conftest import auth, mssql_store
+from tests.support.services import Broker, Postgres, stack_env
+from tests.support.stack import isolated_settings
 from worker.main import build_worker
 
 @pytest.fixture(scope="session")
@@ -59,19 +58,13 @@ class Stack:
     """One isolated job stack on the shared broker: app (test client), worker factory, topic reader."""
 
     def __init__(self, make_app: Callable[..., Any], db_url: str, broker: Broker, **config: Any) -> None:
-        tag = uuid.uuid4().hex[:8]
-        self.settings: Dict[str, Any] = {
-            "DATABASE_URL": db_url,
-            "KAFKA_BOOTSTRAP": broker.bootstrap,
-            "KAFKA_TOPIC_PREFIX": "t%s." % tag,
-            "KAFKA_GROUP": "workers-%s" % tag,
+        self.settings = isolated_settings(db_url, broker.bootstrap, **dict({
             "KAFKA_PARTITIONS": 2,
             "KAFKA_SEND_TIMEOUT": 10.0,
             "MAX_ATTEMPTS": 3,
             "RETRY_BACKOFF": 0.2,
             "RETRY_BACKOFF_MAX": 1.0,
-        }
-        self.settings.update(config)
+        }, **config))
         self.topics = Topics.with_prefix(self.settings["KAFKA_TOPIC_PREFIX"])
         ensure_topics(broker.bootstrap, self.topics, self.settings["KAFKA_PARTITIONS"])
         self.app = make_app(db_url, **{k: v for k, v in self.settings.items() if k != "DATABASE_URL"})
@@ -85,10 +78,7 @@ class Stack:
 
     def env(self) -> Dict[str, str]:
         """Environment for `python -m worker` / gunicorn subprocesses running this stack."""
-        env = dict(os.environ)
-        env.update({"JOBLAB_" + k: str(v) for k, v in self.settings.items()})
-        env["PYTHONPATH"] = ROOT
-        return env
+        return stack_env(self.settings)
 
     def submit(self, job_type: str, args: Dict[str, Any], headers: Optional[Dict[str, str]] = None) -> str:
         resp = self.client.post("/v1/jobs", json={"type": job_type, "args": args}, headers=headers or self.user)

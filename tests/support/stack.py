@@ -24,6 +24,21 @@ from .services import Broker, Gunicorn, Postgres, WorkerProcess, stack_env
 BENCH_QUOTA = 10 ** 9
 
 
+def isolated_settings(db_url: str, bootstrap: str, **overrides: Any) -> Dict[str, Any]:
+    """JOBLAB_* settings (without the prefix) of one stack on a shared broker: its own topic prefix
+    and consumer group, so stacks and tests never see each other's jobs. Both stack helpers use it:
+    LocalStack (processes) and the integration tests' in-process Stack."""
+    tag = uuid.uuid4().hex[:8]
+    settings: Dict[str, Any] = {
+        "DATABASE_URL": db_url,
+        "KAFKA_BOOTSTRAP": bootstrap,
+        "KAFKA_TOPIC_PREFIX": "t%s." % tag,
+        "KAFKA_GROUP": "workers-%s" % tag,
+    }
+    settings.update(overrides)
+    return settings
+
+
 class LocalStack:
     def __init__(self, work_dir: str, store: str = "postgresql", job_workers: int = 1,
                  worker_class: str = "gevent", web_workers: int = 2, **settings: Any) -> None:
@@ -56,15 +71,8 @@ class LocalStack:
             url = self.postgres.new_database()
         else:
             url = "sqlite:///%s" % os.path.join(self.work_dir, "jobs.sqlite3")
-        self.settings = {
-            "DATABASE_URL": url,
-            "KAFKA_BOOTSTRAP": self.broker.bootstrap,
-            "KAFKA_TOPIC_PREFIX": "s%s." % uuid.uuid4().hex[:6],
-            "KAFKA_GROUP": "workers",
-            "KAFKA_PARTITIONS": 4,
-            "LOG_LEVEL": "INFO",
-        }
-        self.settings.update(self.overrides)
+        self.settings = isolated_settings(url, self.broker.bootstrap,
+                                          **dict({"KAFKA_PARTITIONS": 4, "LOG_LEVEL": "INFO"}, **self.overrides))
         upgrade(url)
         ensure_topics(self.broker.bootstrap, self.topics, int(self.settings["KAFKA_PARTITIONS"]))
         engine = make_engine(url)
