@@ -6,6 +6,7 @@ start a line that looks like one of ours."""
 from __future__ import annotations
 
 import logging
+import os
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
 
@@ -35,3 +36,19 @@ def configure_logging(level: str = "INFO") -> None:
     logging.getLogger("kafka").setLevel(max(logging.WARNING, logging.getLogger().level))
     # Alembic announces each of its plugins at INFO on every run.
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+
+
+def log_from_signal_handler(logger: logging.Logger, level: int, msg: str, *args: object) -> None:
+    """Log from a signal handler. A handler runs between two bytecodes of the main thread, maybe in
+    the middle of a write to stderr: going through the stream again raises "reentrant call" out of
+    the handler (a SIGTERM once got lost that way: the worker never stopped, docker stop timed
+    out). So the line is formatted as usual and written to fd 2 with os.write, past the buffer."""
+    if not logger.isEnabledFor(level):
+        return
+    record = logger.makeRecord(logger.name, level, "(signal)", 0, msg, args, None)
+    handler = next((h for h in logging.getLogger().handlers if h.formatter is not None), None)
+    formatter = handler.formatter if handler is not None and handler.formatter is not None else OneLineFormatter(FORMAT)
+    try:
+        os.write(2, (formatter.format(record) + "\n").encode("utf-8", "replace"))
+    except OSError:
+        pass  # no stderr: the signal is still acted on

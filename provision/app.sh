@@ -44,6 +44,8 @@ ENV_FILE="$LAB_ETC/joblab.env"
 SUPERVISORCTL=(/usr/local/envs/supervisor/bin/supervisorctl -c /etc/supervisord.conf)
 
 check_settings() {
+    [[ "${LAB_LOG_LEVEL^^}" =~ ^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$ ]] \
+        || die "LAB_LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL (got '$LAB_LOG_LEVEL')"
     [[ "$LAB_WORKER_CLASS" == gevent || "$LAB_WORKER_CLASS" == sync ]] \
         || die "LAB_WORKER_CLASS must be gevent or sync (got '$LAB_WORKER_CLASS')"
     local name

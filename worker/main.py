@@ -16,7 +16,7 @@ from kafka.errors import KafkaError
 
 from app.config import DEFAULTS, load_settings
 from app.jobqueue import JobQueue
-from app.logsetup import configure_logging
+from app.logsetup import configure_logging, log_from_signal_handler
 from app.store import make_engine
 from app.topics import Topics, ensure_topics
 
@@ -29,13 +29,14 @@ log = logging.getLogger("worker")
 
 def install_signal_handlers(worker: Worker) -> None:
     def on_signal(signum: int, _frame: Any) -> None:
+        # Act first, then say so in a way that cannot fail inside a write the signal interrupted.
+        name = signal.Signals(signum).name
         if worker.stopping:
-            log.warning("second %s: exiting now (exit %d)", signal.Signals(signum).name, defaults.EXIT_FORCED)
-            logging.shutdown()
+            log_from_signal_handler(log, logging.WARNING, "second %s: exiting now (exit %d)", name, defaults.EXIT_FORCED)
             os._exit(defaults.EXIT_FORCED)
-        log.info("%s: finishing the current job, then stopping (send again to exit at once)",
-                 signal.Signals(signum).name)
         worker.request_stop()
+        log_from_signal_handler(log, logging.INFO, "%s: finishing the current job, then stopping "
+                                "(send again to exit at once)", name)
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)

@@ -168,10 +168,12 @@ def render_nginx_conf(base: str, listen_port: int, upstream_port: int, ceiling_p
     }
     conf = os.path.join(base, "nginx.conf")
     owner = "%s:%s" % (pwd.getpwuid(os.geteuid()).pw_name, grp.getgrgid(os.getegid()).gr_name)
-    run = subprocess.run(["bash", "-c", 'source "$1"; shift; render_template "$@"', "render", COMMON_SH,
+    # die exits 2 here: render_template's 1 also means "unchanged".
+    script = 'set -euo pipefail; source "$1"; shift; die() { echo "$*" >&2; exit 2; }; render_template "$@"'
+    run = subprocess.run(["bash", "-c", script, "render", COMMON_SH,
                           NGINX_TEMPLATE, conf, "644", owner] + ["%s=%s" % kv for kv in values.items()],
                          capture_output=True, text=True, timeout=60)
-    if run.returncode not in (0, 1):  # 1: written before, unchanged
+    if run.returncode not in (0, 1) or not os.path.isfile(conf):  # 1: written before, unchanged
         raise RuntimeError("rendering %s failed: %s" % (NGINX_TEMPLATE, run.stderr.strip()))
     return conf
 

@@ -42,8 +42,8 @@ class Load:
                     time.sleep(max(0.0, next_post - time.monotonic()))
                     next_post = max(next_post + self.interval, time.monotonic() - self.interval)
                     status, body = call("POST", "/v1/jobs", self.token, {"type": "sum", "args": {"numbers": [1, 2]}})
-                    ok = status == 202
-                    last = body.get("id")
+                    ok = status == 202 and isinstance(body, dict)
+                    last = body.get("id") if ok else None
                     with self.lock:
                         self.job_ids.append(last)
                 else:

@@ -24,7 +24,7 @@ def http(method, url, body=None, token=None):
     parts = urlsplit(url)
     client = Client("%s://%s" % (parts.scheme, parts.netloc), token, timeout=15)
     try:
-        status, parsed, headers = client.raw(method, parts.path, None if body is None else json.dumps(body).encode())
+        status, parsed, headers = client.raw(method, parts.path + ("?" + parts.query if parts.query else ""), None if body is None else json.dumps(body).encode())
     finally:
         client.close()
     if status == 0:
