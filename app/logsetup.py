@@ -46,8 +46,8 @@ def log_from_signal_handler(logger: logging.Logger, level: int, msg: str, *args:
     if not logger.isEnabledFor(level):
         return
     record = logger.makeRecord(logger.name, level, "(signal)", 0, msg, args, None)
-    handler = next((h for h in logging.getLogger().handlers if h.formatter is not None), None)
-    formatter = handler.formatter if handler is not None and handler.formatter is not None else OneLineFormatter(FORMAT)
+    formatters = [h.formatter for h in logging.getLogger().handlers if h.formatter is not None]
+    formatter = formatters[0] if formatters else OneLineFormatter(FORMAT)
     try:
         os.write(2, (formatter.format(record) + "\n").encode("utf-8", "replace"))
     except OSError:
