@@ -6,12 +6,13 @@ import atexit
 import logging
 import os
 import threading
-from typing import Any, List, Optional, Tuple
+from typing import Any, List, Optional, Set, Tuple
 
 from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient
 from kafka.errors import KafkaError
 
+from . import published
 from .topics import Topics
 
 log = logging.getLogger(__name__)
@@ -143,6 +144,13 @@ class JobQueue:
         if failed:
             self._discard(producer)
         return outcome
+
+    def find_published(self, wanted: List[published.Wanted]) -> Set[str]:
+        """Which of ``wanted`` Kafka holds already (app/published.py), or QueueUnavailable."""
+        try:
+            return published.find_published(self.bootstrap or "", wanted, self.timeout, RECONNECT_BACKOFF_MAX_MS)
+        except published.Unknown as exc:
+            raise QueueUnavailable(str(exc)) from exc
 
     def _discard(self, producer: KafkaProducer) -> None:
         """Replace a producer whose send failed. Seen in the fault drills: after a broker restart

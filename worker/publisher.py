@@ -5,20 +5,22 @@ transaction, then publishes them, waiting for Kafka's acknowledgements. The rows
 messages are deleted right after Kafka's acknowledgements (or, if the store is down then, in the
 worker's next transaction). What could not be published stays in ``unsent``, leased to this worker: the worker
 publishes it before anything else (and commits no offset until it has); if the worker dies, any
-worker takes the rows over once the lease runs out (``relay``)."""
+worker takes the rows over once the lease runs out (``relay``). A row whose message may be on
+Kafka already (taken over, or its ack lost) is looked up there before it is sent again."""
 from __future__ import annotations
 
 import contextlib
 import logging
 import time
 import uuid
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, TypeVar
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple, TypeVar
 
 from kafka.errors import InvalidTopicError, KafkaError, MessageSizeTooLargeError, RecordListTooLargeError
 from sqlalchemy.engine import Connection, Engine
 
 from app.jobqueue import JobQueue, QueueUnavailable
 from app.store import outbox
+from app.published import message_id
 from app.store.outbox import Message
 
 from . import defaults
@@ -40,6 +42,9 @@ class Publisher:
         self.owner = "worker-%s" % uuid.uuid4().hex[:16]
         self.unsent: List[Tuple[int, Message]] = []
         self.sent: List[int] = []
+        # Rows whose message may be on Kafka already: taken over from a worker that died (maybe
+        # after Kafka's ack, before its delete), or sent when the ack failed. Looked up first.
+        self.doubtful: Set[int] = set()
         self._renew_first = False
         # Batch mode (the worker's loop): sends do not wait for their acks; ``wait`` collects
         # them all at once before the batch's offsets are committed.
@@ -124,8 +129,7 @@ class Publisher:
         def work(conn: Connection) -> Tuple[bool, List[Tuple[int, Message]]]:
             applied = change(conn)
             messages = list(always) + (list(if_applied) if applied else [])
-            ids = outbox.add(conn, self.owner, messages, self.lease) if messages else []
-            return applied, list(zip(ids, messages))
+            return applied, outbox.add(conn, self.owner, messages, self.lease) if messages else []
 
         applied, rows = self.transaction(work)
         self.unsent.extend(rows)
@@ -146,6 +150,9 @@ class Publisher:
             if lost:
                 log.warning("outbox rows %s were taken over by another worker", lost)
             self.unsent = [(i, m) for i, m in self.unsent if i in mine]
+            self.doubtful &= mine
+        if self.doubtful:
+            self._skip_published()
         while self.unsent:
             row_id, m = self.unsent[0]
             try:
@@ -169,12 +176,31 @@ class Publisher:
                       row_id, m.topic, m.key, (exc.__cause__ or exc).__class__.__name__)
             return
         self._renew_first = True
+        self.doubtful.add(row_id)  # it may have been written all the same
         raise KafkaUnavailable("kafka unavailable (%s)" % exc) from exc
+
+    def _skip_published(self) -> None:
+        """Of the rows in doubt, those whose message Kafka holds already are not sent again (and
+        are deleted as sent). KafkaUnavailable when Kafka cannot tell: nothing is sent then."""
+        rows = [(i, m, message_id(m.headers)) for i, m in self.unsent if i in self.doubtful]
+        try:
+            found = self.queue.find_published([(m.topic, m.key, mid, m.written_at) for _i, m, mid in rows if mid])
+        except (QueueUnavailable, KafkaError) as exc:
+            self._renew_first = True
+            raise KafkaUnavailable("kafka unavailable (%s)" % exc) from exc
+        done = {i for i, _m, mid in rows if mid in found}
+        if done:
+            log.warning("outbox rows %s are on Kafka already (written before their row was deleted); "
+                        "not sent again", sorted(done))
+            self.unsent = [(i, m) for i, m in self.unsent if i not in done]
+            self.sent.extend(sorted(done))
+        self.doubtful.clear()
 
     def wait(self) -> None:
         """Batch mode: wait for the acks of everything sent. KafkaUnavailable if any failed: those
         (and only those: an acknowledged message is never sent twice) go back to ``unsent``, in
-        order, to be published before anything else."""
+        order, to be published before anything else - once looked up, since a lost ack does not
+        mean the message was not written."""
         failed: List[Tuple[int, Message]] = []
         error: Optional[Exception] = None
         inflight, self.inflight = self.inflight, []
@@ -220,6 +246,7 @@ class Publisher:
         if taken:
             log.warning("publishing %d outbox messages left by another worker", len(taken))
             self.unsent.extend(taken)
+            self.doubtful.update(i for i, _m in taken)
             self.flush()
         return len(taken)
 

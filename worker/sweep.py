@@ -21,11 +21,11 @@ import time
 from datetime import timedelta
 from typing import Any, Dict, List, Tuple
 
-from kafka.partitioner.default import murmur2
 from kafka.structs import TopicPartition
 from sqlalchemy import select
 
 from app.messages import encode_job
+from app.published import partition_of
 from app.states import JobStatus
 from app.store import jobs as job_store
 from app.store import outbox
@@ -41,11 +41,6 @@ BATCH = 50
 BROKER_TIMEOUT_MS = 5000
 
 Marks = Dict[TopicPartition, int]
-
-
-def partition_of(job_id: str, partitions: int) -> int:
-    """Where a message keyed by ``job_id`` goes (kafka-python's default partitioner)."""
-    return (murmur2(job_id.encode("utf-8")) & 0x7FFFFFFF) % partitions
 
 
 def candidates(conn: Any, older_than: float) -> List[Dict[str, Any]]:

@@ -6,17 +6,20 @@ message exists if and only if the state change happened: no `failed` event for a
 delivery finished, no second dead letter when the store failed after the first. Each row is
 leased to the worker that wrote it; rows whose lease ran out (their worker died, or Kafka was
 down longer than the lease) are taken over by another worker with a conditional UPDATE, so one
-worker at a time publishes a row."""
+worker at a time publishes a row; each message carries a `message-id` header, by which the new
+owner tells whether the dead writer published it before its delete (app/published.py)."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
-from datetime import timedelta
+import uuid
+from dataclasses import dataclass, field, replace
+from datetime import timedelta, timezone
 from typing import Iterable, List, Optional, Set, Tuple
 
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.engine import Connection, Engine
 
+from ..published import MESSAGE_ID
 from .schema import outbox
 from .users import utcnow
 
@@ -30,19 +33,25 @@ class Message:
     value: Optional[bytes]
     headers: Headers = field(default_factory=list)
     job_id: Optional[str] = None
+    #: When its outbox row was written (epoch seconds); 0 before that.
+    written_at: float = 0.0
 
 
-def add(conn: Connection, owner: str, messages: Iterable[Message], lease_seconds: float) -> List[int]:
-    """Insert ``messages`` leased to ``owner``; their row ids, in order."""
+def add(conn: Connection, owner: str, messages: Iterable[Message], lease_seconds: float) -> List[Tuple[int, Message]]:
+    """Insert ``messages`` leased to ``owner``; each with its row id, in order, as it is to be
+    published: with a ``message-id`` header (app/published.py), by which a message that may have
+    gone out already (its writer died before deleting the row) is looked for before it is sent again."""
     now = utcnow()
-    ids = []
+    written = now.replace(tzinfo=timezone.utc).timestamp()
+    rows = []
     for m in messages:
+        m = replace(m, headers=list(m.headers) + [(MESSAGE_ID, uuid.uuid4().hex.encode())], written_at=written)
         headers = json.dumps([[name, value.decode("utf-8", "replace")] for name, value in m.headers])
-        ids.append(conn.execute(_ADD, dict(
+        rows.append((conn.execute(_ADD, dict(
             topic=m.topic, key=m.key, value=m.value, headers=headers, job_id=m.job_id, owner=owner,
             lease_until=now + timedelta(seconds=lease_seconds), created_at=now,
-        )).inserted_primary_key[0])
-    return ids
+        )).inserted_primary_key[0], m))
+    return rows
 
 
 #: Built once: building a statement costs more than running it (see app/store/jobs.py).
@@ -90,7 +99,7 @@ def take(conn: Connection, ids: List[int], owner: str, lease_seconds: float) -> 
                                              outbox.c.lease_until > now).order_by(outbox.c.id)).all()
     return [(r.id, Message(r.topic, r.key, r.value,
                            [(name, value.encode("utf-8")) for name, value in json.loads(r.headers or "[]")],
-                           r.job_id)) for r in rows]
+                           r.job_id, r.created_at.replace(tzinfo=timezone.utc).timestamp())) for r in rows]
 
 
 def pending_jobs(conn: Connection, job_ids: Iterable[str]) -> Set[str]:

@@ -17,10 +17,11 @@ import tempfile
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from app.published import partition_of
 from tests.drills.client import Client, Ledger, Load
 from tests.drills.hostile import HostilePhase
 from tests.support.figures import fmt_latency, latency_summary
-from tests.drills.kafka_side import partition_of, read_all, write_poison
+from tests.drills.kafka_side import read_all, write_poison
 from tests.drills.targets import LabTarget, LocalTarget
 
 

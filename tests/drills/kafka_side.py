@@ -1,5 +1,5 @@
 """The drill's direct dealings with Kafka: writing poison into the jobs topic, reading the
-dead-letter topic back, and which partition a job id lands on (the producer's partitioner)."""
+dead-letter topic back."""
 from __future__ import annotations
 
 import time
@@ -7,14 +7,7 @@ import uuid
 from typing import Dict, List, Optional, Tuple
 
 from kafka import KafkaConsumer, KafkaProducer
-from kafka.partitioner.default import murmur2
 from kafka.structs import TopicPartition
-
-
-def partition_of(job_id: str, partitions: int) -> int:
-    """Where the app's producer puts a job keyed by ``job_id`` (kafka-python's default partitioner:
-    murmur2 of the key, positive, modulo the partition count)."""
-    return (murmur2(job_id.encode("utf-8")) & 0x7FFFFFFF) % partitions
 
 
 def write_poison(bootstrap: str, topic: str, partitions: int) -> List[bytes]:

@@ -11,6 +11,7 @@ from kafka.structs import TopicPartition
 
 from app.jobqueue import QueueUnavailable
 from app.messages import encode_job
+from app.published import MESSAGE_ID
 from app.store import jobs as js
 from app.topics import Topics
 
@@ -60,12 +61,16 @@ class Consumer:
 
 class Queue:
     """Records every send; ``refuse(n, topic)`` makes the next ``n`` sends (to ``topic``, or any)
-    fail as a broker that is down would (or with ``error``, e.g. a record too large)."""
+    fail as a broker that is down would (or with ``error``, e.g. a record too large). Queues
+    given the same ``sent`` list stand for workers of one Kafka."""
 
-    def __init__(self) -> None:
-        self.sent: List[Tuple[str, str, Optional[bytes], dict]] = []
+    def __init__(self, sent: Optional[list] = None) -> None:
+        self.sent: List[Tuple[str, str, Optional[bytes], dict]] = [] if sent is None else sent
         self.refusals: List[Tuple[Optional[str], Exception]] = []
         self.ack_refusals = 0
+        self.acks_lost = 0
+        self.lookups: List[list] = []
+        self.lookups_refused = 0
 
     def refuse(self, n: int = 1, topic: Optional[str] = None, error: Optional[Exception] = None) -> None:
         self.refusals.extend([(topic, error or KafkaTimeoutError())] * n)
@@ -87,11 +92,27 @@ class Queue:
     def refuse_acks(self, n: int = 1) -> None:
         self.ack_refusals += n
 
+    def lose_acks(self, n: int = 1) -> None:
+        """The next ``n`` batch sends are written, but their acks fail (a broker restart)."""
+        self.acks_lost += n
+
     def wait(self, pending: Any, timeout: Any = None) -> None:
+        if self.acks_lost:
+            self.acks_lost -= 1
+            self.sent.append(pending)
+            raise QueueUnavailable("kafka: KafkaTimeoutError") from KafkaTimeoutError()
         if self.ack_refusals:
             self.ack_refusals -= 1
             raise QueueUnavailable("kafka: KafkaTimeoutError") from KafkaTimeoutError()
         self.sent.append(pending)
+
+    def find_published(self, wanted: list) -> set:
+        self.lookups.append(wanted)
+        if self.lookups_refused:
+            self.lookups_refused -= 1
+            raise QueueUnavailable("kafka: KafkaTimeoutError") from KafkaTimeoutError()
+        held = {(topic, key, headers.get(MESSAGE_ID, b"").decode()) for topic, key, _v, headers in self.sent}
+        return {mid for topic, key, mid, _at in wanted if (topic, key, mid) in held}
 
     def on(self, topic: str) -> list:
         return [s for s in self.sent if s[0] == topic]

@@ -3,7 +3,7 @@ from kafka.partitioner.default import DefaultPartitioner
 
 from tests.drills.client import job_for
 from tests.support.figures import latency_summary, percentile
-from tests.drills.kafka_side import partition_of
+from app.published import partition_of
 
 
 def test_percentile_is_nearest_rank():

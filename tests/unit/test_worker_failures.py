@@ -234,12 +234,53 @@ def test_messages_of_a_worker_that_died_are_published_once_by_another(engine, us
 
 def test_two_workers_picking_the_same_abandoned_row_take_it_once(engine):
     with engine.begin() as conn:
-        ids = outbox_store.add(conn, "w1", [outbox_store.Message("jobs.dead", "k", b"v")], lease_seconds=-1)
+        ids = [i for i, _m in outbox_store.add(conn, "w1", [outbox_store.Message("jobs.dead", "k", b"v")],
+                                                   lease_seconds=-1)]
     # Both picked the row while its lease had run out; w2 takes it first.
     with engine.begin() as conn:
         assert len(outbox_store.take(conn, ids, "w2", 60)) == 1
     with engine.begin() as conn:
         assert outbox_store.take(conn, ids, "w3", 60) == []
+
+
+def test_a_message_its_dead_writer_published_before_deleting_its_row_is_not_sent_again(engine):
+    # Found by `make drills`: a worker SIGKILLed between Kafka's ack and the delete of the row
+    # left a row that looked unpublished; the heir published a second dead letter.
+    from worker.publisher import Publisher
+
+    kafka = []
+    with engine.begin() as conn:
+        rows = outbox_store.add(conn, "dead-worker", [outbox_store.Message("jobs.dead", "k1", b"v1"),
+                                                      outbox_store.Message("jobs.dead", "k2", b"v2")], lease_seconds=-1)
+    _row, first = rows[0]
+    Queue(kafka).send(first.topic, first.key, first.value, first.headers)  # acknowledged; then the kill
+    heir = Publisher(engine, Queue(kafka))
+    assert heir.relay() == 2
+    assert [key for _t, key, _v, _h in kafka] == ["k1", "k2"]  # k1 once (its writer's), k2 by the heir
+    assert outbox_rows(engine) == 0 and heir.queue.lookups
+
+
+def test_a_message_written_though_its_ack_was_lost_is_not_sent_again(engine):
+    from worker.errors import KafkaUnavailable
+    from worker.publisher import Publisher
+
+    queue = Queue()
+    publisher = Publisher(engine, queue)
+    publisher.deferred = True
+    publisher.conclude(lambda conn: True, [outbox_store.Message("jobs.dead", k, b"v") for k in ("a", "b", "c")])
+    queue.lose_acks(1)  # "a" is written, its ack lost (a broker restart)...
+    queue.refuse_acks(1)  # ...and "b" never written
+    with pytest.raises(KafkaUnavailable):
+        publisher.wait()
+    publisher.deferred = False
+    queue.lookups_refused = 1  # Kafka cannot tell yet: nothing is sent
+    with pytest.raises(KafkaUnavailable):
+        publisher.flush()
+    assert [k for _t, k, _v, _h in queue.sent] == ["a", "c"]
+    publisher.flush()
+    assert [k for _t, k, _v, _h in queue.sent] == ["a", "c", "b"] and outbox_rows(engine) == 0
+    publisher.conclude(lambda conn: True, [outbox_store.Message("jobs.dead", "d", b"v")])
+    assert len(queue.lookups) == 2  # only rows in doubt are looked up
 
 
 # -- stranded jobs -------------------------------------------------------------------------------------
@@ -268,7 +309,8 @@ def test_sweep_sends_a_job_that_was_never_enqueued_and_it_runs_once(worker, engi
 
 
 def test_sweep_resends_a_lost_retry_and_leaves_jobs_whose_message_may_wait(worker, engine, user):
-    from worker.sweep import partition_of, sweep
+    from app.published import partition_of
+    from worker.sweep import sweep
 
     lost = js.create_job(engine, user, "noop", {})["id"]
     js.claim_job(engine, lost)
