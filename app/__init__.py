@@ -20,7 +20,7 @@ def create_app(test_config: Optional[Mapping[str, Any]] = None) -> Flask:
     """Defaults, then JOBLAB_* environment, then ``test_config``."""
     from flask_smorest import Api
 
-    from . import cli
+    from . import cli, jobtypes
     from .api import errors, health, submit
     from .jobqueue import JobQueue
     from .store import Database
@@ -40,6 +40,7 @@ def create_app(test_config: Optional[Mapping[str, Any]] = None) -> Flask:
     # JSON responses keep their key order: easier for people reading curl output.
     app.json.sort_keys = False  # type: ignore[attr-defined]
     configure_logging(app.config["LOG_LEVEL"])
+    jobtypes.configure(app.config)
 
     Database().init_app(app)
     JobQueue().init_app(app)

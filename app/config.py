@@ -42,6 +42,9 @@ DEFAULTS: Dict[str, Any] = {
     # Page size of GET /v1/jobs when the client gives none, and its ceiling.
     "PAGE_SIZE": 20,
     "PAGE_SIZE_MAX": 100,
+    # Longest job allowed, in seconds (`sleep` accepts up to this). The worker's max.poll.interval
+    # and outbox lease, and supervisor's stopwaitsecs for job workers, are derived from it.
+    "JOB_MAX_SECONDS": 60.0,
     # Worker: executions per job before it is failed and dead-lettered.
     "MAX_ATTEMPTS": 3,
     # Worker: first retry delay in seconds; doubles each attempt up to RETRY_BACKOFF_MAX.
@@ -60,6 +63,9 @@ DEFAULTS: Dict[str, Any] = {
 }
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+#: Bounds of JOB_MAX_SECONDS: supervisor waits this long (plus a little) for a stopping worker.
+JOB_MAX_SECONDS_RANGE = (1.0, 3600.0)
 
 
 def _coerce(default: Any, raw: str) -> Any:
@@ -94,4 +100,8 @@ def load_settings(
     settings["LOG_LEVEL"] = str(settings["LOG_LEVEL"]).upper()
     if settings["LOG_LEVEL"] not in LOG_LEVELS:
         raise SystemExit("%sLOG_LEVEL=%r is not one of %s" % (ENV_PREFIX, settings["LOG_LEVEL"], ", ".join(LOG_LEVELS)))
+    low, high = JOB_MAX_SECONDS_RANGE
+    if not low <= float(settings["JOB_MAX_SECONDS"]) <= high:
+        raise SystemExit("%sJOB_MAX_SECONDS=%r is not between %g and %g seconds"
+                         % (ENV_PREFIX, settings["JOB_MAX_SECONDS"], low, high))
     return settings

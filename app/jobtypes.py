@@ -21,8 +21,8 @@ from typing import Any, Callable, Dict, Type
 from marshmallow import Schema, ValidationError, fields
 from marshmallow.validate import Length, Range
 
-# Longest `sleep` job accepted; the worker's max.poll.interval is derived from it.
-SLEEP_MAX_SECONDS = 60.0
+from .config import DEFAULTS
+
 #: Most numbers one `sum` job adds.
 SUM_MAX_NUMBERS = 1000
 #: Largest magnitude of each number: integers up to here are exact in every JSON client (2**53),
@@ -32,6 +32,38 @@ SUM_MAX_MAGNITUDE = 2 ** 53
 FAIL_MESSAGE_MAX = 1000
 #: Most rounds of one `digest` job (about a tenth of a second of CPU on the machine of README).
 DIGEST_MAX_ROUNDS = 100000
+
+
+class Limits:
+    """The longest job a deployment allows: its JOB_MAX_SECONDS setting (app/config.py), set by
+    ``configure`` in the API and the worker. `sleep` jobs are bounded by it; the worker derives its
+    max.poll.interval and outbox lease from it, and provisioning supervisor's stopwaitsecs
+    (worker/defaults.py)."""
+
+    job_max_seconds = float(DEFAULTS["JOB_MAX_SECONDS"])
+
+
+LIMITS = Limits()
+
+
+def configure(settings: Dict[str, Any]) -> None:
+    LIMITS.job_max_seconds = float(settings["JOB_MAX_SECONDS"])
+
+
+class UpToLongestJob(Range):
+    """Range(min=0, max=the longest job), the maximum read when used: validation and the OpenAPI
+    document follow the setting of the process, whenever it was configured."""
+
+    def __init__(self) -> None:
+        super().__init__(min=0, max=None)
+
+    @property
+    def max(self) -> float:  # type: ignore[override]
+        return LIMITS.job_max_seconds
+
+    @max.setter
+    def max(self, _value: Any) -> None:
+        pass  # Range.__init__ sets it; the setting decides
 
 
 class JobFailed(Exception):
@@ -92,9 +124,10 @@ def sum_numbers(numbers: list) -> Dict[str, Any]:
     return {"sum": sum(numbers)}
 
 
-@job_type("sleep", seconds=Number(required=True, validate=Range(min=0, max=SLEEP_MAX_SECONDS)))
+@job_type("sleep", seconds=Number(required=True, validate=UpToLongestJob()))
 def sleep(seconds: float) -> Dict[str, Any]:
-    """Wait ``seconds`` (bounded): for drills of long jobs, restarts and rebalances."""
+    """Wait ``seconds`` (at most the longest job allowed): for drills of long jobs, restarts and
+    rebalances."""
     time.sleep(seconds)
     return {"slept": seconds}
 

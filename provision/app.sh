@@ -12,6 +12,8 @@
 #   LAB_JOB_WORKERS        job worker processes (supervisor.sh starts them), at most
 #                          LAB_KAFKA_PARTITIONS do work
 #   LAB_LOG_LEVEL          JOBLAB_LOG_LEVEL of app and worker
+#   LAB_JOB_MAX_SECONDS    JOBLAB_JOB_MAX_SECONDS: the longest job allowed (supervisor.sh derives the
+#                          job workers' stopwaitsecs from it)
 # Context (environment):
 #   LAB_DB_KIND            postgresql (default on Debian) | mssql (default on RHEL): the results store
 #                          on the sidecar; sqlite: a file in the app user's home (the all-in-one container)
@@ -25,7 +27,7 @@ set -euo pipefail
 source "$(dirname "$0")/lib/common.sh"
 
 need_settings LAB_ENV_NAME LAB_APP_USER LAB_WORKER_CLASS LAB_GUNICORN_WORKERS LAB_GUNICORN_MAX_REQUESTS \
-    LAB_GUNICORN_TIMEOUT LAB_JOB_WORKERS LAB_KAFKA_PARTITIONS LAB_LOG_LEVEL
+    LAB_GUNICORN_TIMEOUT LAB_JOB_WORKERS LAB_KAFKA_PARTITIONS LAB_LOG_LEVEL LAB_JOB_MAX_SECONDS
 LAB_SKIP_REMOTE="${LAB_SKIP_REMOTE:-0}"
 LAB_APP_SOURCE="${LAB_APP_SOURCE:-}"
 # Database and role the sidecar creates for the app.
@@ -56,6 +58,10 @@ check_settings() {
         || die "LAB_GUNICORN_MAX_REQUESTS must be a whole number, 0 for never (got '$LAB_GUNICORN_MAX_REQUESTS')"
     [[ "$LAB_GUNICORN_TIMEOUT" =~ ^[1-9][0-9]{0,3}$ ]] \
         || die "LAB_GUNICORN_TIMEOUT must be 1-9999 seconds (got '$LAB_GUNICORN_TIMEOUT')"
+    # app/config.py JOB_MAX_SECONDS_RANGE: whole seconds here, so supervisor's wait is exact.
+    if ! [[ "$LAB_JOB_MAX_SECONDS" =~ ^[1-9][0-9]{0,3}$ ]] || ((LAB_JOB_MAX_SECONDS > 3600)); then
+        die "LAB_JOB_MAX_SECONDS must be 1-3600 seconds (got '$LAB_JOB_MAX_SECONDS')"
+    fi
     if ((LAB_JOB_WORKERS > LAB_KAFKA_PARTITIONS)); then
         say "note: $LAB_JOB_WORKERS job workers but $LAB_KAFKA_PARTITIONS partitions: $((LAB_JOB_WORKERS - LAB_KAFKA_PARTITIONS)) will idle"
     fi
@@ -187,6 +193,7 @@ render_template "$DEVOPS/joblab.env" "$ENV_FILE" 640 "root:$LAB_APP_USER" \
     "KAFKA_BOOTSTRAP=$LAB_SIDECAR_HOST:9092" \
     "KAFKA_PARTITIONS=$LAB_KAFKA_PARTITIONS" \
     "LOG_LEVEL=$LAB_LOG_LEVEL" \
+    "JOB_MAX_SECONDS=$LAB_JOB_MAX_SECONDS" \
     "WORKER_CLASS=$LAB_WORKER_CLASS" \
     "GUNICORN_WORKERS=$LAB_GUNICORN_WORKERS" \
     "GUNICORN_MAX_REQUESTS=$LAB_GUNICORN_MAX_REQUESTS" \

@@ -101,11 +101,11 @@ programs_changed=0
 render_template "$DEVOPS/supervisord.conf" /etc/supervisord.conf 644 root:root && main_changed=1
 render_template "$DEVOPS/supervisor/joblab-web.ini" /etc/supervisord.d/joblab-web.ini 644 root:root \
     "APP_USER=$LAB_APP_USER" "APP_HOME=$APP_HOME" && programs_changed=1
-# The worker's stop wait comes from the code that runs (the longest job it accepts), read as the app
-# user: root never imports Python from where that user can write (joblab-exec runs in its home).
-stop_wait="$(su -s /bin/sh "$LAB_APP_USER" -c \
-    "/usr/local/bin/joblab-exec python -c 'from worker.defaults import STOP_WAIT_SECONDS as s; print(s)'")" \
-    || die "cannot read the worker's stop wait from the installed app (worker/defaults.py)"
+# The worker's stop wait is derived from the longest job allowed (JOBLAB_JOB_MAX_SECONDS in
+# joblab.env, from lab.yml's LAB_JOB_MAX_SECONDS) by the code that runs, read as the app user: root
+# never imports Python from where that user can write (joblab-exec runs in its home).
+stop_wait="$(su -s /bin/sh "$LAB_APP_USER" -c "/usr/local/bin/joblab-exec python -m worker.defaults stop-wait")" \
+    || die "cannot derive the worker's stop wait from the installed app (python -m worker.defaults stop-wait)"
 [[ "$stop_wait" =~ ^[1-9][0-9]{0,4}$ ]] || die "the worker's stop wait is not a number of seconds: '$stop_wait'"
 render_template "$DEVOPS/supervisor/joblab-worker.ini" /etc/supervisord.d/joblab-worker.ini 644 root:root \
     "APP_USER=$LAB_APP_USER" "APP_HOME=$APP_HOME" "JOB_WORKERS=$LAB_JOB_WORKERS" "STOP_WAIT=$stop_wait" \

@@ -26,7 +26,8 @@ def consumer_config(settings: dict) -> dict:
         enable_auto_commit=False,  # committed by hand, after the outcome is stored
         auto_offset_reset="earliest",  # a new group starts from the oldest unprocessed job
         max_poll_records=int(settings.get("WORKER_BATCH", DEFAULTS["WORKER_BATCH"])),
-        max_poll_interval_ms=defaults.MAX_POLL_INTERVAL_MS,
+        max_poll_interval_ms=defaults.max_poll_interval_ms(
+            float(settings.get("JOB_MAX_SECONDS", DEFAULTS["JOB_MAX_SECONDS"]))),
         session_timeout_ms=defaults.SESSION_TIMEOUT_MS,
         heartbeat_interval_ms=defaults.HEARTBEAT_INTERVAL_MS,
         fetch_max_wait_ms=defaults.FETCH_MAX_WAIT_MS,

@@ -1,25 +1,42 @@
-"""The worker's fixed knobs (the tunable ones are JOBLAB_* settings in app.config)."""
-from app.jobtypes import SLEEP_MAX_SECONDS
+"""The worker's fixed knobs (the tunable ones are JOBLAB_* settings in app.config), and what is
+derived from the longest job allowed (the JOB_MAX_SECONDS setting)."""
+from typing import Mapping, Optional
+
+from app.config import load_settings
 
 #: Exit code of a worker stopped by a second signal, mid-job, without committing.
 EXIT_FORCED = 3
 
 #: A batch (records of one poll, JOBLAB_WORKER_BATCH at most) takes no new record after this
-#: long; with the longest job after it, still far within MAX_POLL_INTERVAL_MS.
+#: long; with the longest job after it, still far within max_poll_interval_ms().
 BATCH_SECONDS = 10.0
 
 #: In a batch, records handled this long ago are committed before the next record runs, so a
 #: long job delays the commits of the records before it by at most its own run.
 CHECKPOINT_SECONDS = 0.5
 
-#: Longest gap between polls before the group evicts us: the longest job plus room for
-#: backoff and the store. kafka-python heartbeats from a background thread meanwhile, so a
-#: long job never looks like a dead worker (no rebalance storms).
-MAX_POLL_INTERVAL_MS = int((SLEEP_MAX_SECONDS + BATCH_SECONDS + 240) * 1000)
 
-#: How long supervisor waits for a stopping worker before SIGKILL (stopwaitsecs, rendered from
-#: this by provision/supervisor.sh): its current job at the longest, then the commit.
-STOP_WAIT_SECONDS = int(SLEEP_MAX_SECONDS) + 30
+def max_poll_interval_ms(job_max_seconds: float) -> int:
+    """Longest gap between polls before the group evicts us: the longest job plus room for
+    backoff and the store. kafka-python heartbeats from a background thread meanwhile, so a
+    long job never looks like a dead worker (no rebalance storms)."""
+    return int((job_max_seconds + BATCH_SECONDS + 240) * 1000)
+
+
+def stop_wait_seconds(job_max_seconds: float) -> int:
+    """How long supervisor waits for a stopping worker before SIGKILL (stopwaitsecs, rendered by
+    provision/supervisor.sh from ``python -m worker.defaults stop-wait``): its current job at the
+    longest, then the commit."""
+    return int(job_max_seconds) + 30
+
+
+def outbox_lease_seconds(job_max_seconds: float) -> float:
+    """How long an outbox row stays leased to the worker that wrote it. The writer publishes
+    within milliseconds, deletes the published rows in its next transaction (after the job it
+    runs next: the longest job, plus room, as for the poll interval), and renews the lease while
+    Kafka is down; after this long without either (the writer died) any worker publishes the row."""
+    return job_max_seconds + 240
+
 
 #: How soon the group notices a worker that died without leaving (SIGKILL): its partitions
 #: move to the survivors after this long.
@@ -45,11 +62,19 @@ def backoff_seconds(attempt: int, base: float, ceiling: float) -> float:
     """Delay before attempt ``attempt + 1``: base, 2*base, 4*base ... capped at ``ceiling``."""
     return min(ceiling, base * (2 ** max(0, attempt - 1)))
 
-#: How long an outbox row stays leased to the worker that wrote it. The writer publishes within
-#: milliseconds, deletes the published rows in its next transaction (after the job it runs next:
-#: the longest job, plus room, as for the poll interval), and renews the lease while Kafka is
-#: down; after this long without either (the writer died) any worker publishes the row.
-OUTBOX_LEASE_SECONDS = SLEEP_MAX_SECONDS + 240
-
 #: How often a worker looks for outbox rows whose lease ran out.
 RELAY_EVERY_SECONDS = 30.0
+
+
+def main(argv: Optional[list] = None, environ: Optional[Mapping[str, str]] = None) -> None:
+    """``python -m worker.defaults stop-wait``: supervisor's stopwaitsecs for the job workers, from
+    the JOBLAB_* settings of the environment (provisioning runs it under joblab-exec)."""
+    import sys
+
+    if (sys.argv[1:] if argv is None else argv) != ["stop-wait"]:
+        sys.exit("usage: python -m worker.defaults stop-wait")
+    print(stop_wait_seconds(float(load_settings(environ=environ)["JOB_MAX_SECONDS"])))
+
+
+if __name__ == "__main__":
+    main()

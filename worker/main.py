@@ -14,6 +14,7 @@ from typing import Any, List, Optional
 
 from kafka.errors import KafkaError
 
+from app import jobtypes
 from app.config import DEFAULTS, load_settings
 from app.jobqueue import JobQueue
 from app.logsetup import configure_logging, log_from_signal_handler
@@ -44,6 +45,7 @@ def install_signal_handlers(worker: Worker) -> None:
 
 def build_worker(settings: dict) -> Worker:
     settings = dict(DEFAULTS, **settings)  # what a caller leaves out (tests) has its default
+    jobtypes.configure(settings)
     topics = Topics.with_prefix(settings["KAFKA_TOPIC_PREFIX"])
     ensure_topics(settings["KAFKA_BOOTSTRAP"], topics, int(settings["KAFKA_PARTITIONS"]))
     queue = JobQueue(settings["KAFKA_BOOTSTRAP"], settings["KAFKA_TOPIC_PREFIX"],
@@ -59,6 +61,7 @@ def build_worker(settings: dict) -> Worker:
         batch_size=int(settings["WORKER_BATCH"]),
         stranded_after=float(settings["STRANDED_AFTER"]),
         sweep_every=float(settings["SWEEP_EVERY"]),
+        outbox_lease=defaults.outbox_lease_seconds(float(settings["JOB_MAX_SECONDS"])),
     )
     worker.subscribe()
     return worker

@@ -18,6 +18,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set,
 from kafka.errors import InvalidTopicError, KafkaError, MessageSizeTooLargeError, RecordListTooLargeError
 from sqlalchemy.engine import Connection, Engine
 
+from app.config import DEFAULTS
 from app.jobqueue import JobQueue, QueueUnavailable
 from app.store import outbox
 from app.published import message_id
@@ -35,7 +36,8 @@ PERMANENT = (MessageSizeTooLargeError, RecordListTooLargeError, InvalidTopicErro
 
 
 class Publisher:
-    def __init__(self, engine: Engine, queue: JobQueue, lease_seconds: float = defaults.OUTBOX_LEASE_SECONDS) -> None:
+    def __init__(self, engine: Engine, queue: JobQueue,
+                 lease_seconds: float = defaults.outbox_lease_seconds(DEFAULTS["JOB_MAX_SECONDS"])) -> None:
         self.engine = engine
         self.queue = queue
         self.lease = lease_seconds

@@ -67,7 +67,7 @@ class Worker:
         stranded_after: float = DEFAULTS["STRANDED_AFTER"],
         sweep_every: float = DEFAULTS["SWEEP_EVERY"],
         relay_every: float = defaults.RELAY_EVERY_SECONDS,
-        outbox_lease: float = defaults.OUTBOX_LEASE_SECONDS,
+        outbox_lease: float = defaults.outbox_lease_seconds(DEFAULTS["JOB_MAX_SECONDS"]),
         batch_size: int = 1,
     ) -> None:
         self.consumer = consumer

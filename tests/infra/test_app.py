@@ -1,7 +1,7 @@
 """The app machine: nginx :80 -> gunicorn 127.0.0.1:8000 + job workers under supervisord."""
 import pytest
 
-from tests.infra.conftest import APP_USER, machine_ip
+from tests.infra.conftest import APP_USER, SETTINGS, machine_ip
 
 testinfra_hosts = ["ssh://app"]
 
@@ -81,12 +81,13 @@ def test_supervisor_waits_longer_than_gunicorn_drains(host):
 
 
 def test_supervisor_waits_longer_than_the_longest_job(host):
-    """stopwaitsecs of the job workers is rendered from the installed code's longest job."""
+    """stopwaitsecs of the job workers is rendered from the longest job the app's settings allow."""
     ini = host.file("/etc/supervisord.d/joblab-worker.ini").content_string.replace(" ", "")
     waits = int(ini.split("stopwaitsecs=")[1].split()[0])
     longest = host.run("sudo -u %s /usr/local/bin/joblab-exec python -c "
-                       "'from app.jobtypes import SLEEP_MAX_SECONDS as s; print(s)'" % APP_USER)
+                       "'from app.config import load_settings; print(load_settings()[\"JOB_MAX_SECONDS\"])'" % APP_USER)
     assert longest.rc == 0 and waits > float(longest.stdout.strip().splitlines()[-1])
+    assert float(longest.stdout.strip().splitlines()[-1]) == float(SETTINGS["LAB_JOB_MAX_SECONDS"])
 
 
 @pytest.mark.parametrize("pattern", ["gunicorn", "python -m worker"])

@@ -117,3 +117,43 @@ def test_a_read_timeout_shorter_than_gunicorns_is_refused_and_changes_nothing(ap
     assert run.returncode != 0
     assert "LAB_PROXY_READ_TIMEOUT (20) must be longer than LAB_GUNICORN_TIMEOUT (30)" in run.stdout + run.stderr
     assert app.file("/etc/nginx/nginx.conf").content_string == before
+
+
+def test_the_longest_job_reaches_the_api_and_the_workers_stop_wait(app, token):
+    """LAB_JOB_MAX_SECONDS: the app's JOBLAB_JOB_MAX_SECONDS, and supervisor's stopwaitsecs for the
+    job workers derived from it at render time."""
+    def rendered():
+        env_file = app.file("/etc/joblab/joblab.env").content_string
+        ini = app.file("/etc/supervisord.d/joblab-worker.ini").content_string.replace(" ", "")
+        return ([line.split("=", 1)[1] for line in env_file.splitlines() if line.startswith("JOBLAB_JOB_MAX_SECONDS=")],
+                int(ini.split("stopwaitsecs=")[1].split()[0]))
+
+    default = SETTINGS["LAB_JOB_MAX_SECONDS"]
+    assert rendered() == ([default], int(default) + 30)
+    try:
+        run = provision({"LAB_JOB_MAX_SECONDS": "90"}, scripts="app,supervisor")
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        assert rendered() == (["90"], 120)
+        assert sleep_bound(token) == 90  # the API restarted with it: `sleep` accepts up to 90 s
+        refused = provision({"LAB_JOB_MAX_SECONDS": "0"}, scripts="app,supervisor")
+        assert refused.returncode != 0 and "LAB_JOB_MAX_SECONDS must be 1-3600 seconds" in refused.stdout + refused.stderr
+        assert rendered() == (["90"], 120)
+    finally:
+        run = provision({"LAB_JOB_MAX_SECONDS": default}, scripts="app,supervisor")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert rendered() == ([default], int(default) + 30)
+    assert sleep_bound(token) == float(default)
+
+
+def sleep_bound(token):
+    """The longest `sleep` the running API accepts, as its OpenAPI document says (validation reads
+    the same bound: tests/unit/test_config.py)."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            spec = call("GET", "/openapi.json", token)[1]
+            return spec["components"]["schemas"]["SleepArgs"]["properties"]["seconds"]["maximum"]
+        except OSError:  # gunicorn restarting after the re-provision
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)

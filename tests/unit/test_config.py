@@ -37,3 +37,30 @@ def test_log_level_is_a_setting_the_app_and_the_worker_apply(tmp_path):
     run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
                          env=dict(os.environ, JOBLAB_LOG_LEVEL="error"))
     assert run.stdout.strip() == "ERROR", run.stderr
+
+
+def test_the_longest_job_is_a_setting_everything_derived_follows(make_app, tmp_path):
+    from app import jobtypes
+    from worker import defaults
+    from worker.consumer import consumer_config
+
+    with pytest.raises(SystemExit, match="JOBLAB_JOB_MAX_SECONDS=0.0 is not between 1 and 3600 seconds"):
+        load_settings(environ={"JOBLAB_JOB_MAX_SECONDS": "0"})
+    with pytest.raises(SystemExit, match="JOB_MAX_SECONDS"):
+        load_settings(environ={"JOBLAB_JOB_MAX_SECONDS": "nan"})
+    try:
+        app = make_app("sqlite:///%s" % (tmp_path / "x.sqlite3"), JOB_MAX_SECONDS=5.0)
+        client = app.test_client()
+        spec = client.get("/openapi.json").get_json()
+        assert spec["components"]["schemas"]["SleepArgs"]["properties"]["seconds"]["maximum"] == 5
+        schema = jobtypes.REGISTRY["sleep"].schema()
+        assert schema.validate({"seconds": 5}) == {} and "seconds" in schema.validate({"seconds": 5.5})
+    finally:
+        jobtypes.configure(DEFAULTS)  # one bound per process: back to the default for other tests
+    settings = load_settings(environ={"JOBLAB_JOB_MAX_SECONDS": "600", "JOBLAB_KAFKA_GROUP": "g"})
+    assert consumer_config(settings)["max_poll_interval_ms"] == defaults.max_poll_interval_ms(600) > 600_000
+    assert consumer_config(DEFAULTS)["max_poll_interval_ms"] == defaults.max_poll_interval_ms(60)
+    # What provision/supervisor.sh renders as the job workers' stopwaitsecs.
+    run = subprocess.run([sys.executable, "-m", "worker.defaults", "stop-wait"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60, env=dict(os.environ, JOBLAB_JOB_MAX_SECONDS="600"))
+    assert run.returncode == 0 and int(run.stdout) == defaults.stop_wait_seconds(600) > 600, run.stderr
