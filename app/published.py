@@ -13,7 +13,6 @@ import time
 from typing import Dict, Iterable, List, Optional, Set, Tuple
 
 from kafka import KafkaConsumer
-from kafka.errors import KafkaError
 from kafka.partitioner.default import murmur2
 from kafka.structs import TopicPartition
 
@@ -55,14 +54,19 @@ def find_published(bootstrap: str, wanted: List[Wanted], timeout: float,
         consumer = KafkaConsumer(bootstrap_servers=bootstrap.split(","), group_id=None, enable_auto_commit=False,
                                  client_id="joblab-lookup-%d" % os.getpid(), request_timeout_ms=max(1000, ms),
                                  bootstrap_timeout_ms=ms, reconnect_backoff_max_ms=reconnect_backoff_max_ms)
-    except KafkaError as exc:
+    except Exception as exc:  # KafkaError mostly; whatever it is, the answer is "cannot tell"
         raise Unknown("kafka: %s" % exc.__class__.__name__) from exc
     try:
         return _scan(consumer, wanted, deadline)
-    except KafkaError as exc:
+    except Unknown:
+        raise
+    except Exception as exc:  # never mistaken for a job's own failure by the worker's handler
         raise Unknown("kafka: %s" % exc.__class__.__name__) from exc
     finally:
-        consumer.close(autocommit=False)
+        try:
+            consumer.close(autocommit=False)
+        except Exception:  # closing a broken client: nothing more to learn
+            pass
 
 
 def _scan(consumer: KafkaConsumer, wanted: List[Wanted], deadline: float) -> Set[str]:
