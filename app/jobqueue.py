@@ -147,8 +147,12 @@ class JobQueue:
 
     def find_published(self, wanted: List[published.Wanted]) -> Set[str]:
         """Which of ``wanted`` Kafka holds already (app/published.py), or QueueUnavailable."""
+        # A broker that is down is found by the (bounded, cleaned-up) readiness probe first: a
+        # consumer whose constructor fails to reach it leaves its I/O thread and sockets behind.
+        self.ping()
         try:
-            return published.find_published(self.bootstrap or "", wanted, self.timeout, RECONNECT_BACKOFF_MAX_MS)
+            return published.find_published(self.bootstrap or "", wanted, max(self.timeout, published.LOOKUP_SECONDS),
+                                             RECONNECT_BACKOFF_MAX_MS)
         except published.Unknown as exc:
             raise QueueUnavailable(str(exc)) from exc
 

@@ -23,6 +23,11 @@ MESSAGE_ID = "message-id"
 #: may stamp times from different clocks (machines of the lab).
 CLOCK_SLACK_SECONDS = 60.0
 
+#: How long one lookup may take in all. Longer than a send's timeout: a takeover reads up to a
+#: lease (the longest job + 4 min) of the partition back, and a lookup that can never finish in
+#: time would hold its rows (and the worker that owns them) for good.
+LOOKUP_SECONDS = 60.0
+
 #: (topic, key, message id, written at: epoch seconds)
 Wanted = Tuple[str, str, str, float]
 
@@ -34,7 +39,7 @@ def partition_of(key: str, partitions: int) -> int:
 
 def message_id(headers: Iterable[Tuple[str, bytes]]) -> Optional[str]:
     for name, value in headers or ():
-        if name == MESSAGE_ID:
+        if name == MESSAGE_ID and value is not None:
             return value.decode("utf-8", "replace")
     return None
 

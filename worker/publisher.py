@@ -176,6 +176,7 @@ class Publisher:
         if isinstance(exc.__cause__ or exc, PERMANENT):
             log.error("outbox row %d (%s, key %r) can never be published (%s); dropped",
                       row_id, m.topic, m.key, (exc.__cause__ or exc).__class__.__name__)
+            self.sent.append(row_id)  # deleted with the published ones: not taken over again and again
             return
         self._renew_first = True
         self.doubtful.add(row_id)  # it may have been written all the same
