@@ -8,7 +8,7 @@ finished the job meanwhile) writes and sends nothing."""
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from app.messages import encode_event, encode_job
 from app.store import jobs as job_store
@@ -39,6 +39,25 @@ class Outcomes:
             log.info("job %s: running -> succeeded", job_id)
         else:
             log.info("job %s: finished elsewhere meanwhile; result kept as stored", job_id)
+
+    def succeeded_many(self, outcomes: List[Tuple[str, str]]) -> List[str]:
+        """``succeeded`` for many jobs ((job id, result JSON) each) in ONE transaction: their state
+        changes, result rows and `succeeded` events together. Returns the ids that succeeded now."""
+        def work(conn: Any) -> Tuple[List[str], List[Message]]:
+            applied = job_store.store_successes(conn, outcomes)
+            results = dict(outcomes)
+            return applied, [Message(self.topics.succeeded, i, encode_event(i, "succeeded", result_json=results[i]),
+                                     job_id=i) for i in applied]
+
+        applied = self.publisher.write(work)
+        if log.isEnabledFor(logging.INFO):
+            done = set(applied)
+            for job_id, _result in outcomes:
+                if job_id in done:
+                    log.info("job %s: running -> succeeded", job_id)
+                else:
+                    log.info("job %s: finished elsewhere meanwhile; result kept as stored", job_id)
+        return applied
 
     def failed_attempt(self, job: Dict[str, Any], record: Any, error: str, permanent: bool) -> None:
         job_id, attempt = job["id"], job["attempts"]

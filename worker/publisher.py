@@ -128,15 +128,23 @@ class Publisher:
         ``always``, in one transaction; then publish them. Returns whether the change applied.
         Raises StoreUnavailable when nothing could be written, KafkaUnavailable when it was
         written but not (all) published: the rest waits in ``unsent`` and in the outbox."""
-        def work(conn: Connection) -> Tuple[bool, List[Tuple[int, Message]]]:
+        def work(conn: Connection) -> Tuple[bool, List[Message]]:
             applied = change(conn)
-            messages = list(always) + (list(if_applied) if applied else [])
-            return applied, outbox.add(conn, self.owner, messages, self.lease) if messages else []
+            return applied, list(always) + (list(if_applied) if applied else [])
 
-        applied, rows = self.transaction(work)
+        return self.write(work)
+
+    def write(self, work: Callable[[Connection], Tuple[T, Sequence[Message]]]) -> T:
+        """``work(conn)`` returns (a result, the messages it implies): both in one transaction,
+        then the messages published. Returns the result; raises as ``conclude`` does."""
+        def run(conn: Connection) -> Tuple[T, List[Tuple[int, Message]]]:
+            result, messages = work(conn)
+            return result, outbox.add(conn, self.owner, messages, self.lease) if messages else []
+
+        result, rows = self.transaction(run)
         self.unsent.extend(rows)
         self.flush()
-        return applied
+        return result
 
     def flush(self) -> None:
         """Publish what is unsent, in order, each acknowledged; KafkaUnavailable at the first

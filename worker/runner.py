@@ -99,6 +99,11 @@ class Worker:
         self.uncommitted: Dict[TopicPartition, int] = {}  # partition -> last offset handled
         self.first_uncommitted: Dict[TopicPartition, int] = {}  # partition -> first offset handled
         self.uncommitted_keys: List[Tuple[Tuple[str, int, int], Optional[str]]] = []
+        # The batch's set-based store work (see handle_batch): jobs claimed together before the
+        # batch runs (record key -> (its message, the claimed job)), and successes run but not
+        # stored yet (record key -> (job id, result JSON)), stored together at the checkpoint.
+        self.ahead: Dict[Tuple[str, int, int], Tuple[Dict[str, Any], Dict[str, Any]]] = {}
+        self.pending: Dict[Tuple[str, int, int], Tuple[str, str]] = {}
 
     def subscribe(self) -> None:
         self.consumer.subscribe([self.topics.jobs, self.topics.retry], listener=ForgetRevoked(self))
@@ -220,47 +225,129 @@ class Worker:
 
     # -- a batch of records ---------------------------------------------------------------------
     def handle_batch(self, batch: Dict[TopicPartition, List[Any]]) -> None:
-        """Handle a poll's records: each as ``handle`` does, but their messages are sent without
-        waiting for each ack, and the offsets are committed together at a checkpoint, once every
-        message is acknowledged. A checkpoint comes at the end of the batch, and before a record
-        when the last one is CHECKPOINT_SECONDS old, so a long job delays the commits of the
+        """Handle a poll's records with set-based store work: the jobs they name are claimed
+        together (one statement), each is run, and the successes are stored together at the
+        checkpoint (one transaction with their events); their messages are sent without waiting
+        for each ack, and the offsets are committed together once every message is
+        acknowledged. Anything not plain (a job not queued for that attempt - its worker died
+        running it -, a retry not due, an undecodable record, a record seen before) goes the
+        one-record way (``handle``), and a failed attempt is stored at once, on its own.
+
+        A checkpoint comes at the end of the batch, and before a record when the last one is
+        CHECKPOINT_SECONDS old, so a long job delays the commits (and the stored successes) of the
         records before it by at most its own run. A batch stops taking records after
         BATCH_SECONDS (well within max.poll.interval, even if its last job is the longest); the
-        rest is fetched again by the next poll."""
+        rest is fetched again by the next poll, and the jobs claimed for it are released."""
         started = last = time.monotonic()
         self.batching = self.publisher.deferred = True
         try:
             with self.publisher.holding():
-                for tp, records in batch.items():
-                    for record in records:
-                        if tp in self.paused_until:
-                            break  # paused mid-batch: the rest is fetched again after resume
-                        now = time.monotonic()
-                        if self.stopping or now - started > defaults.BATCH_SECONDS:
-                            self.consumer.seek(tp, record.offset)  # the rest: at the next poll
-                            break
-                        if self.uncommitted and now - last > defaults.CHECKPOINT_SECONDS:
-                            self.checkpoint()
-                            last = now
-                        self.handle(tp, record)
+                try:
+                    self._claim_ahead(batch)
+                    for tp, records in batch.items():
+                        for record in records:
+                            if tp in self.paused_until:
+                                break  # paused mid-batch: the rest is fetched again after resume
+                            now = time.monotonic()
+                            if self.stopping or now - started > defaults.BATCH_SECONDS:
+                                self.consumer.seek(tp, record.offset)  # the rest: at the next poll
+                                break
+                            if self.uncommitted and now - last > defaults.CHECKPOINT_SECONDS:
+                                self.checkpoint()
+                                last = now
+                            self.handle(tp, record)
+                finally:
+                    self._release_ahead()
+                    self.checkpoint()
         finally:
-            self.checkpoint()
             self.batching = self.publisher.deferred = False
 
+    def _claim_ahead(self, batch: Dict[TopicPartition, List[Any]]) -> None:
+        """Claim in one statement the jobs of the batch's plain records: of each partition, the
+        records up to the first that is not (undecodable, not due, handled before, or naming a
+        job an earlier record of the batch names). Claimed jobs are run by ``handle`` without a
+        claim of their own. Any trouble here only means one claim per record, as without it."""
+        plain: List[Tuple[Tuple[str, int, int], Dict[str, Any]]] = []
+        seen = set()
+        now = self.clock()
+        for tp, records in batch.items():
+            if tp in self.paused_until:
+                continue
+            for record in records:
+                key = (record.topic, record.partition, record.offset)
+                if key in self.decided:
+                    break
+                try:
+                    msg = decode_job(record.value, max_delay=self.backoff_max, now=now)
+                except Exception:  # poison: ``handle`` says why, record by record
+                    break
+                if (msg.get("not_before") and msg["not_before"] > now) or msg["job_id"] in seen:
+                    break
+                seen.add(msg["job_id"])
+                plain.append((key, msg))
+        if len(plain) < 2:
+            return  # one job: its own claim costs the same
+        try:
+            claimed = self.publisher.statement(
+                lambda conn: job_store.claim_jobs(conn, [(m["job_id"], m["attempt"]) for _k, m in plain]))
+        except Exception as exc:  # the store is down, or worse: each record's own claim will say
+            log.warning("claiming %d jobs together failed (%s); one at a time", len(plain), describe(exc))
+            return
+        for key, msg in plain:
+            job = claimed.get(msg["job_id"])
+            if job is not None:
+                self.ahead[key] = (msg, job)
+
+    def _release_ahead(self, job_id: Optional[str] = None) -> None:
+        """Give back the jobs claimed ahead but not run (all, or the one of ``job_id``): queued
+        again for the same attempt, so that their records, fetched again, claim them as if
+        nothing happened - and never count a crash of a job that did not start."""
+        if job_id is None:
+            left, self.ahead = self.ahead, {}
+        else:
+            left = {k: v for k, v in self.ahead.items() if v[1]["id"] == job_id}
+            for k in left:
+                del self.ahead[k]
+        if not left:
+            return
+        claims = [(job["id"], job["attempts"]) for _msg, job in left.values()]
+        try:
+            released = self.publisher.statement(lambda conn: job_store.release_jobs(conn, claims))
+            log.debug("released %d of %d jobs claimed for the batch but not run", released, len(claims))
+        except Exception as exc:  # they stay running: their records, fetched again, run them then
+            log.warning("could not release %d jobs claimed for the batch but not run (%s)", len(claims), describe(exc))
+
     def checkpoint(self) -> None:
-        """Wait for the acks of what the batch sent so far, then commit its offsets (one request).
-        If Kafka failed, nothing is committed: the outcomes are stored and their messages wait
-        in the outbox; the records come back (their partitions rewound and paused a moment)
-        and are only committed then, the messages published first - never run again."""
+        """Store the batch's successes so far (one transaction with their events), wait for the
+        acks of what the batch sent, then commit its offsets (one request). If the store or
+        Kafka failed, nothing is committed: what was stored has its messages waiting in the
+        outbox, what was not is stored one job at a time when its record comes back (the
+        partitions are rewound and paused a moment); nothing is run again."""
         uncommitted, first, keys = self.uncommitted, self.first_uncommitted, self.uncommitted_keys
         self.uncommitted, self.first_uncommitted, self.uncommitted_keys = {}, {}, []
+        pending, self.pending = self.pending, {}
+        failure: Optional[Exception] = None
+        if pending:
+            try:
+                self.outcomes.succeeded_many(list(pending.values()))
+            except KafkaUnavailable as exc:
+                failure = exc  # stored; the outbox publishes what Kafka did not take
+            except Exception as exc:  # not stored: the store is down, or refused one of them
+                if not isinstance(exc, Unavailable):
+                    log.exception("storing %d successes together failed; each on its own", len(pending))
+                failure = exc
+                for key, (job_id, result_json) in pending.items():
+                    self.decided[key] = Decision(job_id, functools.partial(self.outcomes.succeeded, job_id,
+                                                                           result_json))
         try:
             self.publisher.wait()
         except Unavailable as exc:
-            log.warning("%d records handled, their messages not acknowledged (%s); committed once they are",
-                        len(keys), exc)
+            failure = failure or exc
+        if failure is not None:
+            log.warning("%d records handled, their outcomes or messages not all stored and acknowledged (%s); "
+                        "committed once they are", len(keys), describe(failure))
             for key, job_id in keys:
-                self.decided[key] = Decision(job_id, lambda: None)  # written; the outbox publishes it
+                self.decided.setdefault(key, Decision(job_id, lambda: None))  # written; the outbox publishes it
             for tp, offset in first.items():
                 self._pause(tp, offset, self.clock() + defaults.INFRA_RETRY_SECONDS)
             self.handled -= len(keys)
@@ -284,12 +371,19 @@ class Worker:
                 # that (store the outcome, or nothing left but the publishing done just now).
                 job_id = decided.job_id
                 self._settle(key, decided)
+            elif key in self.ahead:
+                msg, job = self.ahead.pop(key)  # claimed with the batch
+                job_id = msg["job_id"]
+                self.execute(job, record, key, defer=True)
             else:
                 msg = decode_job(record.value, max_delay=self.backoff_max, now=self.clock())
                 job_id = msg["job_id"]
                 if msg.get("not_before") and msg["not_before"] > self.clock():
                     self._pause(tp, record.offset, msg["not_before"])  # a retry not yet due
                     return
+                self._one_at_a_time(job_id)
+                if tp in self.paused_until:
+                    return  # settling the batch's part failed: this record comes again with it
                 self.process(msg, record, key)
         except Unavailable as exc:
             log.warning("%s: job %s: %s; will try again in %.0fs", where, job_id, exc, defaults.INFRA_RETRY_SECONDS)
@@ -358,6 +452,24 @@ class Worker:
             error = "crashed the worker %d times" % (job["crashes"] + 1)
             self._settle(key, Decision(job_id, lambda: self.outcomes.give_up(job, record, error, crashed=True)))
             return
+        self.execute(job, record, key)
+
+    def _one_at_a_time(self, job_id: str) -> None:
+        """Before a record takes the one-record way: if its job is one of the batch's - claimed
+        ahead for another record, or run with its success not stored yet -, settle that first,
+        so the record's own claim finds the job as it really is (not running, which would count
+        as a crash)."""
+        if any(j == job_id for j, _r in self.pending.values()):
+            self.checkpoint()
+        self._release_ahead(job_id)
+
+    def execute(self, job: Dict[str, Any], record: Any, key: Tuple[str, int, int], defer: bool = False) -> None:
+        """Run a claimed job and settle its outcome: a failed attempt at once; a success at once,
+        or, with ``defer`` (a job claimed with its batch), at the next checkpoint with the batch's
+        other successes. A job its own record claimed (found running: its worker died) is
+        concluded at once, so that, if a job that kills every worker follows it, it is not
+        charged again and again."""
+        job_id = job["id"]
         log.info("job %s: -> running (attempt %d of %d)", job_id, job["attempts"], self.max_attempts)
         jt = REGISTRY.get(job["type"])
         self.executions += 1
@@ -375,5 +487,8 @@ class Worker:
             except (Exception, SystemExit) as exc:  # a job may raise anything: the job failing, not us
                 outcome = functools.partial(self.outcomes.failed_attempt, job, record, describe(exc), permanent=False)
             else:
+                if defer:
+                    self.pending[key] = (job_id, result_json)
+                    return
                 outcome = functools.partial(self.outcomes.succeeded, job_id, result_json)
         self._settle(key, Decision(job_id, outcome))

@@ -301,6 +301,63 @@ def claim_job(bind: Union[Engine, Connection], job_id: str, max_attempts: Option
     return row
 
 
+@functools.lru_cache(maxsize=None)
+def _claim_many_statement() -> Any:
+    """The batch claim (claim_jobs): the queued half of claim_job's conditions, for many ids of
+    one attempt number, built once."""
+    now = bindparam("now", type_=jobs.c.updated_at.type)
+    attempt = bindparam("attempt", type_=Integer)
+    return update(jobs).where(
+        jobs.c.id.in_(bindparam("job_ids", expanding=True)), jobs.c.status == JobStatus.QUEUED.value,
+        jobs.c.attempts == attempt - 1,
+    ).values(status=JobStatus.RUNNING.value, attempts=jobs.c.attempts + 1, claim_attempt=attempt,
+             started_at=now, updated_at=now).returning(*_JOB_COLUMNS)
+
+
+def claim_jobs(conn: Connection, claims: List[Tuple[str, int]]) -> Dict[str, Row]:
+    """Claim in one statement per attempt number (a batch has one or two) those of ``claims``
+    (job id, the message's attempt) that are queued for exactly that attempt: queued -> running,
+    counting the attempt, as claim_job does. Returns the claimed rows by job id. Anything else
+    (a job running already - its worker died -, finished, unknown, or of another attempt) is left
+    alone, for claim_job to decide one record at a time. Empty where the store cannot return
+    updated rows."""
+    if not claims or not conn.dialect.update_returning:
+        return {}
+    by_attempt: Dict[int, List[str]] = {}
+    for job_id, attempt in claims:
+        by_attempt.setdefault(attempt, []).append(job_id)
+    now = utcnow()
+    claimed: Dict[str, Row] = {}
+    for attempt, ids in by_attempt.items():
+        for row in conn.execute(_claim_many_statement(), {"job_ids": ids, "attempt": attempt, "now": now}):
+            job = _row(row)
+            job["stale"] = job["exhausted"] = False
+            claimed[job["id"]] = job
+    return claimed
+
+
+_RELEASE = update(jobs).where(
+    jobs.c.id.in_(bindparam("job_ids", expanding=True)), jobs.c.status == JobStatus.RUNNING.value,
+    jobs.c.attempts == bindparam("attempt", type_=Integer),
+    jobs.c.claim_attempt == bindparam("attempt", type_=Integer),
+).values(status=JobStatus.QUEUED.value, attempts=jobs.c.attempts - 1, claim_attempt=jobs.c.claim_attempt - 1,
+         updated_at=bindparam("now", type_=jobs.c.updated_at.type))
+
+
+def release_jobs(conn: Connection, claims: List[Tuple[str, int]]) -> int:
+    """Undo claim_jobs for jobs claimed but never run (the batch ended early: a stop request, its
+    time bound, a paused partition): running -> queued, the attempt not counted, so their records,
+    fetched again, claim them as if nothing happened. Only while the claim is still that one.
+    Returns how many were released."""
+    released = 0
+    by_attempt: Dict[int, List[str]] = {}
+    for job_id, attempt in claims:
+        by_attempt.setdefault(attempt, []).append(job_id)
+    for attempt, ids in by_attempt.items():
+        released += conn.execute(_RELEASE, {"job_ids": ids, "attempt": attempt, "now": utcnow()}).rowcount
+    return released
+
+
 # The success path's statements, built once (see _claim_statement).
 _SUCCEED = update(jobs).where(jobs.c.id == bindparam("job_id", type_=jobs.c.id.type),
                               jobs.c.status == JobStatus.RUNNING.value).values(
@@ -321,6 +378,27 @@ def store_success(bind: Union[Engine, Connection], job_id: str, result_json: str
         return True
 
     return _in_tx(bind, work)
+
+
+_SUCCEED_MANY = update(jobs).where(jobs.c.id.in_(bindparam("job_ids", expanding=True)),
+                                   jobs.c.status == JobStatus.RUNNING.value).values(
+    status=JobStatus.SUCCEEDED.value, error=None, finished_at=bindparam("now", type_=jobs.c.updated_at.type),
+    updated_at=bindparam("now", type_=jobs.c.updated_at.type)).returning(jobs.c.id)
+
+
+def store_successes(conn: Connection, outcomes: List[Tuple[str, str]]) -> List[str]:
+    """store_success for many jobs ((job id, result JSON) each) in the caller's transaction: one
+    UPDATE for all, and one INSERT of the result rows of those it moved. Returns the ids that
+    succeeded now (the others were no longer running: another delivery finished them). Needs a
+    store that returns updated rows (see claim_jobs)."""
+    if not outcomes:
+        return []
+    now = utcnow()
+    applied = set(conn.execute(_SUCCEED_MANY, {"job_ids": [i for i, _r in outcomes], "now": now}).scalars())
+    rows = [{"job_id": i, "result": r, "created_at": now} for i, r in outcomes if i in applied]
+    if rows:
+        conn.execute(_ADD_RESULT, rows)
+    return [i for i, _r in outcomes if i in applied]
 
 
 def requeue_job(bind: Union[Engine, Connection], job_id: str, attempt: int, error: str) -> bool:

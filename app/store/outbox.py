@@ -43,19 +43,24 @@ def add(conn: Connection, owner: str, messages: Iterable[Message], lease_seconds
     gone out already (its writer died before deleting the row) is looked for before it is sent again."""
     now = utcnow()
     written = now.replace(tzinfo=timezone.utc).timestamp()
-    rows = []
+    stamped, params = [], []
     for m in messages:
         m = replace(m, headers=list(m.headers) + [(MESSAGE_ID, uuid.uuid4().hex.encode())], written_at=written)
         headers = json.dumps([[name, value.decode("utf-8", "replace")] for name, value in m.headers])
-        rows.append((conn.execute(_ADD, dict(
-            topic=m.topic, key=m.key, value=m.value, headers=headers, job_id=m.job_id, owner=owner,
-            lease_until=now + timedelta(seconds=lease_seconds), created_at=now,
-        )).inserted_primary_key[0], m))
-    return rows
+        stamped.append(m)
+        params.append(dict(topic=m.topic, key=m.key, value=m.value, headers=headers, job_id=m.job_id, owner=owner,
+                           lease_until=now + timedelta(seconds=lease_seconds), created_at=now))
+    if len(params) > 1 and conn.dialect.insert_executemany_returning:
+        # Many rows (a batch's outcomes): one INSERT; each id found by its row's headers (its
+        # message-id makes them unique), whatever order the store returns them in.
+        ids = {headers: row_id for row_id, headers in conn.execute(_ADD_MANY, params)}
+        return [(ids[p["headers"]], m) for p, m in zip(params, stamped)]
+    return [(conn.execute(_ADD, p).inserted_primary_key[0], m) for p, m in zip(params, stamped)]
 
 
 #: Built once: building a statement costs more than running it (see app/store/jobs.py).
 _ADD = insert(outbox)
+_ADD_MANY = insert(outbox).returning(outbox.c.id, outbox.c.headers)
 
 
 def remove(conn: Connection, ids: Iterable[int]) -> None:

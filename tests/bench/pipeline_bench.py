@@ -511,9 +511,10 @@ def markdown(rows: List[Dict[str, Any]]) -> List[str]:
 # (file suffix, function) of the worker's per-job stages, as cProfile names them.
 STAGES = [
     ("consumer poll (fetch, a batch at a time)", "kafka/consumer/group.py", "poll"),
-    ("claim_job (UPDATE ... RETURNING)", "app/store/jobs.py", "claim_job"),
+    ("claim_jobs (one UPDATE ... RETURNING a batch)", "app/store/jobs.py", "claim_jobs"),
+    ("claim_job (one record's own claim)", "app/store/jobs.py", "claim_job"),
     ("run the job (noop)", "app/jobtypes.py", "run"),
-    ("store_success (UPDATE + INSERT result)", "app/store/jobs.py", "store_success"),
+    ("store_successes (UPDATE + INSERT results)", "app/store/jobs.py", "store_successes"),
     ("outbox rows written (INSERT)", "app/store/outbox.py", "add"),
     ("outbox rows deleted (in the next transaction)", "app/store/outbox.py", "remove"),
     ("store transactions (BEGIN/COMMIT + the above)", "worker/publisher.py", "run"),

@@ -17,6 +17,7 @@ import tempfile
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from app.config import DEFAULTS
 from app.published import partition_of
 from tests.drills.client import Client, Ledger, Load
 from tests.drills.hostile import HostilePhase
@@ -92,14 +93,17 @@ def fault_plan(target: Any) -> List[Tuple[str, Callable[[], str]]]:
     ]
 
 
-def dup_execution_bound(plan: List[Tuple[str, Callable[[], str]]]) -> int:
-    """The most duplicate executions the faults can explain. A job runs again only when the worker
-    running it loses it mid-run: SIGKILLed (its next owner runs the job it had), or its partition
-    handed to another worker by a rebalance. A worker runs one job at a time, so each such fault
-    accounts for one. Kafka and database restarts and gunicorn reloads re-run nothing: a job's
-    outcome is kept until it is stored (worker.decided), and a redelivered message of an attempt
-    that ran is skipped."""
-    return sum(1 for name, _inject in plan if name.startswith(("worker SIGKILL", "rebalance")))
+def dup_execution_bound(plan: List[Tuple[str, Callable[[], str]]], batch: int = DEFAULTS["WORKER_BATCH"]) -> int:
+    """The most claims beyond need (``dup_executions``: attempts a job did not need) the faults can
+    explain. A worker handles a poll's records as a batch: their jobs claimed together, run one
+    after another, their successes stored together at the checkpoint. SIGKILLed, it leaves the
+    batch's unconcluded jobs claimed - run, or not started yet - and their next owner claims each
+    once more: at most ``batch`` per kill. A rebalance moves partitions between polls, so it can
+    catch at most the job of a worker mid-batch that lost its partition: one. Kafka and database
+    restarts and gunicorn reloads re-run nothing: a job's outcome is kept until it is stored
+    (worker.decided), and a redelivered message of an attempt that ran is skipped."""
+    kills = sum(1 for name, _inject in plan if name.startswith("worker SIGKILL"))
+    return kills * batch + sum(1 for name, _inject in plan if name.startswith("rebalance"))
 
 
 def run_faults(target: Any, ledger: Ledger, load: Load, jobs: int, recovery_seconds: float,
@@ -331,8 +335,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             say("UNEXPECTED EXIT of %s (pid %s, %s); its log ends:\n%s" % (
                 e["process"], e["pid"] or "?", e["code"], "\n".join("    | " + line for line in e["tail"].splitlines())))
         bound = dup_execution_bound(fault_plan(target))
-        say("duplicate executions: %d (bound %d: one per worker SIGKILL and per rebalance, each can catch at "
-            "most the one job a worker is running; other faults never re-run a job)" % (r["dup_executions"], bound))
+        say("duplicate executions: %d (bound %d: a worker SIGKILL leaves its batch's unconcluded jobs claimed, "
+            "%d at most; a rebalance catches one; other faults never re-run a job)"
+            % (r["dup_executions"], bound, DEFAULTS["WORKER_BATCH"]))
 
         fuzz = fuzz_api(target, args.fuzz_examples) if args.fuzz_examples > 0 else None
         if fuzz is not None:

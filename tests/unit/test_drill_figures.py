@@ -66,7 +66,9 @@ def test_duplicate_execution_bound_counts_the_faults_that_can_cut_a_job_short():
         def __getattr__(self, name):
             return lambda: name
 
-    assert dup_execution_bound(fault_plan(Target())) == 7  # 5 worker SIGKILLs + a join + a leave
+    # 5 worker SIGKILLs, each leaving at most a batch claimed, + a join + a leave
+    assert dup_execution_bound(fault_plan(Target()), batch=100) == 5 * 100 + 2
+    assert dup_execution_bound(fault_plan(Target()), batch=1) == 7
 
 
 def test_an_exit_report_shows_the_traceback_that_ended_the_process():

@@ -195,3 +195,177 @@ def test_a_stuck_producer_costs_one_timeout_per_checkpoint_not_one_per_message(e
     assert clock.monotonic() - began < StuckQueue.timeout + 1 + 0.5  # one timeout (+1 s), not 20 of them
     assert len(StuckQueue.waited) == 20 and StuckQueue.waited[-1] <= 0.05  # each asked, the last at once
     assert [i for i, _m in publisher.unsent] == list(range(20))  # all kept, in order, for later
+
+
+# -- set-based store work: claims together, successes together ----------------------------------
+@pytest.fixture
+def statements(engine):
+    """The SQL statements the store runs (their first word), from now on."""
+    from sqlalchemy import event
+
+    seen = []
+
+    def record(conn, cursor, statement, parameters, context, executemany):
+        seen.append(statement.split(None, 1)[0].upper())
+
+    event.listen(engine, "before_cursor_execute", record)
+    yield seen
+    event.remove(engine, "before_cursor_execute", record)
+
+
+@pytest.mark.parametrize("per_partition", [2, 30])
+def test_a_batch_costs_the_same_statements_however_many_jobs_it_holds(recording, engine, user, statements,
+                                                                       per_partition):
+    worker = recording
+    batch, ids = batch_of(engine, user, partitions=(0, 1), per_partition=per_partition)
+    statements.clear()
+    worker.handle_batch(batch)
+    assert all(status(engine, i) is JobStatus.SUCCEEDED for i in ids)
+    assert all(js.get_job(engine, i)["attempts"] == 1 for i in ids)
+    assert sorted(k for _t, k, _v, _h in worker.queue.on("jobs.succeeded")) == sorted(ids)
+    # One claim for all, one UPDATE of all successes, one INSERT of their results, one of their
+    # outbox rows (whatever the count of jobs); the previous batch's rows deleted in the next.
+    assert statements.count("UPDATE") == 2 and statements.count("INSERT") == 2, " ".join(statements)
+    assert commits(worker) == [{("jobs", 0): per_partition, ("jobs", 1): per_partition}]
+
+
+def test_jobs_claimed_for_the_batch_but_not_run_are_released_and_count_no_attempt(recording, engine, user,
+                                                                                   job_type):
+    worker = recording
+    stops = []
+    job_type("stopper", lambda: stops or stops.append(worker.request_stop()) or {})  # the first run only
+    batch, ids = batch_of(engine, user, "stopper", per_partition=4)
+    worker.handle_batch(batch)
+    jobs = [js.get_job(engine, i) for i in ids]
+    assert [j["status"] for j in jobs] == [JobStatus.SUCCEEDED] + [JobStatus.QUEUED] * 3
+    assert [(j["attempts"], j["claim_attempt"], j["crashes"]) for j in jobs[1:]] == [(0, 0, 0)] * 3
+    # Fetched again (the stop was a test's): each runs once, as attempt 1, no crash counted.
+    worker.stopping = False
+    worker.handle_batch({TopicPartition("jobs", 0): batch[TopicPartition("jobs", 0)][1:]})
+    jobs = [js.get_job(engine, i) for i in ids]
+    assert all(j["status"] is JobStatus.SUCCEEDED and j["attempts"] == 1 and j["crashes"] == 0 for j in jobs)
+
+
+def test_the_store_failing_at_the_checkpoint_stores_each_success_later_without_running_it_again(
+        recording, engine, user, job_type, monkeypatch):
+    from worker.errors import StoreUnavailable
+
+    worker = recording
+    runs = []
+    job_type("counted", lambda: runs.append(1) or {"ok": True})
+    batch, ids = batch_of(engine, user, "counted", per_partition=3)
+
+    def down(outcomes):
+        raise StoreUnavailable("store unavailable (OperationalError)")
+
+    monkeypatch.setattr(worker.outcomes, "succeeded_many", down)
+    worker.handle_batch(batch)
+    tp = TopicPartition("jobs", 0)
+    assert commits(worker) == [] and worker.consumer.paused[tp] == 0 and worker.handled == 0
+    assert len(runs) == 3 and all(status(engine, i) is JobStatus.RUNNING for i in ids)
+    monkeypatch.undo()
+    worker.clock = lambda: NOW + defaults.INFRA_RETRY_SECONDS
+    worker._resume_due()
+    worker.handle_batch(batch)
+    assert len(runs) == 3  # not run again
+    jobs = [js.get_job(engine, i) for i in ids]
+    assert all(j["status"] is JobStatus.SUCCEEDED and j["attempts"] == 1 and j["crashes"] == 0 for j in jobs)
+    assert sorted(k for _t, k, _v, _h in worker.queue.on("jobs.succeeded")) == sorted(ids)
+    assert commits(worker) == [{("jobs", 0): 3}]
+
+
+def test_a_result_the_store_refuses_fails_that_job_alone(recording, engine, user, monkeypatch):
+    from sqlalchemy.exc import DataError
+
+    worker = recording
+    batch, ids = batch_of(engine, user, per_partition=3)
+    real = js.store_successes
+
+    def refusing(conn, outcomes):  # the batch's transaction is refused; one job's own is too
+        raise DataError("INSERT", {}, Exception("value too long"))
+
+    def refusing_one(bind, job_id, result_json):
+        if job_id == ids[1]:
+            raise DataError("INSERT", {}, Exception("value too long"))
+        return real_one(bind, job_id, result_json)
+
+    real_one = js.store_success
+    monkeypatch.setattr(js, "store_successes", refusing)
+    monkeypatch.setattr(js, "store_success", refusing_one)
+    worker.handle_batch(batch)
+    worker.clock = lambda: NOW + defaults.INFRA_RETRY_SECONDS
+    worker._resume_due()
+    worker.handle_batch(batch)
+    assert [status(engine, i) for i in ids] == [JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.SUCCEEDED]
+    assert "value too long" in js.get_job(engine, ids[1])["error"]
+    assert [k for _t, k, _v, _h in worker.queue.on("jobs.dead")] == [ids[1]]
+    assert commits(worker)[-1] == {("jobs", 0): 3}
+    assert real is not None
+
+
+def test_a_job_found_running_goes_one_record_at_a_time_and_only_it_counts_a_crash(recording, engine, user):
+    worker = recording
+    batch, ids = batch_of(engine, user, per_partition=3)
+    # A worker died running the second job (its claim is there, its outcome is not).
+    js.claim_job(engine, ids[1], worker.max_attempts, 1)
+    worker.handle_batch(batch)
+    jobs = [js.get_job(engine, i) for i in ids]
+    assert all(j["status"] is JobStatus.SUCCEEDED for j in jobs)
+    assert [(j["attempts"], j["crashes"]) for j in jobs] == [(1, 0), (2, 1), (1, 0)]
+    assert commits(worker) == [{("jobs", 0): 3}]
+
+
+def test_a_job_named_twice_in_a_batch_runs_once_and_counts_no_crash(recording, engine, user, job_type):
+    worker = recording
+    runs = []
+    job_type("counted", lambda: runs.append(1) or {"ok": True})
+    batch, ids = batch_of(engine, user, "counted", partitions=(0, 1), per_partition=2)
+    tp0, tp1 = TopicPartition("jobs", 0), TopicPartition("jobs", 1)
+    # The first job's record again, on the other partition (a producer's retry, say).
+    batch[tp1].insert(0, batch[tp0][0]._replace(partition=1, offset=7))
+    batch[tp1] = [r._replace(offset=7 + n) for n, r in enumerate(batch[tp1])]
+    worker.handle_batch(batch)
+    jobs = [js.get_job(engine, i) for i in ids]
+    assert len(runs) == 4
+    assert all(j["status"] is JobStatus.SUCCEEDED and j["attempts"] == 1 and j["crashes"] == 0 for j in jobs)
+    # The batch's success stored (a checkpoint) before the second record's own claim.
+    assert commits(worker) == [{("jobs", 0): 2}, {("jobs", 1): 10}]
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL: nothing after it runs (checkpoint and release are switched off)."""
+
+
+def test_batch_mates_of_a_job_that_kills_every_worker_are_charged_once_and_succeed(engine, user, job_type):
+    from tests.unit.doubles import TOPICS, Consumer, Queue
+    from worker.runner import Worker
+
+    def kill():
+        raise Killed()
+
+    job_type("killer", kill)
+    tp = TopicPartition("jobs", 0)
+    batch, ids = {tp: []}, []
+    for n, job_type_name in enumerate(["noop", "noop", "killer", "noop", "noop"]):
+        job_id, value = submit(engine, user, job_type_name, {})
+        batch[tp].append(Record("jobs", 0, n, value, job_id.encode()))
+        ids.append(job_id)
+    deaths = 0
+    for _worker in range(6):  # supervisor starting a new worker after each death
+        worker = Worker(consumer=Consumer(), queue=Queue(), engine=engine, topics=TOPICS, max_attempts=3,
+                        clock=lambda: NOW)
+        worker.checkpoint = lambda: None
+        worker._release_ahead = lambda job_id=None: None
+        try:
+            worker.handle_batch(batch)
+        except Killed:
+            deaths += 1
+            continue
+        break
+    jobs = [js.get_job(engine, i) for i in ids]
+    assert deaths == 3
+    assert jobs[2]["status"] is JobStatus.FAILED and "crashed the worker 3 times" in jobs[2]["error"]
+    innocent = jobs[:2] + jobs[3:]
+    assert all(j["status"] is JobStatus.SUCCEEDED for j in innocent)
+    # Claimed with the first batch, run or not, they cost one attempt (and crash) each at most.
+    assert all(j["attempts"] <= 2 and j["crashes"] <= 1 for j in innocent), [(j["attempts"], j["crashes"]) for j in innocent]
