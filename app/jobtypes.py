@@ -12,6 +12,7 @@ attempt (retried, then dead-lettered)::
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import time
@@ -78,6 +79,17 @@ class JobType:
 
     def run(self, args: Dict[str, Any]) -> Any:
         return self.func(**args)
+
+    def load_args(self, args: Any) -> Dict[str, Any]:
+        """``args`` as this type's schema loads them (marshmallow's ValidationError otherwise)."""
+        return _instance(self.schema).load(args)
+
+
+@functools.lru_cache(maxsize=None)
+def _instance(schema: Type[Schema]) -> Schema:
+    """One instance per args schema, reused (loading does not change it): building a marshmallow
+    schema costs more than loading a job's args with it, and a bulk submit loads hundreds."""
+    return schema()
 
 
 REGISTRY: Dict[str, JobType] = {}

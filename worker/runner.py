@@ -476,7 +476,7 @@ class Worker:
         try:
             if jt is None:
                 raise LookupError("unknown job type %r" % job["type"])
-            args = jt.schema().load(job["args"])
+            args = jt.load_args(job["args"])
         except Exception as exc:  # an unknown type or args its schema refuses: no attempt can succeed
             outcome = functools.partial(self.outcomes.failed_attempt, job, record, describe(exc), permanent=True)
         else:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
-from marshmallow import INCLUDE, Schema, ValidationError, fields, post_load, validates_schema
+from marshmallow import INCLUDE, Schema, ValidationError, fields, post_load
 from marshmallow.validate import Length, OneOf, Range, Regexp
 
 from ..jobtypes import REGISTRY
@@ -31,17 +31,13 @@ class JobCreateSchema(Schema):
         },
     )
 
-    @validates_schema
-    def _check_args(self, data: Dict[str, Any], **_kw: Any) -> None:
-        jt = REGISTRY.get(data.get("type", ""))
-        if jt is not None and "args" in data:
-            errors = jt.schema().validate(data["args"])
-            if errors:
-                raise ValidationError({"args": errors})
-
     @post_load
     def _load_args(self, data: Dict[str, Any], **_kw: Any) -> Dict[str, Any]:
-        data["args"] = REGISTRY[data["type"]].schema().load(data["args"])
+        # Runs once the fields are valid (a known type): the args checked and loaded in one pass.
+        try:
+            data["args"] = REGISTRY[data["type"]].load_args(data["args"])
+        except ValidationError as exc:
+            raise ValidationError({"args": exc.messages}) from exc
         return data
 
 
