@@ -138,3 +138,17 @@ def test_an_expired_key_makes_new_jobs(client, app, alice, kafka):
 def test_a_bad_key_is_400(client, alice, kafka, key):
     resp = client.post("/v1/jobs", json=SUM, headers=dict(alice, **{"Idempotency-Key": key}))
     assert_error(resp, 400, "Idempotency-Key")
+
+
+@pytest.mark.parametrize("route, body", [("/v1/jobs", SUM), ("/v1/jobs/batch", batch(SUM, NOOP))])
+def test_the_202s_times_are_what_every_later_get_shows_and_the_store_keeps(client, app, alice, kafka, route, body):
+    from datetime import datetime
+
+    resp = client.post(route, json=body, headers=alice)
+    assert resp.status_code == 202, resp.get_data(as_text=True)
+    accepted = resp.get_json().get("jobs") or [resp.get_json()]
+    for job in accepted:
+        later = client.get("/v1/jobs/" + job["id"], headers=alice).get_json()
+        assert later["created_at"] == job["created_at"]
+        kept = js.get_job(engine(app), job["id"])["created_at"]
+        assert datetime.strptime(job["created_at"], "%Y-%m-%dT%H:%M:%S.%fZ") == kept  # to the microsecond
