@@ -17,7 +17,8 @@
 # JOBLAB_DB: sqlite (default: the embedded store, in the data volume) | postgresql (the lab's
 # sidecar database script, on 127.0.0.1).
 # LAB_APP_SOURCE: the development variant - a working tree mounted there is served instead of the
-# installed release (docs/container.md).
+# installed release (docs/container.md). A joblab tree mounted at the seed's app directory
+# (SEED_APP_DIR, -v $HOME/nginx-gunicorn-flask:/opt/apps) is that, with nothing else to say.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -33,6 +34,8 @@ SCRIPTS=(ca-certs base java kafka database python-env app supervisor nginx)
 PER_INSTANCE=(/etc/joblab/secrets /etc/joblab/handoff /etc/joblab/joblab.env /var/lib/joblab /var/lib/kafka
     /var/log/joblab /var/log/kafka /var/log/supervisor /var/log/nginx)
 
+# Where the seed's development variant mounts the working tree.
+SEED_APP_DIR=/opt/apps
 SAY_PREFIX="[container]"
 # shellcheck source=provision/lib/say.sh
 source "$LAB_ROOT/provision/lib/say.sh"
@@ -128,6 +131,10 @@ build() {
 
 start() {
     load_settings
+    if [[ -z "${LAB_APP_SOURCE:-}" && -f "$SEED_APP_DIR/app/__init__.py" && -f "$SEED_APP_DIR/worker/__init__.py" ]]; then
+        export LAB_APP_SOURCE="$SEED_APP_DIR"
+        say "serving the working tree mounted at $SEED_APP_DIR (the development variant)"
+    fi
     trap 'say "stopping"; stop_services; say "stopped"; exit 0' TERM INT
     export PIP_NO_INDEX=1  # everything is installed: provisioning must not reach for the network
     provision
