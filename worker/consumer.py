@@ -50,6 +50,8 @@ class ForgetRevoked(ConsumerRebalanceListener):
         lost = {(tp.topic, tp.partition) for tp in revoked}
         for key in [k for k in self.worker.decided if k[:2] in lost]:
             del self.worker.decided[key]
+        for key in [k for k in self.worker.ahead if k[:2] in lost]:
+            del self.worker.ahead[key]  # a claim kept (its release failed): the new owner's now
         if revoked:
             log.info("partitions revoked: %s", fmt_partitions(revoked))
 

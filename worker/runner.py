@@ -147,12 +147,26 @@ class Worker:
                 self.housekeeping(idle=not batch)
         finally:
             log.info("worker stopping after %d messages (%d executions)", self.handled, self.executions)
+            self._settle_before_leaving()
             try:
                 self.publisher.tidy()  # published rows are not left to look abandoned later
             except Exception as exc:  # stopping anyway; the lease covers them
                 log.warning("could not delete published outbox rows on the way out: %s", exc)
             self.consumer.close(autocommit=False)
         return self.handled
+
+    def _settle_before_leaving(self) -> None:
+        """Outcomes decided but not stored (the store failed; their records were to come back):
+        one more try, so that the partitions' next owner finds those jobs finished rather than
+        running (a crash charged, the job run again). Their offsets stay uncommitted: the next
+        owner skips the finished jobs. Claims kept from a failed release are released."""
+        for key, decision in list(self.decided.items()):
+            try:
+                self._settle(key, decision)
+            except Exception as exc:  # still down: at-least-once, as for a worker that dies
+                log.warning("outcome of %s[%d]@%d not stored before leaving (%s)", key[0], key[1], key[2],
+                            describe(exc))
+        self._release_ahead()
 
     def poll(self, timeout_ms: int, limit: int) -> Dict[TopicPartition, List[Any]]:
         batch = self.consumer.poll(timeout_ms=timeout_ms, max_records=limit)
@@ -268,27 +282,38 @@ class Worker:
         job an earlier record of the batch names). Claimed jobs are run by ``handle`` without a
         claim of their own. Any trouble here only means one claim per record, as without it."""
         plain: List[Tuple[Tuple[str, int, int], Dict[str, Any]]] = []
-        seen = set()
+        seen = {job["id"] for _msg, job in self.ahead.values()}  # claims kept from an earlier batch
         now = self.clock()
         for tp, records in batch.items():
             if tp in self.paused_until:
                 continue
             for record in records:
                 key = (record.topic, record.partition, record.offset)
+                if key in self.ahead:
+                    continue  # claimed before (its release failed): runs as claimed
                 if key in self.decided:
                     break
                 try:
                     msg = decode_job(record.value, max_delay=self.backoff_max, now=now)
-                except Exception:  # poison: ``handle`` says why, record by record
+                except PoisonMessage as exc:  # ``handle`` says why; the job it names waits for it
+                    seen.add(exc.job_id or job_id_of_key(getattr(record, "key", None)))
+                    break
+                except Exception:
                     break
                 if (msg.get("not_before") and msg["not_before"] > now) or msg["job_id"] in seen:
                     break
                 seen.add(msg["job_id"])
-                plain.append((key, msg))
+                # A job's last attempt is claimed by its own record: claimed ahead and charged for
+                # a batch-mate's crash, it would be found running with no attempt left - and failed
+                # as a crasher it never was.
+                if msg["attempt"] < self.max_attempts:
+                    plain.append((key, msg))
         if len(plain) < 2:
             return  # one job: its own claim costs the same
         try:
-            claimed = self.publisher.statement(
+            # One transaction: a store failing between the statements claims none (a claim that
+            # went through unseen would be charged as a crash when its record claims it).
+            claimed = self.publisher.transaction(
                 lambda conn: job_store.claim_jobs(conn, [(m["job_id"], m["attempt"]) for _k, m in plain]))
         except Exception as exc:  # the store is down, or worse: each record's own claim will say
             log.warning("claiming %d jobs together failed (%s); one at a time", len(plain), describe(exc))
@@ -312,12 +337,16 @@ class Worker:
             return
         claims = [(job["id"], job["attempts"]) for _msg, job in left.values()]
         try:
-            released = self.publisher.statement(lambda conn: job_store.release_jobs(conn, claims))
+            released = self.publisher.transaction(lambda conn: job_store.release_jobs(conn, claims))
             log.debug("released %d of %d jobs claimed for the batch but not run", released, len(claims))
-        except Exception as exc:  # they stay running: their records, fetched again, run them then
-            log.warning("could not release %d jobs claimed for the batch but not run (%s)", len(claims), describe(exc))
+        except Exception as exc:
+            # Kept as claimed: their records, fetched again, run them as such (no claim of their
+            # own, which would count a crash); the next batch's end tries the release again.
+            log.warning("could not release %d jobs claimed for the batch but not run (%s); kept as claimed",
+                        len(claims), describe(exc))
+            self.ahead.update(left)
 
-    def checkpoint(self) -> None:
+    def checkpoint(self) -> bool:
         """Store the batch's successes so far (one transaction with their events), wait for the
         acks of what the batch sent, then commit its offsets (one request). If the store or
         Kafka failed, nothing is committed: what was stored has its messages waiting in the
@@ -351,9 +380,10 @@ class Worker:
             for tp, offset in first.items():
                 self._pause(tp, offset, self.clock() + defaults.INFRA_RETRY_SECONDS)
             self.handled -= len(keys)
-            return
+            return False
         if uncommitted:
             self._commit(uncommitted)
+        return True
 
     # -- one message --------------------------------------------------------------------------
     def handle(self, tp: TopicPartition, record: Any) -> None:
@@ -381,9 +411,9 @@ class Worker:
                 if msg.get("not_before") and msg["not_before"] > self.clock():
                     self._pause(tp, record.offset, msg["not_before"])  # a retry not yet due
                     return
-                self._one_at_a_time(job_id)
-                if tp in self.paused_until:
-                    return  # settling the batch's part failed: this record comes again with it
+                if not self._one_at_a_time(job_id):
+                    self._pause(tp, record.offset, self.clock() + defaults.INFRA_RETRY_SECONDS)
+                    return  # its job's other record is not settled yet: this one comes again
                 self.process(msg, record, key)
         except Unavailable as exc:
             log.warning("%s: job %s: %s; will try again in %.0fs", where, job_id, exc, defaults.INFRA_RETRY_SECONDS)
@@ -394,6 +424,9 @@ class Worker:
             # Our producers key every message by its job id: an undecodable payload still names
             # its job that way, and that job is failed rather than left queued for ever.
             job_id = exc.job_id or job_id_of_key(getattr(record, "key", None))
+            if job_id is not None and not self._one_at_a_time(job_id):
+                self._pause(tp, record.offset, self.clock() + defaults.INFRA_RETRY_SECONDS)
+                return
             if not self._reject(tp, record, key, job_id, "rejected message: %s" % exc):
                 return
         except Exception as exc:  # a bug, or an input nobody foresaw: that job fails, the worker lives on
@@ -454,14 +487,18 @@ class Worker:
             return
         self.execute(job, record, key)
 
-    def _one_at_a_time(self, job_id: str) -> None:
+    def _one_at_a_time(self, job_id: str) -> bool:
         """Before a record takes the one-record way: if its job is one of the batch's - claimed
         ahead for another record, or run with its success not stored yet -, settle that first,
         so the record's own claim finds the job as it really is (not running, which would count
-        as a crash)."""
-        if any(j == job_id for j, _r in self.pending.values()):
-            self.checkpoint()
+        as a crash). False when that cannot be done now (the store or Kafka failed, or another
+        record of the job waits to be settled): the record must come again later."""
+        if any(j == job_id for j, _r in self.pending.values()) and not self.checkpoint():
+            return False
+        if any(d.job_id == job_id for d in self.decided.values()):
+            return False
         self._release_ahead(job_id)
+        return not any(job["id"] == job_id for _msg, job in self.ahead.values())  # kept: not released
 
     def execute(self, job: Dict[str, Any], record: Any, key: Tuple[str, int, int], defer: bool = False) -> None:
         """Run a claimed job and settle its outcome: a failed attempt at once; a success at once,

@@ -314,8 +314,22 @@ def _claim_many_statement() -> Any:
              started_at=now, updated_at=now).returning(*_JOB_COLUMNS)
 
 
+#: Most ids in one statement's IN list: SQL Server takes at most 2,100 parameters a statement.
+IN_LIST_MAX = 1000
+
+
+def _by_attempt(claims: List[Tuple[str, int]]) -> List[Tuple[int, List[str]]]:
+    """(attempt, job ids) groups of ``claims``, each at most IN_LIST_MAX ids."""
+    groups: Dict[int, List[str]] = {}
+    for job_id, attempt in claims:
+        groups.setdefault(attempt, []).append(job_id)
+    return [(attempt, ids[i:i + IN_LIST_MAX]) for attempt, ids in groups.items()
+            for i in range(0, len(ids), IN_LIST_MAX)]
+
+
 def claim_jobs(conn: Connection, claims: List[Tuple[str, int]]) -> Dict[str, Row]:
-    """Claim in one statement per attempt number (a batch has one or two) those of ``claims``
+    """Claim in one statement per attempt number (a batch has one or two; run them in one
+    transaction, so that a failure claims none) those of ``claims``
     (job id, the message's attempt) that are queued for exactly that attempt: queued -> running,
     counting the attempt, as claim_job does. Returns the claimed rows by job id. Anything else
     (a job running already - its worker died -, finished, unknown, or of another attempt) is left
@@ -323,12 +337,9 @@ def claim_jobs(conn: Connection, claims: List[Tuple[str, int]]) -> Dict[str, Row
     updated rows."""
     if not claims or not conn.dialect.update_returning:
         return {}
-    by_attempt: Dict[int, List[str]] = {}
-    for job_id, attempt in claims:
-        by_attempt.setdefault(attempt, []).append(job_id)
     now = utcnow()
     claimed: Dict[str, Row] = {}
-    for attempt, ids in by_attempt.items():
+    for attempt, ids in _by_attempt(claims):
         for row in conn.execute(_claim_many_statement(), {"job_ids": ids, "attempt": attempt, "now": now}):
             job = _row(row)
             job["stale"] = job["exhausted"] = False
@@ -350,10 +361,7 @@ def release_jobs(conn: Connection, claims: List[Tuple[str, int]]) -> int:
     fetched again, claim them as if nothing happened. Only while the claim is still that one.
     Returns how many were released."""
     released = 0
-    by_attempt: Dict[int, List[str]] = {}
-    for job_id, attempt in claims:
-        by_attempt.setdefault(attempt, []).append(job_id)
-    for attempt, ids in by_attempt.items():
+    for attempt, ids in _by_attempt(claims):
         released += conn.execute(_RELEASE, {"job_ids": ids, "attempt": attempt, "now": utcnow()}).rowcount
     return released
 
@@ -394,7 +402,10 @@ def store_successes(conn: Connection, outcomes: List[Tuple[str, str]]) -> List[s
     if not outcomes:
         return []
     now = utcnow()
-    applied = set(conn.execute(_SUCCEED_MANY, {"job_ids": [i for i, _r in outcomes], "now": now}).scalars())
+    ids = [i for i, _r in outcomes]
+    applied = set()
+    for start in range(0, len(ids), IN_LIST_MAX):
+        applied.update(conn.execute(_SUCCEED_MANY, {"job_ids": ids[start:start + IN_LIST_MAX], "now": now}).scalars())
     rows = [{"job_id": i, "result": r, "created_at": now} for i, r in outcomes if i in applied]
     if rows:
         conn.execute(_ADD_RESULT, rows)

@@ -27,6 +27,13 @@ def batch_of(engine, user, job_type="noop", args=None, partitions=(0,), per_part
     return batch, ids
 
 
+def counted(job_type):
+    """Registers job type `counted`, which appends to the list returned at each run."""
+    runs = []
+    job_type("counted", lambda: runs.append(1) or {"ok": True})
+    return runs
+
+
 def status(engine, job_id):
     return js.get_job(engine, job_id)["status"]
 
@@ -62,8 +69,7 @@ def test_a_batch_is_committed_once_after_every_outcome_and_message(recording, en
 
 def test_kafka_failing_at_the_checkpoint_commits_nothing_and_runs_nothing_again(recording, engine, user, job_type):
     worker = recording
-    runs = []
-    job_type("counted", lambda: runs.append(1) or {"ok": True})
+    runs = counted(job_type)
     batch, ids = batch_of(engine, user, "counted", per_partition=3)
     worker.queue.refuse_acks(1)  # the first job's event is not acknowledged
     worker.handle_batch(batch)
@@ -251,8 +257,7 @@ def test_the_store_failing_at_the_checkpoint_stores_each_success_later_without_r
     from worker.errors import StoreUnavailable
 
     worker = recording
-    runs = []
-    job_type("counted", lambda: runs.append(1) or {"ok": True})
+    runs = counted(job_type)
     batch, ids = batch_of(engine, user, "counted", per_partition=3)
 
     def down(outcomes):
@@ -317,8 +322,7 @@ def test_a_job_found_running_goes_one_record_at_a_time_and_only_it_counts_a_cras
 
 def test_a_job_named_twice_in_a_batch_runs_once_and_counts_no_crash(recording, engine, user, job_type):
     worker = recording
-    runs = []
-    job_type("counted", lambda: runs.append(1) or {"ok": True})
+    runs = counted(job_type)
     batch, ids = batch_of(engine, user, "counted", partitions=(0, 1), per_partition=2)
     tp0, tp1 = TopicPartition("jobs", 0), TopicPartition("jobs", 1)
     # The first job's record again, on the other partition (a producer's retry, say).
@@ -369,3 +373,107 @@ def test_batch_mates_of_a_job_that_kills_every_worker_are_charged_once_and_succe
     assert all(j["status"] is JobStatus.SUCCEEDED for j in innocent)
     # Claimed with the first batch, run or not, they cost one attempt (and crash) each at most.
     assert all(j["attempts"] <= 2 and j["crashes"] <= 1 for j in innocent), [(j["attempts"], j["crashes"]) for j in innocent]
+
+
+# -- after review: claims ahead never turn into crashes nobody had ---------------------------------
+def at_attempt(engine, user, job_type_name, attempt, worker):
+    """A job queued for ``attempt`` (its earlier attempts failed), and its record's value."""
+    from app.messages import encode_job
+
+    job_id, _value = submit(engine, user, job_type_name, {})
+    for n in range(1, attempt):
+        js.claim_job(engine, job_id, worker.max_attempts, n)
+        js.requeue_job(engine, job_id, n, "failed before")
+    return job_id, encode_job(job_id, job_type_name, {}, attempt=attempt)
+
+
+def fresh_worker(engine):
+    from tests.unit.doubles import TOPICS, Consumer, Queue
+    from worker.runner import Worker
+
+    return Worker(consumer=Consumer(), queue=Queue(), engine=engine, topics=TOPICS, max_attempts=3, clock=lambda: NOW)
+
+
+def test_a_last_attempt_is_never_claimed_ahead_so_a_batch_mates_crash_cannot_fail_it(engine, user, job_type):
+    def kill():
+        raise Killed()
+
+    job_type("killer", kill)
+    worker = fresh_worker(engine)
+    tp = TopicPartition("jobs.retry", 0)
+    batch, ids = {tp: []}, []
+    for n, name in enumerate(["noop", "killer", "noop"]):
+        job_id, value = at_attempt(engine, user, name, 3, worker)
+        batch[tp].append(Record("jobs.retry", 0, n, value, job_id.encode()))
+        ids.append(job_id)
+    worker.checkpoint = lambda: True  # killed: nothing after the kill runs
+    with pytest.raises(Killed):
+        worker.handle_batch(batch)
+    worker = fresh_worker(engine)
+    worker.handle_batch(batch)
+    jobs = [js.get_job(engine, i) for i in ids]
+    assert jobs[1]["status"] is JobStatus.FAILED  # the killer, found running at its last attempt
+    # The first ran and was concluded at once (no claim ahead); the third was never claimed.
+    assert [(j["status"], j["crashes"]) for j in (jobs[0], jobs[2])] == [(JobStatus.SUCCEEDED, 0)] * 2
+
+
+def test_a_release_that_fails_keeps_the_claims_and_their_records_run_them_without_a_crash(
+        recording, engine, user, job_type, monkeypatch):
+    from sqlalchemy.exc import OperationalError
+
+    worker = recording
+    stops = []
+    job_type("stopper", lambda: stops or stops.append(worker.request_stop()) or {})
+    batch, ids = batch_of(engine, user, "stopper", per_partition=3)
+
+    def down(conn, claims):
+        raise OperationalError("UPDATE", {}, Exception("server closed the connection unexpectedly"))
+
+    monkeypatch.setattr(js, "release_jobs", down)
+    worker.handle_batch(batch)
+    assert [status(engine, i) for i in ids] == [JobStatus.SUCCEEDED, JobStatus.RUNNING, JobStatus.RUNNING]
+    monkeypatch.undo()
+    worker.stopping = False
+    worker.handle_batch({TopicPartition("jobs", 0): batch[TopicPartition("jobs", 0)][1:]})
+    jobs = [js.get_job(engine, i) for i in ids]
+    assert all(j["status"] is JobStatus.SUCCEEDED and j["attempts"] == 1 and j["crashes"] == 0 for j in jobs)
+    assert not worker.ahead
+
+
+def test_a_job_named_again_while_its_success_cannot_be_stored_waits_and_runs_once(
+        recording, engine, user, job_type, monkeypatch):
+    from worker.errors import StoreUnavailable
+
+    worker = recording
+    runs = counted(job_type)
+    batch, ids = batch_of(engine, user, "counted", partitions=(0, 1), per_partition=2)
+    tp0, tp1 = TopicPartition("jobs", 0), TopicPartition("jobs", 1)
+    batch[tp1] = [batch[tp0][0]._replace(partition=1, offset=7)] + [r._replace(offset=8 + n) for n, r in
+                                                                       enumerate(batch[tp1])]
+
+    def down(outcomes):
+        raise StoreUnavailable("store unavailable (OperationalError)")
+
+    monkeypatch.setattr(worker.outcomes, "succeeded_many", down)
+    worker.handle_batch(batch)
+    assert worker.consumer.paused[tp1] == 7  # the copy waits for its job's first record
+    monkeypatch.undo()
+    worker.clock = lambda: NOW + defaults.INFRA_RETRY_SECONDS
+    worker._resume_due()
+    worker.handle_batch(batch)
+    jobs = [js.get_job(engine, i) for i in ids]
+    assert len(runs) == 4
+    assert all(j["status"] is JobStatus.SUCCEEDED and j["attempts"] == 1 and j["crashes"] == 0 for j in jobs)
+
+
+def test_a_poison_record_naming_a_job_keeps_that_job_from_the_batch_claim(recording, engine, user, job_type):
+    worker = recording
+    runs = counted(job_type)
+    batch, ids = batch_of(engine, user, "counted", partitions=(0, 1), per_partition=2)
+    tp0 = TopicPartition("jobs", 0)
+    victim = ids[2]  # the first job of partition 1, named first by a poison record on partition 0
+    batch[tp0].insert(0, Record("jobs", 0, 9, b"{not json", victim.encode()))
+    batch[tp0] = [r._replace(offset=9 + n) for n, r in enumerate(batch[tp0])]
+    worker.handle_batch(batch)
+    assert status(engine, victim) is JobStatus.FAILED and len(runs) == 3  # failed by the poison, never run
+    assert all(status(engine, i) is JobStatus.SUCCEEDED for i in ids if i != victim)
