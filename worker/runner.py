@@ -164,8 +164,8 @@ class Worker:
             try:
                 self._settle(key, decision)
             except Exception as exc:  # still down: at-least-once, as for a worker that dies
-                log.warning("outcome of %s[%d]@%d not stored before leaving (%s)", key[0], key[1], key[2],
-                            describe(exc))
+                log.warning("%d outcomes not stored before leaving (%s)", len(self.decided), describe(exc))
+                return  # one try in all: a store that is down must not hold up the stop
         self._release_ahead()
 
     def poll(self, timeout_ms: int, limit: int) -> Dict[TopicPartition, List[Any]]:

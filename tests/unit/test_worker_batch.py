@@ -477,3 +477,22 @@ def test_a_poison_record_naming_a_job_keeps_that_job_from_the_batch_claim(record
     worker.handle_batch(batch)
     assert status(engine, victim) is JobStatus.FAILED and len(runs) == 3  # failed by the poison, never run
     assert all(status(engine, i) is JobStatus.SUCCEEDED for i in ids if i != victim)
+
+
+def test_outcomes_the_store_refused_at_the_checkpoint_get_one_more_try_on_the_way_out(
+        recording, engine, user, monkeypatch):
+    from worker.errors import StoreUnavailable
+
+    worker = recording
+    batch, ids = batch_of(engine, user, per_partition=3)
+
+    def down(outcomes):
+        raise StoreUnavailable("store unavailable (OperationalError)")
+
+    monkeypatch.setattr(worker.outcomes, "succeeded_many", down)
+    worker.handle_batch(batch)
+    assert all(status(engine, i) is JobStatus.RUNNING for i in ids) and len(worker.decided) == 3
+    monkeypatch.undo()
+    worker._settle_before_leaving()  # the store is back; the worker stops before the records return
+    assert all(status(engine, i) is JobStatus.SUCCEEDED for i in ids) and not worker.decided
+    assert commits(worker) == []  # the next owner gets them again, and skips the finished jobs
