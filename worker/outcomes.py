@@ -33,31 +33,29 @@ class Outcomes:
         self.clock = clock
 
     def succeeded(self, job_id: str, result_json: str) -> None:
-        event = Message(self.topics.succeeded, job_id, encode_event(job_id, "succeeded", result_json=result_json),
-                        job_id=job_id)
-        if self.publisher.conclude(lambda conn: job_store.store_success(conn, job_id, result_json), [event]):
-            log.info("job %s: running -> succeeded", job_id)
-        else:
-            log.info("job %s: finished elsewhere meanwhile; result kept as stored", job_id)
+        applied = self.publisher.conclude(lambda conn: job_store.store_success(conn, job_id, result_json),
+                                          [self._succeeded_event(job_id, result_json)])
+        _log_success(job_id, applied)
 
     def succeeded_many(self, outcomes: List[Tuple[str, str]]) -> List[str]:
         """``succeeded`` for many jobs ((job id, result JSON) each) in ONE transaction: their state
         changes, result rows and `succeeded` events together. Returns the ids that succeeded now."""
+        results = dict(outcomes)
+
         def work(conn: Any) -> Tuple[List[str], List[Message]]:
             applied = job_store.store_successes(conn, outcomes)
-            results = dict(outcomes)
-            return applied, [Message(self.topics.succeeded, i, encode_event(i, "succeeded", result_json=results[i]),
-                                     job_id=i) for i in applied]
+            return applied, [self._succeeded_event(i, results[i]) for i in applied]
 
         applied = self.publisher.write(work)
         if log.isEnabledFor(logging.INFO):
             done = set(applied)
             for job_id, _result in outcomes:
-                if job_id in done:
-                    log.info("job %s: running -> succeeded", job_id)
-                else:
-                    log.info("job %s: finished elsewhere meanwhile; result kept as stored", job_id)
+                _log_success(job_id, job_id in done)
         return applied
+
+    def _succeeded_event(self, job_id: str, result_json: str) -> Message:
+        return Message(self.topics.succeeded, job_id, encode_event(job_id, "succeeded", result_json=result_json),
+                       job_id=job_id)
 
     def failed_attempt(self, job: Dict[str, Any], record: Any, error: str, permanent: bool) -> None:
         job_id, attempt = job["id"], job["attempts"]
@@ -107,3 +105,10 @@ class Outcomes:
             return
         log.error("job %s: not in the store; dead-lettering the message", job_id)
         self.publisher.conclude(lambda conn: False, always=[dead_letter(self.topics.dead, record, job_id, "unknown job id")])
+
+
+def _log_success(job_id: str, applied: bool) -> None:
+    if applied:
+        log.info("job %s: running -> succeeded", job_id)
+    else:
+        log.info("job %s: finished elsewhere meanwhile; result kept as stored", job_id)

@@ -323,10 +323,11 @@ class Worker:
             if job is not None:
                 self.ahead[key] = (msg, job)
 
-    def _release_ahead(self, job_id: Optional[str] = None) -> None:
+    def _release_ahead(self, job_id: Optional[str] = None) -> bool:
         """Give back the jobs claimed ahead but not run (all, or the one of ``job_id``): queued
         again for the same attempt, so that their records, fetched again, claim them as if
-        nothing happened - and never count a crash of a job that did not start."""
+        nothing happened - and never count a crash of a job that did not start. False when the
+        release failed and the claims are kept."""
         if job_id is None:
             left, self.ahead = self.ahead, {}
         else:
@@ -334,17 +335,19 @@ class Worker:
             for k in left:
                 del self.ahead[k]
         if not left:
-            return
+            return True
         claims = [(job["id"], job["attempts"]) for _msg, job in left.values()]
         try:
             released = self.publisher.transaction(lambda conn: job_store.release_jobs(conn, claims))
             log.debug("released %d of %d jobs claimed for the batch but not run", released, len(claims))
+            return True
         except Exception as exc:
             # Kept as claimed: their records, fetched again, run them as such (no claim of their
             # own, which would count a crash); the next batch's end tries the release again.
             log.warning("could not release %d jobs claimed for the batch but not run (%s); kept as claimed",
                         len(claims), describe(exc))
             self.ahead.update(left)
+            return False
 
     def checkpoint(self) -> bool:
         """Store the batch's successes so far (one transaction with their events), wait for the
@@ -497,8 +500,7 @@ class Worker:
             return False
         if any(d.job_id == job_id for d in self.decided.values()):
             return False
-        self._release_ahead(job_id)
-        return not any(job["id"] == job_id for _msg, job in self.ahead.values())  # kept: not released
+        return self._release_ahead(job_id)  # False: kept, not released
 
     def execute(self, job: Dict[str, Any], record: Any, key: Tuple[str, int, int], defer: bool = False) -> None:
         """Run a claimed job and settle its outcome: a failed attempt at once; a success at once,

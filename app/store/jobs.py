@@ -301,21 +301,23 @@ def claim_job(bind: Union[Engine, Connection], job_id: str, max_attempts: Option
     return row
 
 
-@functools.lru_cache(maxsize=None)
-def _claim_many_statement() -> Any:
-    """The batch claim (claim_jobs): the queued half of claim_job's conditions, for many ids of
-    one attempt number, built once."""
-    now = bindparam("now", type_=jobs.c.updated_at.type)
-    attempt = bindparam("attempt", type_=Integer)
-    return update(jobs).where(
-        jobs.c.id.in_(bindparam("job_ids", expanding=True)), jobs.c.status == JobStatus.QUEUED.value,
-        jobs.c.attempts == attempt - 1,
-    ).values(status=JobStatus.RUNNING.value, attempts=jobs.c.attempts + 1, claim_attempt=attempt,
-             started_at=now, updated_at=now).returning(*_JOB_COLUMNS)
+#: The batch claim (claim_jobs): the queued half of claim_job's conditions, for many ids of one
+#: attempt number.
+_CLAIM_MANY = update(jobs).where(
+    jobs.c.id.in_(bindparam("job_ids", expanding=True)), jobs.c.status == JobStatus.QUEUED.value,
+    jobs.c.attempts == bindparam("attempt", type_=Integer) - 1,
+).values(status=JobStatus.RUNNING.value, attempts=jobs.c.attempts + 1, claim_attempt=bindparam("attempt", type_=Integer),
+         started_at=bindparam("now", type_=jobs.c.updated_at.type),
+         updated_at=bindparam("now", type_=jobs.c.updated_at.type)).returning(*_JOB_COLUMNS)
 
 
 #: Most ids in one statement's IN list: SQL Server takes at most 2,100 parameters a statement.
 IN_LIST_MAX = 1000
+
+
+def _chunks(ids: List[str]) -> List[List[str]]:
+    """``ids`` cut into lists of at most IN_LIST_MAX."""
+    return [ids[i:i + IN_LIST_MAX] for i in range(0, len(ids), IN_LIST_MAX)]
 
 
 def _by_attempt(claims: List[Tuple[str, int]]) -> List[Tuple[int, List[str]]]:
@@ -323,8 +325,7 @@ def _by_attempt(claims: List[Tuple[str, int]]) -> List[Tuple[int, List[str]]]:
     groups: Dict[int, List[str]] = {}
     for job_id, attempt in claims:
         groups.setdefault(attempt, []).append(job_id)
-    return [(attempt, ids[i:i + IN_LIST_MAX]) for attempt, ids in groups.items()
-            for i in range(0, len(ids), IN_LIST_MAX)]
+    return [(attempt, chunk) for attempt, ids in groups.items() for chunk in _chunks(ids)]
 
 
 def claim_jobs(conn: Connection, claims: List[Tuple[str, int]]) -> Dict[str, Row]:
@@ -340,7 +341,7 @@ def claim_jobs(conn: Connection, claims: List[Tuple[str, int]]) -> Dict[str, Row
     now = utcnow()
     claimed: Dict[str, Row] = {}
     for attempt, ids in _by_attempt(claims):
-        for row in conn.execute(_claim_many_statement(), {"job_ids": ids, "attempt": attempt, "now": now}):
+        for row in conn.execute(_CLAIM_MANY, {"job_ids": ids, "attempt": attempt, "now": now}):
             job = _row(row)
             job["stale"] = job["exhausted"] = False
             claimed[job["id"]] = job
@@ -402,10 +403,9 @@ def store_successes(conn: Connection, outcomes: List[Tuple[str, str]]) -> List[s
     if not outcomes:
         return []
     now = utcnow()
-    ids = [i for i, _r in outcomes]
     applied = set()
-    for start in range(0, len(ids), IN_LIST_MAX):
-        applied.update(conn.execute(_SUCCEED_MANY, {"job_ids": ids[start:start + IN_LIST_MAX], "now": now}).scalars())
+    for ids in _chunks([i for i, _r in outcomes]):
+        applied.update(conn.execute(_SUCCEED_MANY, {"job_ids": ids, "now": now}).scalars())
     rows = [{"job_id": i, "result": r, "created_at": now} for i, r in outcomes if i in applied]
     if rows:
         conn.execute(_ADD_RESULT, rows)
