@@ -21,7 +21,7 @@ def create_app(test_config: Optional[Mapping[str, Any]] = None) -> Flask:
     from flask_smorest import Api
 
     from . import cli, jobtypes
-    from .api import errors, health, submit
+    from .api import errors, health, monitoring, submit
     from .jobqueue import JobQueue
     from .store import Database
 
@@ -40,6 +40,7 @@ def create_app(test_config: Optional[Mapping[str, Any]] = None) -> Flask:
     # JSON responses keep their key order: easier for people reading curl output.
     app.json.sort_keys = False  # type: ignore[attr-defined]
     configure_logging(app.config["LOG_LEVEL"])
+    monitoring.init_app(app)  # first: prometheus_client's mode is fixed when it is imported
     jobtypes.configure(app.config)
 
     Database().init_app(app)

@@ -58,6 +58,13 @@ DEFAULTS: Dict[str, Any] = {
     # sweep (worker/sweep.py), which runs every SWEEP_EVERY seconds.
     "STRANDED_AFTER": 120.0,
     "SWEEP_EVERY": 30.0,
+    # Directory where the API's and the workers' processes keep their Prometheus metrics (each
+    # role in a subdirectory it makes: web/, worker/), so GET /metrics on any gunicorn worker
+    # reports all of them. Empty: each process reports only its own (make run sets one).
+    "METRICS_DIR": "",
+    # Seconds GET /metrics reuses the figures it asks the store and Kafka for (jobs per state,
+    # the oldest queued job, consumer lag, workers in the group): scrapes cost that at most.
+    "METRICS_CACHE_SECONDS": 5.0,
     # Lowest level logged by the API and the worker: DEBUG, INFO, WARNING, ERROR or CRITICAL.
     "LOG_LEVEL": "INFO",
 }

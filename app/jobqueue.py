@@ -85,12 +85,15 @@ class JobQueue:
                     raise QueueUnavailable("kafka: %s" % exc.__class__.__name__) from exc
             return self._producer
 
-    def send(self, topic: str, key: str, value: Optional[bytes], headers: Optional[List[Tuple[str, bytes]]] = None) -> None:
-        """Produce and block until acknowledged, or raise QueueUnavailable."""
+    def send(self, topic: str, key: str, value: Optional[bytes],
+             headers: Optional[List[Tuple[str, bytes]]] = None) -> Tuple[str, int, int]:
+        """Produce and block until acknowledged (then: where the message is, as (topic,
+        partition, offset)), or raise QueueUnavailable."""
         producer = self._get_producer()
         try:
             future = producer.send(topic, key=key.encode("utf-8"), value=value, headers=headers or None)
-            future.get(timeout=self.timeout + 1)
+            meta = future.get(timeout=self.timeout + 1)
+            return meta.topic, meta.partition, meta.offset
         except KafkaError as exc:
             self._discard(producer)
             raise QueueUnavailable("kafka: %s" % (exc.__class__.__name__,)) from exc
@@ -120,27 +123,32 @@ class JobQueue:
         """Produce every (key, value) without waiting in between, then wait for all the acks
         (one flush): per item, None once acknowledged, else why not. A bulk submit's messages
         share the producer's batches instead of one round trip each."""
+        return [error for error, _where in self.send_many_placed(topic, items)]
+
+    def send_many_placed(self, topic: str,
+                         items: List[Tuple[str, bytes]]) -> List[Tuple[Optional[str], Optional[Tuple[str, int, int]]]]:
+        """``send_many``, and, per acknowledged item, where its message is (topic, partition, offset)."""
         try:
             producer = self._get_producer()
         except QueueUnavailable as exc:
-            return [str(exc)] * len(items)
+            return [(str(exc), None)] * len(items)
         futures: List[Any] = []
         for key, value in items:
             try:
                 futures.append(producer.send(topic, key=key.encode("utf-8"), value=value))
             except KafkaError as exc:
                 futures.append(exc)
-        outcome: List[Optional[str]] = []
+        outcome: List[Tuple[Optional[str], Optional[Tuple[str, int, int]]]] = []
         failed = False
         for f in futures:
             try:
                 if isinstance(f, KafkaError):
                     raise f
-                f.get(timeout=self.timeout + 1)
-                outcome.append(None)
+                meta = f.get(timeout=self.timeout + 1)
+                outcome.append((None, (meta.topic, meta.partition, meta.offset)))
             except KafkaError as exc:
                 failed = True
-                outcome.append("kafka: %s" % exc.__class__.__name__)
+                outcome.append(("kafka: %s" % exc.__class__.__name__, None))
         if failed:
             self._discard(producer)
         return outcome

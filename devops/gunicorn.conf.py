@@ -70,3 +70,25 @@ if worker_class == "gevent":
     from gevent import monkey
 
     monkey.patch_all()
+
+# ---------------------------------------------------------------------------- metrics
+# GET /metrics adds up every process's figures (app/metrics.py: prometheus_client's multiprocess
+# mode, files under $JOBLAB_METRICS_DIR/web). The master clears the web files of earlier runs
+# when it starts (a USR2 upgrade's new master too: the old workers' counts restart from zero,
+# which Prometheus reads as a counter reset) and tells the client when a worker exits.
+_metrics_dir = _env("JOBLAB_METRICS_DIR", "")
+
+
+def on_starting(server):
+    if _metrics_dir:
+        from app import metrics
+
+        metrics.configure(_metrics_dir, "web")
+        metrics.forget_files(_metrics_dir, "web")
+
+
+def child_exit(server, worker):
+    if _metrics_dir:
+        from app import metrics
+
+        metrics.process_exited(worker.pid)

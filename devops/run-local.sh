@@ -14,6 +14,8 @@ export KAFKA_PORT="${KAFKA_PORT:-9092}"
 export JOBLAB_KAFKA_BOOTSTRAP="${JOBLAB_KAFKA_BOOTSTRAP:-127.0.0.1:$KAFKA_PORT}"
 export JOBLAB_DATABASE_URL="${JOBLAB_DATABASE_URL:-sqlite:///$REPO_ROOT/var/joblab.sqlite3}"
 export GUNICORN_WORKERS="${GUNICORN_WORKERS:-2}"
+# Every process's Prometheus figures, added up by GET /metrics (app/metrics.py).
+export JOBLAB_METRICS_DIR="${JOBLAB_METRICS_DIR:-$REPO_ROOT/var/metrics}"
 export FLASK_APP=app
 
 SAY_PREFIX="run:"
@@ -53,6 +55,8 @@ else
 fi
 
 "$VENV/bin/flask" db upgrade
+# The job workers' figures of an earlier run (gunicorn clears its own when it starts).
+rm -f "$JOBLAB_METRICS_DIR"/worker/*.db
 "$VENV/bin/flask" kafka create-topics
 
 # Own process groups: Ctrl-C reaches only this script, which then sends exactly one TERM

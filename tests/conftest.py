@@ -108,6 +108,8 @@ def make_app() -> Callable[..., Any]:
     for app in built:
         app.extensions["joblab_queue"].close()
         app.extensions["joblab_db"].dispose()
+        if "joblab_kafka_state" in app.extensions:  # made by a scrape of /metrics
+            app.extensions["joblab_kafka_state"].close()
 
 
 def auth(app: Any, name: str) -> Dict[str, str]:

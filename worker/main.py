@@ -14,7 +14,7 @@ from typing import Any, List, Optional
 
 from kafka.errors import KafkaError
 
-from app import jobtypes
+from app import jobtypes, metrics
 from app.config import DEFAULTS, load_settings
 from app.jobqueue import JobQueue
 from app.logsetup import configure_logging, log_from_signal_handler
@@ -74,6 +74,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     args = parser.parse_args(argv)
     settings = load_settings()
     configure_logging(settings["LOG_LEVEL"])
+    metrics.configure(settings["METRICS_DIR"], "worker")  # before any metric is made
     try:
         worker = build_worker(settings)
     except KafkaError as exc:
@@ -86,3 +87,4 @@ def main(argv: Optional[List[str]] = None) -> None:
     finally:
         worker.queue.close()
         worker.engine.dispose()
+        metrics.safely(lambda: metrics.process_exited(os.getpid()))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from app import metrics
 from app.messages import encode_event, encode_job
 from app.store import jobs as job_store
 from app.store.outbox import Message
@@ -24,16 +25,17 @@ log = logging.getLogger("worker")
 
 class Outcomes:
     def __init__(self, publisher: Publisher, topics: Topics, max_attempts: int, backoff: float,
-                 backoff_max: float, clock: Callable[[], float]) -> None:
+                 backoff_max: float, clock: Callable[[], float], actor: Optional[str] = None) -> None:
         self.publisher = publisher
         self.topics = topics
         self.max_attempts = max_attempts
         self.backoff = backoff
         self.backoff_max = backoff_max
         self.clock = clock
+        self.actor = actor  # the worker, in the jobs' history
 
     def succeeded(self, job_id: str, result_json: str) -> None:
-        applied = self.publisher.conclude(lambda conn: job_store.store_success(conn, job_id, result_json),
+        applied = self.publisher.conclude(lambda conn: job_store.store_success(conn, job_id, result_json, self.actor),
                                           [self._succeeded_event(job_id, result_json)])
         _log_success(job_id, applied)
 
@@ -43,7 +45,7 @@ class Outcomes:
         results = dict(outcomes)
 
         def work(conn: Any) -> Tuple[List[str], List[Message]]:
-            applied = job_store.store_successes(conn, outcomes)
+            applied = job_store.store_successes(conn, outcomes, self.actor)
             return applied, [self._succeeded_event(i, results[i]) for i in applied]
 
         applied = self.publisher.write(work)
@@ -66,7 +68,7 @@ class Outcomes:
         retry = Message(self.topics.retry, job_id, encode_job(job_id, job["type"], job["args"], attempt=attempt + 1,
                                                               not_before=self.clock() + delay), job_id=job_id)
         # %r: the error carries user text (a `fail` job's message); quoted, it cannot forge log lines.
-        if self.publisher.conclude(lambda conn: job_store.requeue_job(conn, job_id, attempt, error), [retry]):
+        if self.publisher.conclude(lambda conn: job_store.requeue_job(conn, job_id, attempt, error, delay, self.actor), [retry]):
             log.warning("job %s: attempt %d failed (%r); retry in %.1fs", job_id, attempt, error, delay)
         else:
             log.warning("job %s: attempt %d failed (%r), but a later delivery has the job now; it decides",
@@ -80,8 +82,10 @@ class Outcomes:
                     Message(self.topics.failed, job_id, encode_event(job_id, "failed", error=error, attempts=attempt),
                             job_id=job_id)]
         if self.publisher.conclude(
-                lambda conn: job_store.store_failure(conn, job_id, error, attempt=attempt, crashed=crashed), messages):
+                lambda conn: job_store.store_failure(conn, job_id, error, attempt=attempt, crashed=crashed,
+                                                      actor=self.actor), messages):
             log.error("job %s: running -> failed after %d attempts: %r", job_id, attempt, error)
+            _count_failed(job["type"])
         else:
             log.warning("job %s: would fail after attempt %d (%r), but a later delivery has the job now",
                         job_id, attempt, error)
@@ -93,8 +97,10 @@ class Outcomes:
         letter = dead_letter(self.topics.dead, record, job_id or "poison", reason, job_id=job_id)
         event = [] if job_id is None else [
             Message(self.topics.failed, job_id, encode_event(job_id, "failed", error=reason), job_id=job_id)]
-        self.publisher.conclude(lambda conn: job_id is not None and job_store.reject_job(conn, job_id, reason),
-                                if_applied=event, always=[letter])
+        applied = self.publisher.conclude(
+            lambda conn: job_id is not None and job_store.reject_job(conn, job_id, reason), if_applied=event,
+            always=[letter])
+        _count_failed("(unreadable)" if applied else None)
 
     def skipped(self, engine: Any, job_id: str, record: Any) -> None:
         """The job is unknown or already finished: a duplicate delivery. (A finished job's messages
@@ -105,6 +111,7 @@ class Outcomes:
             return
         log.error("job %s: not in the store; dead-lettering the message", job_id)
         self.publisher.conclude(lambda conn: False, always=[dead_letter(self.topics.dead, record, job_id, "unknown job id")])
+        _count_failed(None)
 
 
 def _log_success(job_id: str, applied: bool) -> None:
@@ -112,3 +119,14 @@ def _log_success(job_id: str, applied: bool) -> None:
         log.info("job %s: running -> succeeded", job_id)
     else:
         log.info("job %s: finished elsewhere meanwhile; result kept as stored", job_id)
+
+
+def _count_failed(job_type: Optional[str]) -> None:
+    """A dead letter written, and (with ``job_type``) the job it failed (app/metrics.py)."""
+    def record() -> None:
+        found = metrics.instruments()
+        found.dead_letters.inc()
+        if job_type is not None:
+            found.finished.labels(job_type, "failed").inc()
+
+    metrics.safely(record)

@@ -52,7 +52,7 @@ class Publisher:
         # them all at once before the batch's offsets are committed.
         self.deferred = False
         self.inflight: List[Tuple[int, Message, Any]] = []
-        self._held: Optional[Dict[bool, Connection]] = None  # see holding()
+        self._held: Optional[Dict[bool, Connection]] = None  # see holding(): at most one, under True
 
     @contextlib.contextmanager
     def holding(self) -> Iterator[None]:
@@ -70,29 +70,19 @@ class Publisher:
                 except Exception as exc:  # a broken connection: the pool replaces it
                     log.debug("closing a held store connection: %s", exc)
 
-    def _run(self, autocommit: bool, work: Callable[[Connection], T]) -> T:
+    def _run(self, work: Callable[[Connection], T]) -> T:
         held = self._held
         if held is None:
-            if autocommit:
-                with self.engine.connect() as conn:
-                    return work(conn.execution_options(isolation_level="AUTOCOMMIT"))
             with self.engine.begin() as conn:
                 return work(conn)
-        conn = held.get(autocommit)
+        conn = held.get(True)
         if conn is None:
-            conn = self.engine.connect()
-            if autocommit:
-                conn = conn.execution_options(isolation_level="AUTOCOMMIT")
-            held[autocommit] = conn
+            conn = held[True] = self.engine.connect()
         try:
-            if autocommit:
-                result = work(conn)
-                conn.commit()  # ends SQLAlchemy's own bookkeeping; the database committed already
-                return result
             with conn.begin():
                 return work(conn)
         except BaseException:
-            del held[autocommit]  # whatever failed, a fresh (pinged) connection next time
+            del held[True]  # whatever failed, a fresh (pinged) connection next time
             try:
                 conn.invalidate()
                 conn.close()
@@ -103,22 +93,13 @@ class Publisher:
     def transaction(self, work: Callable[[Connection], T]) -> T:
         """``work(conn)`` in a store transaction that also deletes published rows not deleted yet
         (the store was down when they were published)."""
-        return self._with_tidying(False, work)
-
-    def statement(self, work: Callable[[Connection], T]) -> T:
-        """``work(conn)`` in autocommit: for ONE statement (a claim), which is atomic by itself,
-        without the BEGIN and COMMIT round trips. Published rows not deleted yet are deleted by
-        a statement of their own first."""
-        return self._with_tidying(True, work)
-
-    def _with_tidying(self, autocommit: bool, work: Callable[[Connection], T]) -> T:
         deleting = list(self.sent)
 
         def run(conn: Connection) -> T:
             outbox.remove(conn, deleting)
             return work(conn)
 
-        result = in_store(self._run, autocommit, run)
+        result = in_store(self._run, run)
         self.sent = self.sent[len(deleting):]
         return result
 

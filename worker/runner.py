@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
+import socket
 import time
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
@@ -27,11 +29,12 @@ from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 from sqlalchemy.engine import Engine
 
+from app import metrics
 from app.config import DEFAULTS
 from app.jobqueue import JobQueue
 from app.jobtypes import REGISTRY
 from app.messages import PoisonMessage, decode_job, encode_result, job_id_of_key
-from app.store import jobs as job_store
+from app.store import history, jobs as job_store
 from app.topics import Topics
 
 from . import defaults
@@ -79,7 +82,10 @@ class Worker:
         self.backoff_max = backoff_max
         self.clock = clock
         self.publisher = Publisher(engine, queue, outbox_lease)
-        self.outcomes = Outcomes(self.publisher, topics, max_attempts, backoff, backoff_max, lambda: self.clock())
+        #: This worker in the jobs' history (host:pid).
+        self.name = "%s:%d" % (socket.gethostname(), os.getpid())
+        self.outcomes = Outcomes(self.publisher, topics, max_attempts, backoff, backoff_max, lambda: self.clock(),
+                                 actor=self.name)
         self.stranded_after = stranded_after
         self.sweep_marks: Dict[Tuple[str, int], Dict[TopicPartition, int]] = {}  # see worker/sweep.py
         self.sweep_timer = Every(sweep_every)
@@ -313,8 +319,9 @@ class Worker:
         try:
             # One transaction: a store failing between the statements claims none (a claim that
             # went through unseen would be charged as a crash when its record claims it).
-            claimed = self.publisher.transaction(
-                lambda conn: job_store.claim_jobs(conn, [(m["job_id"], m["attempt"]) for _k, m in plain]))
+            places = {m["job_id"]: key for key, m in plain}  # a record's key is where it is
+            claimed = self.publisher.transaction(lambda conn: job_store.claim_jobs(
+                conn, [(m["job_id"], m["attempt"]) for _k, m in plain], self.name, places))
         except Exception as exc:  # the store is down, or worse: each record's own claim will say
             log.warning("claiming %d jobs together failed (%s); one at a time", len(plain), describe(exc))
             return
@@ -338,7 +345,7 @@ class Worker:
             return True
         claims = [(job["id"], job["attempts"]) for _msg, job in left.values()]
         try:
-            released = self.publisher.transaction(lambda conn: job_store.release_jobs(conn, claims))
+            released = self.publisher.transaction(lambda conn: job_store.release_jobs(conn, claims, self.name))
             log.debug("released %d of %d jobs claimed for the batch but not run", released, len(claims))
             return True
         except Exception as exc:
@@ -471,10 +478,9 @@ class Worker:
 
     def process(self, msg: Dict[str, Any], record: Any, key: Tuple[str, int, int]) -> None:
         job_id = msg["job_id"]
-        # One UPDATE ... RETURNING, atomic by itself: no transaction around it, where the store
-        # can return the claimed row (else UPDATE + SELECT, in a transaction).
-        run = self.publisher.statement if self.engine.dialect.update_returning else self.publisher.transaction
-        job = run(lambda conn: job_store.claim_job(conn, job_id, self.max_attempts, msg["attempt"]))
+        # The claim and its `claimed` step, in one transaction.
+        job = self.publisher.transaction(lambda conn: job_store.claim_job(
+            conn, job_id, self.max_attempts, msg["attempt"], actor=self.name, where=history.where_of(record)))
         if job is None:
             self._settle(key, Decision(job_id, lambda: self.outcomes.skipped(self.engine, job_id, record)))
             return
@@ -512,6 +518,9 @@ class Worker:
         log.info("job %s: -> running (attempt %d of %d)", job_id, job["attempts"], self.max_attempts)
         jt = REGISTRY.get(job["type"])
         self.executions += 1
+        if job["attempts"] == 1 and job.get("started_at") and job.get("created_at"):
+            wait = (job["started_at"] - job["created_at"]).total_seconds()
+            metrics.safely(lambda: metrics.instruments().queue_wait.labels(job["type"]).observe(max(0.0, wait)))
         try:
             if jt is None:
                 raise LookupError("unknown job type %r" % job["type"])
@@ -519,15 +528,30 @@ class Worker:
         except Exception as exc:  # an unknown type or args its schema refuses: no attempt can succeed
             outcome = functools.partial(self.outcomes.failed_attempt, job, record, describe(exc), permanent=True)
         else:
+            started = time.perf_counter()
             try:
                 # Results are checked here, with the job: a result that is not strict JSON fails the
                 # attempt like an exception would (SystemExit too: a job cannot end the worker).
                 result_json = encode_result(jt.run(args))
             except (Exception, SystemExit) as exc:  # a job may raise anything: the job failing, not us
+                _count_run(job["type"], "failed", time.perf_counter() - started)
                 outcome = functools.partial(self.outcomes.failed_attempt, job, record, describe(exc), permanent=False)
             else:
+                _count_run(job["type"], "succeeded", time.perf_counter() - started)
                 if defer:
                     self.pending[key] = (job_id, result_json)
                     return
                 outcome = functools.partial(self.outcomes.succeeded, job_id, result_json)
         self._settle(key, Decision(job_id, outcome))
+
+
+def _count_run(job_type: str, outcome: str, seconds: float) -> None:
+    """A run's figures (app/metrics.py): its outcome and time, and a success as a finished job."""
+    def record() -> None:
+        found = metrics.instruments()
+        found.attempts.labels(job_type, outcome).inc()
+        found.run_seconds.labels(job_type).observe(seconds)
+        if outcome == "succeeded":
+            found.finished.labels(job_type, "succeeded").inc()
+
+    metrics.safely(record)

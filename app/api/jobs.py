@@ -15,7 +15,8 @@ from ..states import JobStatus
 from ..store import jobs as job_store
 from .auth import require_user
 from .errors import api_abort
-from .schemas import JobListQuerySchema, JobListSchema, JobResultSchema, JobSchema
+from ..store import history
+from .schemas import JobEventsSchema, JobListQuerySchema, JobListSchema, JobResultSchema, JobSchema
 from .jsonbody import Blueprint
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,19 @@ def job_json(row: Dict[str, Any]) -> Dict[str, Any]:
         "started_at": _iso(row["started_at"]),
         "finished_at": _iso(row["finished_at"]),
         "error": row["error"],
+    }
+
+
+def event_json(row: Dict[str, Any]) -> Dict[str, Any]:
+    return {
+        "at": _iso(row["at"]),
+        "kind": row["kind"],
+        "attempt": row["attempt"],
+        "actor": row["actor"],
+        "topic": row["kafka_topic"],
+        "partition": row["kafka_partition"],
+        "offset": row["kafka_offset"],
+        "detail": row["detail"],
     }
 
 
@@ -100,6 +114,16 @@ def get_job_result(job_id: str):
     return {"id": job_id, "result": job_store.get_result(_db().engine, job_id)}
 
 
+@bp.route("/<job_id>/events", methods=["GET"])
+@authenticated
+@bp.response(200, JobEventsSchema)
+def get_job_events(job_id: str):
+    """The job's history, oldest first: each step of its life, kept in the store (it survives
+    restarts). Written in the same transaction as the state change it records."""
+    _own_job_or_404(job_id)
+    return {"id": job_id, "events": [event_json(e) for e in history.events_of(_db().engine, job_id)]}
+
+
 @bp.route("/<job_id>/cancel", methods=["POST"])
 @authenticated
 @bp.response(200, JobSchema)
@@ -107,7 +131,7 @@ def get_job_result(job_id: str):
 def cancel_job(job_id: str):
     """Cancel a queued job; the worker will skip it."""
     _known_shape_or_404(job_id)
-    row, cancelled = job_store.cancel_job(_db().engine, job_id, g.user_id)
+    row, cancelled = job_store.cancel_job(_db().engine, job_id, g.user_id, actor=g.user_name)
     if row is None:
         api_abort(404, "no job %s" % job_id)
     if not cancelled:

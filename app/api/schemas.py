@@ -48,6 +48,23 @@ class JobBatchSchema(Schema):
                        metadata={"description": "1 to BATCH_MAX (500 by default) jobs, each as POST /v1/jobs takes it"})
 
 
+class JobEventSchema(Schema):
+    at = fields.String(metadata={"description": "when (UTC, ISO 8601)"})
+    kind = fields.String(metadata={"description": "the step: submitted, enqueued, claimed, retried, succeeded, failed, "
+                                                  "cancelled, replayed, ... (docs/operations.md)"})
+    attempt = fields.Integer(allow_none=True)
+    actor = fields.String(allow_none=True, metadata={"description": "the worker (host:pid), or the user or admin"})
+    topic = fields.String(allow_none=True)
+    partition = fields.Integer(allow_none=True)
+    offset = fields.Integer(allow_none=True)
+    detail = fields.String(allow_none=True, metadata={"description": "the error, the retry's delay, ..."})
+
+
+class JobEventsSchema(Schema):
+    id = fields.String()
+    events = fields.List(fields.Nested(JobEventSchema), metadata={"description": "oldest first"})
+
+
 class JobSchema(Schema):
     id = fields.String(metadata={"description": "the job token"})
     type = fields.String()

@@ -11,6 +11,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from flask import current_app, g, request
 from sqlalchemy.exc import SQLAlchemyError
 
+from .. import metrics
 from ..jobqueue import QueueUnavailable
 from ..messages import encode_job
 from ..states import JobStatus
@@ -90,6 +91,24 @@ def _not_enqueued(row: Dict[str, Any], reason: str) -> bool:
     return True
 
 
+def _enqueued(placed: List[Tuple[Dict[str, Any], Any]]) -> None:
+    """The jobs' `enqueued` steps (Kafka has their messages): history only, so a store failing
+    here changes nothing of the answer - the jobs are queued and on Kafka already. Counted.
+    ``placed``: (job row, where Kafka put its message) each."""
+    metrics.safely(lambda: _count_submitted(placed))
+    try:
+        job_store.mark_enqueued(_db().engine, [(r["id"], w if isinstance(w, tuple) else None) for r, w in placed])
+    except SQLAlchemyError as exc:
+        log.warning("recording %d jobs as enqueued failed (%s); their history starts at `claimed`", len(placed),
+                    exc.__class__.__name__)
+
+
+def _count_submitted(placed: List[Tuple[Dict[str, Any], Any]]) -> None:
+    submitted = metrics.instruments().submitted
+    for row, _where in placed:
+        submitted.labels(row["type"]).inc()
+
+
 @bp.route("", methods=["POST"])
 @authenticated
 @bp.doc(**IDEMPOTENCY)
@@ -116,12 +135,13 @@ def create_job(body: Dict[str, Any]):
         return job_json(row), 202, dict(headers, **{"Idempotent-Replayed": "true"})
     queue = current_app.extensions["joblab_queue"]
     try:
-        queue.send(queue.topics.jobs, row["id"], encode_job(row["id"], row["type"], row["args"]))
+        where = queue.send(queue.topics.jobs, row["id"], encode_job(row["id"], row["type"], row["args"]))
     except QueueUnavailable as exc:
         if _not_enqueued(row, str(exc)):
             api_abort(503, "job queue unavailable, job not accepted; try again later", id=row["id"])
         api_abort(503, "job queue unavailable; the job is recorded and will run once a worker finds it "
                   "stranded (GET /v1/jobs/%s says when)" % row["id"], id=row["id"])
+    _enqueued([(row, where)])
     log.info("job %s: queued (%s) for user %r", row["id"], row["type"], g.user_name)
     return job_json(row), 202, headers
 
@@ -152,7 +172,10 @@ def create_jobs_batch(body: Dict[str, Any]):
     if replayed:
         return {"jobs": [job_json(r) for r in rows]}, 202, {"Idempotent-Replayed": "true"}
     queue = current_app.extensions["joblab_queue"]
-    errors = queue.send_many(queue.topics.jobs, [(r["id"], encode_job(r["id"], r["type"], r["args"])) for r in rows])
+    placed = queue.send_many_placed(queue.topics.jobs, [(r["id"], encode_job(r["id"], r["type"], r["args"]))
+                                                        for r in rows])
+    errors = [error for error, _where in placed]
+    _enqueued([(r, where) for r, (error, where) in zip(rows, placed) if error is None])
     for row, error in zip(rows, errors):
         if error is not None:
             _not_enqueued(row, error)

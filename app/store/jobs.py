@@ -13,6 +13,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
 from ..states import JobStatus
+from . import history
 from .schema import idempotency_keys, jobs, results
 from .users import utcnow
 
@@ -89,9 +90,8 @@ def create_job(engine: Engine, user_id: int, job_type: str, args: Dict[str, Any]
     instead: the check is part of the INSERT (INSERT ... SELECT ... WHERE count < max), one
     statement; concurrent submits of one user can overshoot the bound by at most their number."""
     values = _new_row(user_id, job_type, args, utcnow())
-    # Autocommit: one statement is atomic by itself, so no BEGIN and COMMIT round trips.
-    with engine.connect() as plain:
-        conn = plain.execution_options(isolation_level="AUTOCOMMIT")
+    # One transaction: the row and its `submitted` step.
+    with engine.begin() as conn:
         if max_active is None:
             conn.execute(_ADD_JOB, values)
         else:
@@ -104,6 +104,7 @@ def create_job(engine: Engine, user_id: int, job_type: str, args: Dict[str, Any]
                 inserted = conn.execute(add, values).rowcount == 1
             if not inserted:
                 raise QuotaExceeded(conn.execute(select(_active(user_id, max_active))).scalar_one())
+        history.record(conn, [history.event(values["id"], "submitted", values["created_at"])])
     return _built(values, args)
 
 
@@ -156,6 +157,7 @@ def _create_jobs(engine: Engine, user_id: int, specs: List[Tuple[str, Dict[str, 
                 raise QuotaExceeded(active)
         if rows:
             conn.execute(insert(jobs), rows)
+            history.record(conn, history.many([r["id"] for r in rows], "submitted", now))
         if key is not None:
             conn.execute(insert(idempotency_keys).values(
                 user_id=user_id, key=key, request_hash=request_hash, created_at=now,
@@ -195,14 +197,27 @@ def list_jobs(
 
 
 def _transition(conn: Connection, job_id: str, allowed: List[JobStatus], _attempts: Optional[int] = None,
-                **values: Any) -> bool:
+                _step: Optional[Dict[str, Any]] = None, **values: Any) -> bool:
     """One conditional UPDATE: from one of ``allowed`` (and, with ``_attempts``, only while the
-    job's attempts are still that many) to ``values``. True if it applied."""
-    values["updated_at"] = utcnow()
+    job's attempts are still that many) to ``values``. True if it applied; then ``_step``
+    (history.event fields but the job and the time) is appended to its history."""
+    values["updated_at"] = now = utcnow()
     query = update(jobs).where(jobs.c.id == job_id, jobs.c.status.in_([s.value for s in allowed]))
     if _attempts is not None:
         query = query.where(jobs.c.attempts == _attempts)
-    return conn.execute(query.values(**values)).rowcount == 1
+    if conn.execute(query.values(**values)).rowcount != 1:
+        return False
+    if _step is not None:
+        history.record(conn, [history.event(job_id, at=now, **_step)])
+    return True
+
+
+def mark_enqueued(engine: Engine, placed: List[Tuple[str, Optional[history.Where]]]) -> None:
+    """Kafka acknowledged these jobs' messages ((job id, where the message is) each): their
+    `enqueued` steps, one statement. No state changes (the jobs stay queued)."""
+    now = utcnow()
+    history.record_now(engine, [history.event(job_id, "enqueued", now, attempt=1, where=where)
+                                for job_id, where in placed])
 
 
 def mark_enqueue_failed(engine: Engine, job_id: str, reason: str) -> bool:
@@ -211,11 +226,13 @@ def mark_enqueue_failed(engine: Engine, job_id: str, reason: str) -> bool:
         return _transition(
             conn, job_id, [JobStatus.QUEUED], status=JobStatus.FAILED.value,
             error="not enqueued: %s" % reason, finished_at=utcnow(),
+            _step={"kind": "failed", "detail": "not enqueued: %s" % reason},
         )
 
 
-def cancel_job(engine: Engine, job_id: str, user_id: int) -> Tuple[Optional[Row], bool]:
-    """Cancel a queued job of the user. Returns (job or None if unknown, whether it was cancelled)."""
+def cancel_job(engine: Engine, job_id: str, user_id: int, actor: Optional[str] = None) -> Tuple[Optional[Row], bool]:
+    """Cancel a queued job of the user (``actor``: their name, for the history). Returns (job or
+    None if unknown, whether it was cancelled)."""
     with engine.begin() as conn:
         owned = conn.execute(
             select(jobs.c.id).where(jobs.c.id == job_id, jobs.c.user_id == user_id)
@@ -223,7 +240,8 @@ def cancel_job(engine: Engine, job_id: str, user_id: int) -> Tuple[Optional[Row]
         if owned is None:
             return None, False
         done = _transition(
-            conn, job_id, [JobStatus.QUEUED], status=JobStatus.CANCELLED.value, finished_at=utcnow()
+            conn, job_id, [JobStatus.QUEUED], status=JobStatus.CANCELLED.value, finished_at=utcnow(),
+            _step={"kind": "cancelled", "actor": actor},
         )
     return get_job(engine, job_id), done
 
@@ -263,7 +281,8 @@ def _claim_statement(by_attempt: bool, max_attempts: Optional[int]) -> Any:
 
 
 def claim_job(bind: Union[Engine, Connection], job_id: str, max_attempts: Optional[int] = None,
-              attempt: Optional[int] = None) -> Optional[Row]:
+              attempt: Optional[int] = None, actor: Optional[str] = None,
+              where: Optional[history.Where] = None) -> Optional[Row]:
     """queued|running -> running, counting the attempt. A job left `running` by a worker that died
     is claimed again (at-least-once), and that counts as a crash. Returns the job, or None if it
     is unknown or terminal. The claimed row's ``attempts`` is this claim's number: the attempt's
@@ -278,7 +297,10 @@ def claim_job(bind: Union[Engine, Connection], job_id: str, max_attempts: Option
       its own claim's message again (its workers died running it every time; running it again
       would kill another): fail it;
     - ``stale``: the message is of an attempt that already ran (the job is queued for a later
-      one, or a later one is running): skip it."""
+      one, or a later one is running): skip it.
+
+    A claim appends its `claimed` step (``actor``: the worker, ``where``: the record) in the same
+    transaction: give a Connection in a transaction, or an Engine."""
     params: Dict[str, Any] = {"job_id": job_id, "attempt": attempt}
 
     def work(conn: Connection) -> Tuple[bool, Optional[Row]]:  # read back in the same transaction
@@ -286,11 +308,15 @@ def claim_job(bind: Union[Engine, Connection], job_id: str, max_attempts: Option
         claim = _claim_statement(attempt is not None, max_attempts)
         if conn.dialect.update_returning:  # PostgreSQL, SQL Server (OUTPUT), SQLite >= 3.35: one statement
             claimed = conn.execute(claim.returning(*_JOB_COLUMNS), params).first()
-            if claimed is not None:
-                return True, _row(claimed)
-            return False, _get(conn, job_id)  # not claimed (rare): why is in the row
-        done = conn.execute(claim, params).rowcount == 1
-        return done, _get(conn, job_id)
+            if claimed is None:
+                return False, _get(conn, job_id)  # not claimed (rare): why is in the row
+            done, row = True, _row(claimed)
+        else:
+            done = conn.execute(claim, params).rowcount == 1
+            row = _get(conn, job_id)
+        if done and row is not None:
+            history.record(conn, [_claimed_step(row, params["now"], actor, where)])
+        return done, row
 
     done, row = _in_tx(bind, work)
     if row is None or row["status"].terminal:
@@ -299,6 +325,12 @@ def claim_job(bind: Union[Engine, Connection], job_id: str, max_attempts: Option
     row["stale"] = not done and (row["status"] is JobStatus.QUEUED or older)
     row["exhausted"] = not done and row["status"] is JobStatus.RUNNING and not older
     return row
+
+
+def _claimed_step(job: Row, now: datetime, actor: Optional[str], where: Optional[history.Where]) -> Dict[str, Any]:
+    crashes = job.get("crashes") or 0
+    detail = None if not crashes else "its workers died running it %d time%s so far" % (crashes, "" if crashes == 1 else "s")
+    return history.event(job["id"], "claimed", now, attempt=job["attempts"], actor=actor, where=where, detail=detail)
 
 
 #: The batch claim (claim_jobs): the queued half of claim_job's conditions, for many ids of one
@@ -328,14 +360,15 @@ def _by_attempt(claims: List[Tuple[str, int]]) -> List[Tuple[int, List[str]]]:
     return [(attempt, chunk) for attempt, ids in groups.items() for chunk in _chunks(ids)]
 
 
-def claim_jobs(conn: Connection, claims: List[Tuple[str, int]]) -> Dict[str, Row]:
+def claim_jobs(conn: Connection, claims: List[Tuple[str, int]], actor: Optional[str] = None,
+               where: Optional[Dict[str, history.Where]] = None) -> Dict[str, Row]:
     """Claim in one statement per attempt number (a batch has one or two; run them in one
     transaction, so that a failure claims none) those of ``claims``
     (job id, the message's attempt) that are queued for exactly that attempt: queued -> running,
     counting the attempt, as claim_job does. Returns the claimed rows by job id. Anything else
     (a job running already - its worker died -, finished, unknown, or of another attempt) is left
     alone, for claim_job to decide one record at a time. Empty where the store cannot return
-    updated rows."""
+    updated rows. Their `claimed` steps go in one INSERT (``where``: each job's record)."""
     if not claims or not conn.dialect.update_returning:
         return {}
     now = utcnow()
@@ -345,6 +378,8 @@ def claim_jobs(conn: Connection, claims: List[Tuple[str, int]]) -> Dict[str, Row
             job = _row(row)
             job["stale"] = job["exhausted"] = False
             claimed[job["id"]] = job
+    places = where or {}
+    history.record(conn, [_claimed_step(job, now, actor, places.get(i)) for i, job in claimed.items()])
     return claimed
 
 
@@ -353,18 +388,22 @@ _RELEASE = update(jobs).where(
     jobs.c.attempts == bindparam("attempt", type_=Integer),
     jobs.c.claim_attempt == bindparam("attempt", type_=Integer),
 ).values(status=JobStatus.QUEUED.value, attempts=jobs.c.attempts - 1, claim_attempt=jobs.c.claim_attempt - 1,
-         updated_at=bindparam("now", type_=jobs.c.updated_at.type))
+         updated_at=bindparam("now", type_=jobs.c.updated_at.type)).returning(jobs.c.id)
 
 
-def release_jobs(conn: Connection, claims: List[Tuple[str, int]]) -> int:
+def release_jobs(conn: Connection, claims: List[Tuple[str, int]], actor: Optional[str] = None) -> int:
     """Undo claim_jobs for jobs claimed but never run (the batch ended early: a stop request, its
     time bound, a paused partition): running -> queued, the attempt not counted, so their records,
     fetched again, claim them as if nothing happened. Only while the claim is still that one.
     Returns how many were released."""
-    released = 0
+    released: List[Dict[str, Any]] = []
+    now = utcnow()
     for attempt, ids in _by_attempt(claims):
-        released += conn.execute(_RELEASE, {"job_ids": ids, "attempt": attempt, "now": utcnow()}).rowcount
-    return released
+        done = list(conn.execute(_RELEASE, {"job_ids": ids, "attempt": attempt, "now": now}).scalars())
+        released.extend(history.many(done, "released", now, attempt=attempt, actor=actor,
+                                     detail="claimed with its batch, not run: attempt not counted"))
+    history.record(conn, released)
+    return len(released)
 
 
 # The success path's statements, built once (see _claim_statement).
@@ -375,7 +414,7 @@ _SUCCEED = update(jobs).where(jobs.c.id == bindparam("job_id", type_=jobs.c.id.t
 _ADD_RESULT = insert(results)
 
 
-def store_success(bind: Union[Engine, Connection], job_id: str, result_json: str) -> bool:
+def store_success(bind: Union[Engine, Connection], job_id: str, result_json: str, actor: Optional[str] = None) -> bool:
     """running -> succeeded and the result row (``result_json``: the result already serialised,
     strictly), in ONE transaction. Any delivery's success counts (the job is done); False if the
     job was no longer running (another delivery finished it first): then nothing is written."""
@@ -384,6 +423,7 @@ def store_success(bind: Union[Engine, Connection], job_id: str, result_json: str
         if conn.execute(_SUCCEED, {"job_id": job_id, "now": now}).rowcount != 1:
             return False
         conn.execute(_ADD_RESULT, {"job_id": job_id, "result": result_json, "created_at": now})
+        history.record(conn, [history.event(job_id, "succeeded", now, actor=actor)])
         return True
 
     return _in_tx(bind, work)
@@ -395,7 +435,7 @@ _SUCCEED_MANY = update(jobs).where(jobs.c.id.in_(bindparam("job_ids", expanding=
     updated_at=bindparam("now", type_=jobs.c.updated_at.type)).returning(jobs.c.id)
 
 
-def store_successes(conn: Connection, outcomes: List[Tuple[str, str]]) -> List[str]:
+def store_successes(conn: Connection, outcomes: List[Tuple[str, str]], actor: Optional[str] = None) -> List[str]:
     """store_success for many jobs ((job id, result JSON) each) in the caller's transaction: one
     UPDATE for all, and one INSERT of the result rows of those it moved. Returns the ids that
     succeeded now (the others were no longer running: another delivery finished them). Needs a
@@ -409,41 +449,56 @@ def store_successes(conn: Connection, outcomes: List[Tuple[str, str]]) -> List[s
     rows = [{"job_id": i, "result": r, "created_at": now} for i, r in outcomes if i in applied]
     if rows:
         conn.execute(_ADD_RESULT, rows)
+        history.record(conn, history.many([r["job_id"] for r in rows], "succeeded", now, actor=actor))
     return [i for i, _r in outcomes if i in applied]
 
 
-def requeue_job(bind: Union[Engine, Connection], job_id: str, attempt: int, error: str) -> bool:
+def requeue_job(bind: Union[Engine, Connection], job_id: str, attempt: int, error: str,
+                delay: Optional[float] = None, actor: Optional[str] = None) -> bool:
     """running -> queued after failed attempt ``attempt``, keeping its error, until the retry is
-    due. Only while that attempt is the job's latest claim: when another delivery claimed the job
-    meanwhile, that one decides (False, nothing written)."""
+    due (in ``delay`` seconds). Only while that attempt is the job's latest claim: when another
+    delivery claimed the job meanwhile, that one decides (False, nothing written)."""
+    detail = error if delay is None else "%s; retry in %.1f s" % (error, delay)
+    step = {"kind": "retried", "attempt": attempt, "actor": actor, "detail": detail}
     return _in_tx(bind, lambda conn: _transition(conn, job_id, [JobStatus.RUNNING], status=JobStatus.QUEUED.value,
-                                                 error=error, _attempts=attempt))
+                                                 error=error, _attempts=attempt, _step=step))
 
 
 def store_failure(bind: Union[Engine, Connection], job_id: str, error: str, attempt: Optional[int] = None,
-                  crashed: bool = False) -> bool:
+                  crashed: bool = False, actor: Optional[str] = None) -> bool:
     """running -> failed: attempts used up, or the job can never succeed; with ``attempt``, only
     while that claim is the job's latest (see requeue_job). ``crashed``: the job was given up
     because its workers kept dying, and this delivery found it running once more (a crash)."""
     extra: Dict[str, Any] = {"crashes": jobs.c.crashes + 1} if crashed else {}
+    step = {"kind": "failed", "attempt": attempt, "actor": actor, "detail": error}
     return _in_tx(bind, lambda conn: _transition(conn, job_id, [JobStatus.RUNNING], status=JobStatus.FAILED.value,
-                                                 error=error, finished_at=utcnow(), _attempts=attempt, **extra))
+                                                 error=error, finished_at=utcnow(), _attempts=attempt, _step=step,
+                                                 **extra))
 
 
 def settle_stranded(bind: Union[Engine, Connection], job_id: str, attempts: int, cutoff: datetime) -> bool:
     """For the sweep: a job still queued after ``attempts``, unchanged since before ``cutoff``, is
     marked as looked at (its message is sent again). Conditional on all of that: of two sweeping
     workers, one settles a job."""
-    return _in_tx(bind, lambda conn: conn.execute(update(jobs).where(
-        jobs.c.id == job_id, jobs.c.status == JobStatus.QUEUED.value, jobs.c.attempts == attempts,
-        jobs.c.updated_at < cutoff).values(updated_at=utcnow())).rowcount == 1)
+    def work(conn: Connection) -> bool:
+        now = utcnow()
+        if conn.execute(update(jobs).where(
+                jobs.c.id == job_id, jobs.c.status == JobStatus.QUEUED.value, jobs.c.attempts == attempts,
+                jobs.c.updated_at < cutoff).values(updated_at=now)).rowcount != 1:
+            return False
+        history.record(conn, [history.event(job_id, "resent", now, attempt=attempts + 1, actor="sweep",
+                                            detail="queued with no message anywhere: sent again")])
+        return True
+
+    return _in_tx(bind, work)
 
 
 def reject_job(bind: Union[Engine, Connection], job_id: str, error: str) -> bool:
     """queued|running -> failed: its message could not be processed at all (not valid, or the
     worker could not handle it). A finished job is left as it is."""
     return _in_tx(bind, lambda conn: _transition(conn, job_id, [JobStatus.QUEUED, JobStatus.RUNNING],
-                                                 status=JobStatus.FAILED.value, error=error, finished_at=utcnow()))
+                                                 status=JobStatus.FAILED.value, error=error, finished_at=utcnow(),
+                                                 _step={"kind": "failed", "detail": error}))
 
 
 def get_result_json(engine: Engine, job_id: str) -> Optional[str]:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     ForeignKey,
@@ -13,6 +14,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    false,
 )
 from sqlalchemy.dialects import mssql
 
@@ -39,6 +41,8 @@ users = Table(
     Column("id", BigId, primary_key=True, autoincrement=True),
     Column("name", String(64), nullable=False, unique=True),
     Column("created_at", Timestamp, nullable=False),
+    # Admins see /dashboard (every user's jobs) and may replay dead letters: `users create NAME --admin`.
+    Column("is_admin", Boolean, nullable=False, default=False, server_default=false()),
 )
 
 # API tokens are stored as SHA-256 hex digests: a leaked table does not leak usable tokens.
@@ -82,6 +86,9 @@ jobs = Table(
     Column("started_at", Timestamp, nullable=True),
     Column("finished_at", Timestamp, nullable=True),
     Column("updated_at", Timestamp, nullable=False),
+    # Set by POST /v1/jobs/<id>/cancel on a running job: the job may look (worker/context.py), its
+    # timeout ends it at the latest, and its attempt then ends `cancelled`.
+    Column("cancel_requested_at", Timestamp, nullable=True),
     Index("ix_jobs_user_seq", "user_id", "seq"),
     Index("ix_jobs_status", "status"),
     # The per-user quota counts a user's queued + running jobs on every submit.
@@ -127,4 +134,29 @@ idempotency_keys = Table(
     Column("request_hash", String(64), nullable=False),
     Column("job_ids", Text, nullable=False),
     Column("created_at", Timestamp, nullable=False),
+)
+
+# Each job's life, append-only (app/store/history.py): one row per step, written in the same
+# transaction as the state change it records. `seq` orders a job's rows.
+job_events = Table(
+    "job_events",
+    metadata,
+    Column("seq", BigId, primary_key=True, autoincrement=True),
+    Column("job_id", String(36), nullable=False),
+    Column("at", Timestamp, nullable=False),
+    # submitted, enqueued, claimed, released, retried, succeeded, failed, cancel_requested,
+    # cancelled, resent, replayed (app/store/history.py EVENTS).
+    Column("kind", String(24), nullable=False),
+    Column("attempt", Integer, nullable=True),
+    # Who: a worker (host:pid), or the user/admin behind a cancel or a replay.
+    Column("actor", String(128), nullable=True),
+    # Where the claimed record was (topic, partition, offset).
+    Column("kafka_topic", String(255), nullable=True),
+    Column("kafka_partition", Integer, nullable=True),
+    Column("kafka_offset", BigInteger, nullable=True),
+    # The error, the retry's delay, what a replay reset: short text for people.
+    Column("detail", Text, nullable=True),
+    Index("ix_job_events_job_seq", "job_id", "seq"),
+    # The dashboard's "last hour" chart and latest failures read by time.
+    Index("ix_job_events_kind_at", "kind", "at"),
 )

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from urllib.parse import urlsplit
 
 import pytest
@@ -30,6 +31,17 @@ def http(method, url, body=None, token=None):
     if status == 0:
         raise ConnectionError("%s %s: %s" % (method, url, parsed))
     return status, headers, parsed
+
+
+def scrape(url):
+    """{(sample name, sorted labels): value} of a Prometheus text page."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url, timeout=15) as answer:
+        assert answer.status == 200 and answer.headers["Content-Type"].startswith("text/plain")
+        text = answer.read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
 
 
 def wait_http(url, timeout=30):
@@ -55,7 +67,8 @@ def test_gunicorn_worker_and_cli_serve_a_job_end_to_end(make_stack, request, tmp
     stack = make_stack(db_url)
     port = free_port()
     env = stack.env()
-    env.update(PORT=str(port), GUNICORN_WORKER_CLASS=worker_class, GUNICORN_WORKERS="2", FLASK_APP="app")
+    env.update(PORT=str(port), GUNICORN_WORKER_CLASS=worker_class, GUNICORN_WORKERS="2", FLASK_APP="app",
+               JOBLAB_METRICS_DIR=str(tmp_path / "metrics"))
     bindir = os.path.dirname(sys.executable)
 
     created = subprocess.run([os.path.join(bindir, "flask"), "users", "create", "carol"], env=env, cwd=ROOT,
@@ -88,6 +101,19 @@ def test_gunicorn_worker_and_cli_serve_a_job_end_to_end(make_stack, request, tmp
         assert http("GET", base + "/v1/jobs/" + job["id"], token="jl_wrong")[0] == 401
         info = http("GET", base + "/v1/info")[2]
         assert info["rss_bytes"] > 0 and info["pid"] != procs[0].pid  # served by a worker, not the master
+        steps = http("GET", base + "/v1/jobs/%s/events" % job["id"], token=token)[2]["events"]
+        assert [e["kind"] for e in steps] == ["submitted", "enqueued", "claimed", "succeeded"]
+        assert steps[2]["actor"].endswith(":%d" % procs[1].pid) and steps[2]["offset"] == steps[1]["offset"]
+        # Every process's figures in one scrape: the web workers' and the job worker's.
+        figures = scrape(base + "/metrics")
+        assert figures[("joblab_jobs_submitted_total", (("type", "sum"),))] == 1
+        assert figures[("joblab_jobs_finished_total", (("outcome", "succeeded"), ("type", "sum")))] == 1
+        assert figures[("joblab_job_run_seconds_count", (("type", "sum"),))] == 1
+        assert figures[("joblab_http_requests_total", (("method", "POST"), ("route", "/v1/jobs"), ("status", "202")))] == 1
+        assert figures[("joblab_http_requests_total", (("method", "POST"), ("route", "/v1/jobs"), ("status", "400")))] == 1
+        assert figures[("joblab_jobs", (("state", "succeeded"), ("type", "sum")))] == 1
+        assert figures[("joblab_workers", ())] == 1 and figures[("joblab_kafka_up", ())] == 1
+        assert sum(v for (name, _l), v in figures.items() if name == "joblab_consumer_lag") == 0
     finally:
         for p in procs:
             p.send_signal(signal.SIGTERM)

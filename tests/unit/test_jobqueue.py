@@ -1,5 +1,6 @@
 """The producer side: a producer whose send failed is replaced, not reused."""
 from kafka.errors import KafkaTimeoutError
+from kafka.producer.future import RecordMetadata
 
 import app.jobqueue as jq
 
@@ -11,6 +12,7 @@ class FakeFuture:
     def get(self, timeout):
         if self.error:
             raise self.error
+        return RecordMetadata("jobs", 0, None, 7, 0, None, 0, 0, 0)
 
 
 class FakeProducer:
@@ -41,7 +43,7 @@ def test_failed_send_replaces_the_producer(monkeypatch):
         assert "KafkaTimeoutError" in str(exc)
     first = FakeProducer.made[0]
     assert first.closed == 0  # closed at once, not waited for
-    queue.send("jobs", "b", b"{}")  # a fresh producer, which works
+    assert queue.send("jobs", "b", b"{}") == ("jobs", 0, 7)  # a fresh producer, which works; where it put it
     assert len(FakeProducer.made) == 2 and FakeProducer.made[1].sent == [("jobs", b"b")]
     queue.send("jobs", "c", b"{}")  # and is kept while it works
     assert len(FakeProducer.made) == 2

@@ -229,9 +229,10 @@ def test_a_batch_costs_the_same_statements_however_many_jobs_it_holds(recording,
     assert all(status(engine, i) is JobStatus.SUCCEEDED for i in ids)
     assert all(js.get_job(engine, i)["attempts"] == 1 for i in ids)
     assert sorted(k for _t, k, _v, _h in worker.queue.on("jobs.succeeded")) == sorted(ids)
-    # One claim for all, one UPDATE of all successes, one INSERT of their results, one of their
-    # outbox rows (whatever the count of jobs); the previous batch's rows deleted in the next.
-    assert statements.count("UPDATE") == 2 and statements.count("INSERT") == 2, " ".join(statements)
+    # One claim for all and one INSERT of their `claimed` steps; one UPDATE of all successes, one
+    # INSERT of their results, one of their `succeeded` steps, one of their outbox rows (whatever
+    # the count of jobs); the previous batch's rows deleted in the next.
+    assert statements.count("UPDATE") == 2 and statements.count("INSERT") == 4, " ".join(statements)
     assert commits(worker) == [{("jobs", 0): per_partition, ("jobs", 1): per_partition}]
 
 
@@ -286,13 +287,13 @@ def test_a_result_the_store_refuses_fails_that_job_alone(recording, engine, user
     batch, ids = batch_of(engine, user, per_partition=3)
     real = js.store_successes
 
-    def refusing(conn, outcomes):  # the batch's transaction is refused; one job's own is too
+    def refusing(conn, outcomes, actor=None):  # the batch's transaction is refused; one job's own is too
         raise DataError("INSERT", {}, Exception("value too long"))
 
-    def refusing_one(bind, job_id, result_json):
+    def refusing_one(bind, job_id, result_json, actor=None):
         if job_id == ids[1]:
             raise DataError("INSERT", {}, Exception("value too long"))
-        return real_one(bind, job_id, result_json)
+        return real_one(bind, job_id, result_json, actor)
 
     real_one = js.store_success
     monkeypatch.setattr(js, "store_successes", refusing)

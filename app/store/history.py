@@ -1,0 +1,84 @@
+"""Each job's life, append-only: a row per step (submitted, enqueued, claimed - attempt N, by which
+worker, from which partition and offset -, retried, succeeded, failed, cancelled, replayed...).
+
+Rows are written by the store functions that change a job's state (app/store/jobs.py), in the
+same transaction and, for many jobs, in the same multi-row INSERT: a step is recorded if and only
+if it happened. The one step that changes no state, `enqueued` (Kafka acknowledged the job's
+message), is written after the ack, one statement per submit request."""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+from sqlalchemy import insert, select
+from sqlalchemy.engine import Connection, Engine
+
+from .schema import job_events
+
+#: Every kind of step, in the order a job usually meets them.
+EVENTS = (
+    "submitted",  # the row was made (queued)
+    "enqueued",  # Kafka acknowledged its message (topic, partition, offset)
+    "resent",  # the sweep found it stranded (no message anywhere) and sent it again
+    "claimed",  # a worker took it: attempt N, actor = worker, where = the record
+    "released",  # claimed with a batch but not run (the batch ended early): queued again, attempt not counted
+    "retried",  # an attempt failed; detail: the error and the delay
+    "succeeded",
+    "failed",  # detail: why
+    "cancel_requested",  # a cancel of a running job: the job may look; its attempt ends cancelled
+    "cancelled",
+    "replayed",  # a dead letter sent again with a fresh attempt budget; actor: who
+)
+
+#: Where a record was: (topic, partition, offset).
+Where = Tuple[str, int, int]
+
+#: Longest detail kept (errors can be long; the job row keeps the latest in full).
+DETAIL_MAX = 2000
+
+_ADD = insert(job_events)
+
+
+def event(job_id: str, kind: str, at: datetime, attempt: Optional[int] = None, actor: Optional[str] = None,
+          where: Optional[Where] = None, detail: Optional[str] = None) -> Dict[str, Any]:
+    """One row (every key present, so that many go in one executemany INSERT)."""
+    topic, partition, offset = where if where is not None else (None, None, None)
+    return {"job_id": job_id, "kind": kind, "at": at, "attempt": attempt,
+            "actor": None if actor is None else actor[:128],
+            "kafka_topic": topic, "kafka_partition": partition, "kafka_offset": offset,
+            "detail": None if detail is None else detail[:DETAIL_MAX]}
+
+
+def record(conn: Connection, rows: Sequence[Dict[str, Any]]) -> None:
+    """Append ``rows`` (built by ``event``) in the caller's transaction: one statement."""
+    if rows:
+        conn.execute(_ADD, list(rows))
+
+
+def record_now(engine: Engine, rows: Sequence[Dict[str, Any]]) -> None:
+    """``record`` as one autocommit statement of its own (for `enqueued`)."""
+    if rows:
+        with engine.connect() as plain:
+            plain.execution_options(isolation_level="AUTOCOMMIT").execute(_ADD, list(rows))
+
+
+_COLUMNS = [c for c in job_events.c if c.name != "job_id"]
+
+
+def events_of(engine: Engine, job_id: str) -> List[Dict[str, Any]]:
+    """The job's rows, oldest first."""
+    query = select(*_COLUMNS).where(job_events.c.job_id == job_id).order_by(job_events.c.seq)
+    with engine.connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(query)]
+
+
+def where_of(record: Any) -> Optional[Where]:
+    """A Kafka record's place, for a `claimed` row."""
+    try:
+        return record.topic, int(record.partition), int(record.offset)
+    except (AttributeError, TypeError, ValueError):
+        return None
+
+
+def many(job_ids: Iterable[str], kind: str, at: datetime, **fields: Any) -> List[Dict[str, Any]]:
+    return [event(job_id, kind, at, **fields) for job_id in job_ids]

@@ -1,0 +1,74 @@
+"""What the operators' window reads from the store (GET /metrics and /dashboard): jobs per state and
+type, the oldest queued job, throughput by minute, the latest failures, the workers seen lately.
+Each is one bounded query; the history (job_events) makes the time-based ones cheap (its
+(kind, at) index)."""
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any, Dict, List, Optional, Tuple
+
+from sqlalchemy import func, select
+from sqlalchemy.engine import Engine
+
+from ..states import JobStatus
+from .schema import job_events, jobs, users
+from .users import utcnow
+
+
+def jobs_by_state_and_type(engine: Engine) -> Dict[Tuple[str, str], int]:
+    """(status, type) -> jobs."""
+    query = select(jobs.c.status, jobs.c.type, func.count()).group_by(jobs.c.status, jobs.c.type)
+    with engine.connect() as conn:
+        return {(status, job_type): n for status, job_type, n in conn.execute(query)}
+
+
+def oldest_queued_age(engine: Engine) -> float:
+    """Seconds since the job queued longest became queued (0 when none is)."""
+    query = select(func.min(jobs.c.updated_at)).where(jobs.c.status == JobStatus.QUEUED.value)
+    with engine.connect() as conn:
+        oldest = conn.execute(query).scalar()
+    return 0.0 if oldest is None else max(0.0, (utcnow() - oldest).total_seconds())
+
+
+def finished_per_minute(engine: Engine, minutes: int = 60) -> List[Tuple[int, int, int]]:
+    """(minutes ago, succeeded, failed) for each of the last ``minutes`` minutes, oldest first."""
+    now = utcnow()
+    since = now - timedelta(minutes=minutes)
+    query = select(job_events.c.kind, job_events.c.at).where(
+        job_events.c.kind.in_(["succeeded", "failed"]), job_events.c.at >= since)
+    counts = {m: [0, 0] for m in range(minutes)}
+    with engine.connect() as conn:
+        for kind, at in conn.execute(query):
+            ago = min(minutes - 1, max(0, int((now - at).total_seconds() // 60)))
+            counts[ago][0 if kind == "succeeded" else 1] += 1
+    return [(m, counts[m][0], counts[m][1]) for m in range(minutes - 1, -1, -1)]
+
+
+def latest_failures(engine: Engine, limit: int = 20, job_type: Optional[str] = None) -> List[Dict[str, Any]]:
+    """The most recently failed jobs (newest first), with their owner and error."""
+    query = (select(jobs.c.id, jobs.c.type, jobs.c.attempts, jobs.c.error, jobs.c.finished_at, users.c.name)
+             .join(users, users.c.id == jobs.c.user_id)
+             .where(jobs.c.status == JobStatus.FAILED.value))
+    if job_type:
+        query = query.where(jobs.c.type == job_type)
+    query = query.order_by(jobs.c.finished_at.desc()).limit(limit)
+    with engine.connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(query)]
+
+
+def workers_seen(engine: Engine, within: timedelta = timedelta(minutes=10)) -> List[Dict[str, Any]]:
+    """Workers that claimed a job lately: name (host:pid), last claim, claims in that time."""
+    query = (select(job_events.c.actor, func.max(job_events.c.at).label("last"), func.count().label("claims"))
+             .where(job_events.c.kind == "claimed", job_events.c.at >= utcnow() - within)
+             .group_by(job_events.c.actor).order_by(func.max(job_events.c.at).desc()))
+    with engine.connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(query)]
+
+
+def find_job(engine: Engine, job_id: str) -> Optional[Dict[str, Any]]:
+    """Any user's job (the dashboard is for admins), with its owner's name."""
+    query = select(*[c for c in jobs.c if c.name != "args"], jobs.c.args, users.c.name.label("owner")).join(
+        users, users.c.id == jobs.c.user_id).where(jobs.c.id == job_id)
+    with engine.connect() as conn:
+        row = conn.execute(query).first()
+    return None if row is None else dict(row._mapping)
