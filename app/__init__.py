@@ -57,6 +57,9 @@ def create_app(test_config: Optional[Mapping[str, Any]] = None) -> Flask:
     register_job_type_schemas(api)
     api.register_blueprint(health.bp)
     api.register_blueprint(submit.bp)  # the jobs blueprint: reads in api/jobs.py, submits in api/submit.py
+    from .dashboard import bp as dashboard_bp
+
+    app.register_blueprint(dashboard_bp)  # HTML, outside the API's OpenAPI document
     errors.init_app(app)
     cli.init_app(app)
     return app

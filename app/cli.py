@@ -1,5 +1,5 @@
 """Admin commands: ``flask --app app users create|revoke|list``, ``db upgrade``, ``kafka
-create-topics``, ``jobs audit``."""
+create-topics``, ``jobs audit``, ``jobs replay``."""
 from __future__ import annotations
 
 import re
@@ -45,7 +45,8 @@ def _when(value: Optional[datetime]) -> str:
 @users_cli.command("create")
 @click.argument("name")
 @click.option("--expires-in", metavar="DURATION", help="the token expires after this long: 30d, 12h, 90m (default: never)")
-def create_user(name: str, expires_in: Optional[str]) -> None:
+@click.option("--admin", is_flag=True, help="the user is an admin (the /dashboard, replays), an existing user too")
+def create_user(name: str, expires_in: Optional[str], admin: bool) -> None:
     """Create user NAME (if new) and print a fresh API token alone on the last line."""
     from .store.users import issue_token, valid_name
 
@@ -56,9 +57,10 @@ def create_user(name: str, expires_in: Optional[str]) -> None:
         ttl = None if expires_in is None else parse_duration(expires_in)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--expires-in") from None
-    _uid, token, created = issue_token(_engine(), name, ttl)
-    click.echo("%s user %s; new API token %s(shown once, stored hashed):" % (
-        "created" if created else "existing", name, "" if ttl is None else "valid for %s " % expires_in))
+    _uid, token, created = issue_token(_engine(), name, ttl, admin=admin)
+    click.echo("%s %suser %s; new API token %s(shown once, stored hashed):" % (
+        "created" if created else "existing", "admin " if admin else "", name,
+        "" if ttl is None else "valid for %s " % expires_in))
     click.echo(token)
 
 
@@ -142,6 +144,65 @@ def jobs_audit(ids_file) -> None:
     ids = [line.strip() for line in ids_file if line.strip()]
     report = audit_jobs(current_app.extensions["joblab_db"].engine, ids)
     click.echo(json.dumps(report, separators=(",", ":"), sort_keys=True))
+
+
+def parse_since(text: str) -> datetime:
+    """An ISO 8601 time (``2026-11-29T07:00``, ``...Z``, ``...+01:00``; no zone: UTC) -> naive UTC."""
+    from datetime import timezone
+
+    try:
+        when = datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise ValueError("%r is not an ISO 8601 time like 2026-11-29T07:00:00Z" % text) from None
+    if when.tzinfo is not None:
+        when = when.astimezone(timezone.utc).replace(tzinfo=None)
+    return when
+
+
+@jobs_cli.command("replay")
+@click.option("--id", "ids", multiple=True, metavar="ID", help="replay this job's dead letter (repeatable)")
+@click.option("--type", "job_type", metavar="TYPE", help="only letters of jobs of this type")
+@click.option("--since", metavar="ISO", help="only letters dead-lettered at or after this time (UTC unless it says)")
+@click.option("--dry-run", is_flag=True, help="say what would be replayed; change nothing")
+def jobs_replay(ids: Any, job_type: Optional[str], since: Optional[str], dry_run: bool) -> None:
+    """Replay dead letters: read the dead-letter topic, and send each matching job again - queued
+    with a fresh attempt budget, its history saying so. Poison letters (not a job message) are
+    listed and skipped; a job that is not failed any more (replayed already) is skipped, so
+    replaying twice is harmless. With no filter, every letter."""
+    import getpass
+
+    from .jobqueue import QueueUnavailable
+    from .messages import JOB_ID_PATTERN
+    from .replay import read_dead_letters, replay_jobs, select, summary
+    from .topics import Topics
+
+    bad = [i for i in ids if not JOB_ID_PATTERN.fullmatch(i)]
+    if bad:
+        raise click.BadParameter("not a job id: %s" % bad[0][:64], param_hint="--id")
+    try:
+        when = None if since is None else parse_since(since)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--since") from None
+    cfg = current_app.config
+    topic = Topics.with_prefix(cfg["KAFKA_TOPIC_PREFIX"]).dead
+    try:
+        letters = select(read_dead_letters(cfg["KAFKA_BOOTSTRAP"], topic, when), ids, job_type, when)
+    except QueueUnavailable as exc:
+        raise click.ClickException("cannot read %s: %s" % (topic, exc)) from None
+    for letter in letters:
+        if letter.poison is not None:
+            click.echo("poison   %s[%d]@%d: %s (skipped: not a job message)" % (topic, letter.partition, letter.offset,
+                                                                               letter.poison))
+    wanted = [x.job_id for x in letters if x.poison is None and x.job_id is not None]
+    actor = "cli:%s" % getpass.getuser()
+    results = replay_jobs(_engine(), current_app.extensions["joblab_queue"], wanted, actor, dry_run=dry_run)
+    for r in results:
+        click.echo("%-12s %s %s" % (r.outcome, r.job_id, r.detail))
+    counts = summary(results)
+    poison = sum(1 for x in letters if x.poison is not None)
+    click.echo("%d letters matched (%d poison); %s%s" % (
+        len(letters), poison, ", ".join("%s %d" % kv for kv in sorted(counts.items())) or "nothing to replay",
+        " (dry run: nothing changed)" if dry_run else ""))
 
 
 def init_app(app: Flask) -> None:

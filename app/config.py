@@ -65,6 +65,9 @@ DEFAULTS: Dict[str, Any] = {
     # Seconds GET /metrics reuses the figures it asks the store and Kafka for (jobs per state,
     # the oldest queued job, consumer lag, workers in the group): scrapes cost that at most.
     "METRICS_CACHE_SECONDS": 5.0,
+    # The dashboard's login cookie is Secure (sent over HTTPS only; browsers also send it to
+    # http://127.0.0.1 and localhost). Off only for a dashboard reached over plain HTTP elsewhere.
+    "DASHBOARD_SECURE_COOKIE": True,
     # Lowest level logged by the API and the worker: DEBUG, INFO, WARNING, ERROR or CRITICAL.
     "LOG_LEVEL": "INFO",
 }

@@ -510,3 +510,21 @@ def get_result_json(engine: Engine, job_id: str) -> Optional[str]:
 def get_result(engine: Engine, job_id: str) -> Optional[Any]:
     raw = get_result_json(engine, job_id)
     return None if raw is None else json.loads(raw)
+
+
+def replay_job(engine: Engine, job_id: str, actor: str) -> Tuple[Optional[Row], bool]:
+    """failed -> queued with a fresh attempt budget (a dead letter sent again), its `replayed` step
+    naming ``actor`` and the error it had, in one transaction. Returns (the job as it is now, or
+    None if unknown; whether it was replayed): a job that is not failed - replayed already, say -
+    is left as it is, so replaying twice is harmless."""
+    with engine.begin() as conn:
+        before = _get(conn, job_id)
+        if before is None:
+            return None, False
+        done = before["status"] is JobStatus.FAILED and _transition(
+            conn, job_id, [JobStatus.FAILED], status=JobStatus.QUEUED.value, attempts=0, crashes=0, claim_attempt=0,
+            error=None, started_at=None, finished_at=None, cancel_requested_at=None,
+            _step={"kind": "replayed", "actor": actor,
+                   "detail": "fresh attempt budget; it had failed after %d attempts: %s" % (
+                       before["attempts"], before["error"])})
+        return (_get(conn, job_id) if done else before), done

@@ -45,21 +45,30 @@ def valid_name(name: str) -> bool:
     return NAME_PATTERN.fullmatch(name) is not None
 
 
-def issue_token(engine: Engine, name: str, expires_in: Optional[timedelta] = None) -> Tuple[int, str, bool]:
+def issue_token(engine: Engine, name: str, expires_in: Optional[timedelta] = None,
+                admin: bool = False) -> Tuple[int, str, bool]:
     """Create user ``name`` if missing and give it a new token (expiring after ``expires_in``, or
-    never). Returns (user id, token, created)."""
+    never); with ``admin``, the user is an admin from now on (an existing one too). Returns
+    (user id, token, created)."""
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     now = utcnow()
     with engine.begin() as conn:
         user_id = conn.execute(select(users.c.id).where(users.c.name == name)).scalar()
         created = user_id is None
         if created:
-            user_id = conn.execute(insert(users).values(name=name, created_at=now)).inserted_primary_key[0]
+            user_id = conn.execute(insert(users).values(name=name, created_at=now, is_admin=admin)).inserted_primary_key[0]
+        elif admin:
+            conn.execute(update(users).where(users.c.id == user_id).values(is_admin=True))
         conn.execute(insert(api_tokens).values(
             user_id=user_id, token_hash=hash_token(token), prefix=token[:PREFIX_LENGTH], created_at=now,
             expires_at=None if expires_in is None else now + expires_in,
         ))
     return int(user_id), token, created
+
+
+def is_admin(engine: Engine, user_id: int) -> bool:
+    with engine.connect() as conn:
+        return bool(conn.execute(select(users.c.is_admin).where(users.c.id == user_id)).scalar())
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,25 @@ def latest_failures(engine: Engine, limit: int = 20, job_type: Optional[str] = N
         return [dict(r._mapping) for r in conn.execute(query)]
 
 
+def failed_attempts(engine: Engine, limit: int = 20) -> List[Dict[str, Any]]:
+    """The latest failed attempts (retried or failed for good), newest first, with their error."""
+    query = (select(job_events.c.job_id, job_events.c.kind, job_events.c.attempt, job_events.c.at,
+                    job_events.c.detail, jobs.c.type)
+             .join(jobs, jobs.c.id == job_events.c.job_id)
+             .where(job_events.c.kind.in_(["retried", "failed"]))
+             .order_by(job_events.c.seq.desc()).limit(limit))
+    with engine.connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(query)]
+
+
+def failed_ids(engine: Engine, job_type: str, limit: int) -> List[str]:
+    """Ids of failed jobs of ``job_type`` (the newest ``limit``): a "replay all of a type"."""
+    query = (select(jobs.c.id).where(jobs.c.status == JobStatus.FAILED.value, jobs.c.type == job_type)
+             .order_by(jobs.c.seq.desc()).limit(limit))
+    with engine.connect() as conn:
+        return list(conn.execute(query).scalars())
+
+
 def workers_seen(engine: Engine, within: timedelta = timedelta(minutes=10)) -> List[Dict[str, Any]]:
     """Workers that claimed a job lately: name (host:pid), last claim, claims in that time."""
     query = (select(job_events.c.actor, func.max(job_events.c.at).label("last"), func.count().label("claims"))
