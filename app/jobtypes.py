@@ -9,7 +9,14 @@ attempt (retried, then dead-lettered)::
     @job_type("upper", text=fields.String(required=True, validate=Length(max=1000)))
     def upper(text):
         return {"text": text.upper()}
-"""
+
+Per type, and otherwise the deployment's settings: ``timeout`` (seconds a run may take, at most
+JOB_MAX_SECONDS; a run past it fails that attempt "timed out after S s"), ``max_attempts`` (runs
+before the job is failed and dead-lettered; MAX_ATTEMPTS) and ``backoff`` (first retry delay in
+seconds, doubling up to RETRY_BACKOFF_MAX, or a function attempt -> seconds; RETRY_BACKOFF).
+A long job should look at ``current_job().cancelled()`` now and then (worker/control.py) and
+return early when it is: a cancel of a running job ends its attempt as `cancelled` whatever it
+returns, and at the latest its timeout ends it. See docs/worker.md, "Writing a job type"."""
 from __future__ import annotations
 
 import functools
@@ -17,7 +24,7 @@ import hashlib
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Type
+from typing import Any, Callable, Dict, Optional, Type, Union
 
 from marshmallow import Schema, ValidationError, fields
 from marshmallow.validate import Length, Range
@@ -71,14 +78,26 @@ class JobFailed(Exception):
     """Raised by a job to fail the attempt with a message meant for the user."""
 
 
+#: A type's backoff: the first delay in seconds (doubling), or attempt -> seconds.
+Backoff = Union[float, Callable[[int], float]]
+
+
 @dataclass(frozen=True)
 class JobType:
     name: str
     func: Callable[..., Any]
     schema: Type[Schema]
+    timeout: Optional[float] = None
+    max_attempts: Optional[int] = None
+    backoff: Optional[Backoff] = None
 
     def run(self, args: Dict[str, Any]) -> Any:
         return self.func(**args)
+
+    def run_seconds(self) -> float:
+        """How long a run may take: the type's timeout, never past the deployment's longest job."""
+        ceiling = LIMITS.job_max_seconds
+        return ceiling if self.timeout is None else min(float(self.timeout), ceiling)
 
     def load_args(self, args: Any) -> Dict[str, Any]:
         """``args`` as this type's schema loads them (marshmallow's ValidationError otherwise)."""
@@ -95,17 +114,36 @@ def _instance(schema: Type[Schema]) -> Schema:
 REGISTRY: Dict[str, JobType] = {}
 
 
-def job_type(name: str, **arg_fields: fields.Field) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Register the decorated function as job type ``name`` taking ``arg_fields``."""
+#: ``@job_type`` keywords that are options of the type, not fields of its args (unless given a field).
+OPTIONS = ("timeout", "max_attempts", "backoff")
+
+
+def job_type(name: str, **arg_fields: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register the decorated function as job type ``name`` taking ``arg_fields`` (marshmallow
+    fields), with the options ``timeout``, ``max_attempts``, ``backoff`` (see the module's doc)."""
+    options = {k: arg_fields.pop(k) for k in OPTIONS if k in arg_fields and not isinstance(arg_fields[k], fields.Field)}
+    _check_options(name, options)
 
     def register(func: Callable[..., Any]) -> Callable[..., Any]:
         if name in REGISTRY:
             raise ValueError("job type %r is already registered" % name)
         schema = Schema.from_dict(arg_fields, name="%sArgs" % name.title().replace("_", ""))
-        REGISTRY[name] = JobType(name=name, func=func, schema=schema)
+        REGISTRY[name] = JobType(name=name, func=func, schema=schema, **options)
         return func
 
     return register
+
+
+def _check_options(name: str, options: Dict[str, Any]) -> None:
+    timeout, attempts, backoff = (options.get(k) for k in OPTIONS)
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or
+                                not 0 < timeout < math.inf):
+        raise ValueError("job type %r: timeout must be a positive number of seconds" % name)
+    if attempts is not None and (isinstance(attempts, bool) or not isinstance(attempts, int) or not 1 <= attempts <= 100):
+        raise ValueError("job type %r: max_attempts must be an integer from 1 to 100" % name)
+    if backoff is not None and not callable(backoff) and (
+            isinstance(backoff, bool) or not isinstance(backoff, (int, float)) or not 0 <= backoff < math.inf):
+        raise ValueError("job type %r: backoff must be seconds (>= 0) or a function of the attempt" % name)
 
 
 class Number(fields.Field):
@@ -139,9 +177,18 @@ def sum_numbers(numbers: list) -> Dict[str, Any]:
 @job_type("sleep", seconds=Number(required=True, validate=UpToLongestJob()))
 def sleep(seconds: float) -> Dict[str, Any]:
     """Wait ``seconds`` (at most the longest job allowed): for drills of long jobs, restarts and
-    rebalances."""
-    time.sleep(seconds)
-    return {"slept": seconds}
+    rebalances. Stops early when the job is cancelled (``current_job().cancelled()``)."""
+    from .jobcontext import current_job
+
+    job = current_job()
+    deadline = time.monotonic() + seconds
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return {"slept": seconds}
+        if job.cancelled():
+            return {"slept": round(seconds - left, 3), "cancelled": True}
+        time.sleep(min(left, job.check_every))
 
 
 @job_type("fail", message=fields.String(required=True, validate=Length(min=1, max=FAIL_MESSAGE_MAX)))

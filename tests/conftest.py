@@ -123,8 +123,8 @@ def job_type():
     """Register throw-away job types for one test (the worker runs them when it runs in-process)."""
     added = []
 
-    def register(name, func):
-        jobtypes.job_type(name)(func)
+    def register(name, func, **options):
+        jobtypes.job_type(name, **options)(func)
         added.append(name)
 
     yield register

@@ -11,6 +11,7 @@ import logging
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from app import metrics
+from app.jobtypes import REGISTRY
 from app.messages import encode_event, encode_job
 from app.store import jobs as job_store
 from app.store.outbox import Message
@@ -35,24 +36,55 @@ class Outcomes:
         self.actor = actor  # the worker, in the jobs' history
 
     def succeeded(self, job_id: str, result_json: str) -> None:
-        applied = self.publisher.conclude(lambda conn: job_store.store_success(conn, job_id, result_json, self.actor),
-                                          [self._succeeded_event(job_id, result_json)])
-        _log_success(job_id, applied)
+        def work(conn: Any) -> Tuple[str, List[Message]]:
+            if job_store.store_success(conn, job_id, result_json, self.actor):
+                return "succeeded", [self._succeeded_event(job_id, result_json)]
+            return self._cancelled_instead(conn, job_id), []
+
+        _log_success(job_id, self.publisher.write(work))
+
+    def _cancelled_instead(self, conn: Any, job_id: str) -> str:
+        """An attempt's outcome that did not apply: "cancelled" if that is because the job's cancel
+        was requested while it ran (it is cancelled now, in the caller's transaction), else
+        "elsewhere" (another delivery has the job)."""
+        return "cancelled" if job_store.cancel_requested_jobs(conn, [job_id], self.actor) else "elsewhere"
+
+    def policy(self, job_type: str) -> Tuple[int, Any]:
+        """(max attempts, backoff) of ``job_type``: its own (app/jobtypes.py), else the settings'."""
+        jt = REGISTRY.get(job_type)
+        attempts = jt.max_attempts if jt is not None and jt.max_attempts else self.max_attempts
+        backoff = jt.backoff if jt is not None and jt.backoff is not None else self.backoff
+        return attempts, backoff
+
+    def delay(self, job_type: str, attempt: int) -> float:
+        """Seconds before the retry after failed attempt ``attempt``: never more than backoff_max
+        (a retry later than that would be refused as poison by decode_job)."""
+        backoff = self.policy(job_type)[1]
+        try:
+            seconds = float(backoff(attempt)) if callable(backoff) else defaults.backoff_seconds(
+                attempt, float(backoff), self.backoff_max)
+        except Exception as exc:  # a type's backoff function that fails: the settings' backoff
+            log.warning("backoff of %r failed (%s); using the default", job_type, exc.__class__.__name__)
+            seconds = defaults.backoff_seconds(attempt, self.backoff, self.backoff_max)
+        return min(self.backoff_max, max(0.0, seconds)) if seconds == seconds else self.backoff
 
     def succeeded_many(self, outcomes: List[Tuple[str, str]]) -> List[str]:
         """``succeeded`` for many jobs ((job id, result JSON) each) in ONE transaction: their state
         changes, result rows and `succeeded` events together. Returns the ids that succeeded now."""
         results = dict(outcomes)
 
-        def work(conn: Any) -> Tuple[List[str], List[Message]]:
+        def work(conn: Any) -> Tuple[Tuple[List[str], List[str]], List[Message]]:
             applied = job_store.store_successes(conn, outcomes, self.actor)
-            return applied, [self._succeeded_event(i, results[i]) for i in applied]
+            stored = set(applied)
+            rest = [i for i, _r in outcomes if i not in stored]
+            cancelled = job_store.cancel_requested_jobs(conn, rest, self.actor) if rest else []
+            return (applied, cancelled), [self._succeeded_event(i, results[i]) for i in applied]
 
-        applied = self.publisher.write(work)
+        applied, cancelled = self.publisher.write(work)
         if log.isEnabledFor(logging.INFO):
-            done = set(applied)
+            done, stopped = set(applied), set(cancelled)
             for job_id, _result in outcomes:
-                _log_success(job_id, job_id in done)
+                _log_success(job_id, "succeeded" if job_id in done else "cancelled" if job_id in stopped else "elsewhere")
         return applied
 
     def _succeeded_event(self, job_id: str, result_json: str) -> Message:
@@ -61,15 +93,27 @@ class Outcomes:
 
     def failed_attempt(self, job: Dict[str, Any], record: Any, error: str, permanent: bool) -> None:
         job_id, attempt = job["id"], job["attempts"]
-        if attempt >= self.max_attempts or permanent:
+        if attempt >= self.policy(job["type"])[0] or permanent:
             self.give_up(job, record, error)
             return
-        delay = defaults.backoff_seconds(attempt, self.backoff, self.backoff_max)
+        delay = self.delay(job["type"], attempt)
         retry = Message(self.topics.retry, job_id, encode_job(job_id, job["type"], job["args"], attempt=attempt + 1,
                                                               not_before=self.clock() + delay), job_id=job_id)
+
+        def work(conn: Any) -> Tuple[str, List[Message]]:
+            # A cancel requested while it ran ends the job here, rather than a retry.
+            if job_store.cancel_requested_jobs(conn, [job_id], self.actor):
+                return "cancelled", []
+            if job_store.requeue_job(conn, job_id, attempt, error, delay, self.actor):
+                return "retried", [retry]
+            return "elsewhere", []
+
+        outcome = self.publisher.write(work)
         # %r: the error carries user text (a `fail` job's message); quoted, it cannot forge log lines.
-        if self.publisher.conclude(lambda conn: job_store.requeue_job(conn, job_id, attempt, error, delay, self.actor), [retry]):
+        if outcome == "retried":
             log.warning("job %s: attempt %d failed (%r); retry in %.1fs", job_id, attempt, error, delay)
+        elif outcome == "cancelled":
+            log.info("job %s: attempt %d failed (%r); cancelled, as requested while it ran", job_id, attempt, error)
         else:
             log.warning("job %s: attempt %d failed (%r), but a later delivery has the job now; it decides",
                         job_id, attempt, error)
@@ -81,11 +125,19 @@ class Outcomes:
         messages = [dead_letter(self.topics.dead, record, job_id, error, attempt, job_id=job_id),
                     Message(self.topics.failed, job_id, encode_event(job_id, "failed", error=error, attempts=attempt),
                             job_id=job_id)]
-        if self.publisher.conclude(
-                lambda conn: job_store.store_failure(conn, job_id, error, attempt=attempt, crashed=crashed,
-                                                      actor=self.actor), messages):
+        def work(conn: Any) -> Tuple[str, List[Message]]:
+            if not crashed and job_store.cancel_requested_jobs(conn, [job_id], self.actor):
+                return "cancelled", []
+            if job_store.store_failure(conn, job_id, error, attempt=attempt, crashed=crashed, actor=self.actor):
+                return "failed", messages
+            return "elsewhere", []
+
+        outcome = self.publisher.write(work)
+        if outcome == "failed":
             log.error("job %s: running -> failed after %d attempts: %r", job_id, attempt, error)
             _count_failed(job["type"])
+        elif outcome == "cancelled":
+            log.info("job %s: attempt %d failed (%r); cancelled, as requested while it ran", job_id, attempt, error)
         else:
             log.warning("job %s: would fail after attempt %d (%r), but a later delivery has the job now",
                         job_id, attempt, error)
@@ -114,9 +166,11 @@ class Outcomes:
         _count_failed(None)
 
 
-def _log_success(job_id: str, applied: bool) -> None:
-    if applied:
+def _log_success(job_id: str, outcome: str) -> None:
+    if outcome == "succeeded":
         log.info("job %s: running -> succeeded", job_id)
+    elif outcome == "cancelled":
+        log.info("job %s: ran to its end, but its cancel was requested meanwhile: cancelled", job_id)
     else:
         log.info("job %s: finished elsewhere meanwhile; result kept as stored", job_id)
 

@@ -32,6 +32,7 @@ from sqlalchemy.engine import Engine
 from app import metrics
 from app.config import DEFAULTS
 from app.jobqueue import JobQueue
+from app.jobcontext import JobContext, running
 from app.jobtypes import REGISTRY
 from app.messages import PoisonMessage, decode_job, encode_result, job_id_of_key
 from app.store import history, jobs as job_store
@@ -39,6 +40,7 @@ from app.topics import Topics
 
 from . import defaults
 from .consumer import ForgetRevoked, drop_parked_records, finish_stalled_rejoin
+from .control import JobTimedOut, deadline
 from .errors import KafkaUnavailable, StoreUnavailable, Unavailable, describe
 from .outcomes import Outcomes
 from .publisher import Publisher
@@ -312,7 +314,7 @@ class Worker:
                 # A job's last attempt is claimed by its own record: claimed ahead and charged for
                 # a batch-mate's crash, it would be found running with no attempt left - and failed
                 # as a crasher it never was.
-                if msg["attempt"] < self.max_attempts:
+                if msg["attempt"] < self.outcomes.policy(msg["type"])[0]:
                     plain.append((key, msg))
         if len(plain) < 2:
             return  # one job: its own claim costs the same
@@ -480,7 +482,8 @@ class Worker:
         job_id = msg["job_id"]
         # The claim and its `claimed` step, in one transaction.
         job = self.publisher.transaction(lambda conn: job_store.claim_job(
-            conn, job_id, self.max_attempts, msg["attempt"], actor=self.name, where=history.where_of(record)))
+            conn, job_id, self.outcomes.policy(msg["type"])[0], msg["attempt"], actor=self.name,
+            where=history.where_of(record)))
         if job is None:
             self._settle(key, Decision(job_id, lambda: self.outcomes.skipped(self.engine, job_id, record)))
             return
@@ -515,7 +518,7 @@ class Worker:
         concluded at once, so that, if a job that kills every worker follows it, it is not
         charged again and again."""
         job_id = job["id"]
-        log.info("job %s: -> running (attempt %d of %d)", job_id, job["attempts"], self.max_attempts)
+        log.info("job %s: -> running (attempt %d of %d)", job_id, job["attempts"], self.outcomes.policy(job["type"])[0])
         jt = REGISTRY.get(job["type"])
         self.executions += 1
         if job["attempts"] == 1 and job.get("started_at") and job.get("created_at"):
@@ -529,10 +532,18 @@ class Worker:
             outcome = functools.partial(self.outcomes.failed_attempt, job, record, describe(exc), permanent=True)
         else:
             started = time.perf_counter()
+            # The job may look for a cancel request (app/jobcontext.py); its type's timeout bounds the run.
+            context = JobContext(job_id, job["attempts"], functools.partial(job_store.cancel_requested, self.engine,
+                                                                            job_id))
             try:
+                with running(context), deadline(jt.run_seconds()):
+                    value = jt.run(args)
                 # Results are checked here, with the job: a result that is not strict JSON fails the
                 # attempt like an exception would (SystemExit too: a job cannot end the worker).
-                result_json = encode_result(jt.run(args))
+                result_json = encode_result(value)
+            except JobTimedOut as exc:  # the worker carries on at once, well within its poll interval
+                _count_run(job["type"], "timed_out", time.perf_counter() - started)
+                outcome = functools.partial(self.outcomes.failed_attempt, job, record, str(exc), permanent=False)
             except (Exception, SystemExit) as exc:  # a job may raise anything: the job failing, not us
                 _count_run(job["type"], "failed", time.perf_counter() - started)
                 outcome = functools.partial(self.outcomes.failed_attempt, job, record, describe(exc), permanent=False)

@@ -42,6 +42,7 @@ def job_json(row: Dict[str, Any]) -> Dict[str, Any]:
         "started_at": _iso(row["started_at"]),
         "finished_at": _iso(row["finished_at"]),
         "error": row["error"],
+        "cancel_requested_at": _iso(row.get("cancel_requested_at")),
     }
 
 
@@ -127,15 +128,21 @@ def get_job_events(job_id: str):
 @bp.route("/<job_id>/cancel", methods=["POST"])
 @authenticated
 @bp.response(200, JobSchema)
-@bp.alt_response(409, description="the job is no longer queued")
+@bp.alt_response(202, schema=JobSchema, description="the job is running: the cancel is recorded; the job may see it, "
+                 "and its attempt ends `cancelled` when its run ends (its type's timeout ends it at the latest)")
+@bp.alt_response(409, description="the job has finished (or its cancel was asked for already)")
 def cancel_job(job_id: str):
-    """Cancel a queued job; the worker will skip it."""
+    """Cancel a job: a queued one at once (200, `cancelled`; the worker skips it), a running one
+    when its run ends (202, still `running` with `cancel_requested_at` set)."""
     _known_shape_or_404(job_id)
-    row, cancelled = job_store.cancel_job(_db().engine, job_id, g.user_id, actor=g.user_name)
+    row, done = job_store.cancel_job(_db().engine, job_id, g.user_id, actor=g.user_name)
     if row is None:
         api_abort(404, "no job %s" % job_id)
-    if not cancelled:
-        api_abort(409, "job %s is %s; only queued jobs can be cancelled" % (job_id, row["status"].value),
-                  job_status=row["status"].value)
+    if not done:
+        api_abort(409, "job %s is %s; only queued or running jobs can be cancelled (once)" % (
+            job_id, row["status"].value), job_status=row["status"].value)
+    if done == "requested":
+        log.info("job %s: cancel requested while it runs (by %r)", job_id, g.user_name)
+        return job_json(row), 202
     log.info("job %s: queued -> cancelled", job_id)
     return job_json(row)

@@ -74,6 +74,8 @@ class JobSchema(Schema):
     started_at = fields.String(allow_none=True)
     finished_at = fields.String(allow_none=True)
     error = fields.String(allow_none=True)
+    cancel_requested_at = fields.String(allow_none=True, metadata={
+        "description": "when a cancel of the running job was asked for (its attempt then ends `cancelled`)"})
 
 
 class JobBatchResultSchema(Schema):

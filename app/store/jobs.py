@@ -230,20 +230,61 @@ def mark_enqueue_failed(engine: Engine, job_id: str, reason: str) -> bool:
         )
 
 
-def cancel_job(engine: Engine, job_id: str, user_id: int, actor: Optional[str] = None) -> Tuple[Optional[Row], bool]:
-    """Cancel a queued job of the user (``actor``: their name, for the history). Returns (job or
-    None if unknown, whether it was cancelled)."""
+def cancel_job(engine: Engine, job_id: str, user_id: int, actor: Optional[str] = None) -> Tuple[Optional[Row], str]:
+    """Cancel a job of the user (``actor``: their name, for the history). A queued job is
+    cancelled at once ("cancelled"); for a running one the request is recorded ("requested"):
+    the job may see it (app/jobcontext.py), and its attempt ends `cancelled` when its run ends
+    (its timeout ends it at the latest). Returns (job or None if unknown, what was done: those
+    two, or "" for a job that is neither queued nor running, or whose cancel was asked before)."""
     with engine.begin() as conn:
         owned = conn.execute(
             select(jobs.c.id).where(jobs.c.id == job_id, jobs.c.user_id == user_id)
         ).first()
         if owned is None:
-            return None, False
-        done = _transition(
-            conn, job_id, [JobStatus.QUEUED], status=JobStatus.CANCELLED.value, finished_at=utcnow(),
-            _step={"kind": "cancelled", "actor": actor},
-        )
+            return None, ""
+        done = ""
+        if _transition(conn, job_id, [JobStatus.QUEUED], status=JobStatus.CANCELLED.value, finished_at=utcnow(),
+                       _step={"kind": "cancelled", "actor": actor}):
+            done = "cancelled"
+        else:
+            now = utcnow()
+            if conn.execute(update(jobs).where(
+                    jobs.c.id == job_id, jobs.c.status == JobStatus.RUNNING.value,
+                    jobs.c.cancel_requested_at.is_(None)).values(cancel_requested_at=now)).rowcount == 1:
+                history.record(conn, [history.event(job_id, "cancel_requested", now, actor=actor)])
+                done = "requested"
     return get_job(engine, job_id), done
+
+
+def cancel_requested(engine: Engine, job_id: str) -> bool:
+    """Whether a cancel of the job was requested while it runs (a job asks through app/jobcontext.py)."""
+    with engine.connect() as conn:
+        return conn.execute(select(jobs.c.cancel_requested_at).where(jobs.c.id == job_id)).scalar() is not None
+
+
+_CANCEL_REQUESTED = update(jobs).where(
+    jobs.c.id.in_(bindparam("job_ids", expanding=True)), jobs.c.status == JobStatus.RUNNING.value,
+    jobs.c.cancel_requested_at.isnot(None),
+).values(status=JobStatus.CANCELLED.value, finished_at=bindparam("now", type_=jobs.c.updated_at.type),
+         updated_at=bindparam("now", type_=jobs.c.updated_at.type))
+
+
+def cancel_requested_jobs(conn: Connection, job_ids: List[str], actor: Optional[str] = None,
+                          detail: Optional[str] = None) -> List[str]:
+    """running -> cancelled for those of ``job_ids`` whose cancel was requested while they ran: the
+    end of their attempt (a success, a failure or a timeout) ends them. Returns those ids."""
+    done: List[str] = []
+    now = utcnow()
+    for ids in _chunks(job_ids):
+        if conn.dialect.update_returning:
+            done.extend(conn.execute(_CANCEL_REQUESTED.returning(jobs.c.id), {"job_ids": ids, "now": now}).scalars())
+        else:
+            for job_id in ids:  # one at a time, to know which
+                if conn.execute(_CANCEL_REQUESTED, {"job_ids": [job_id], "now": now}).rowcount == 1:
+                    done.append(job_id)
+    history.record(conn, history.many(done, "cancelled", now, actor=actor,
+                                      detail=detail or "cancel requested while it ran; its run ended"))
+    return done
 
 
 def _in_tx(bind: Union[Engine, Connection], work: Callable[[Connection], T]) -> T:
@@ -407,8 +448,10 @@ def release_jobs(conn: Connection, claims: List[Tuple[str, int]], actor: Optiona
 
 
 # The success path's statements, built once (see _claim_statement).
+# A job whose cancel was requested while it ran does not succeed: it ends cancelled
+# (cancel_requested_jobs), whatever its run returned.
 _SUCCEED = update(jobs).where(jobs.c.id == bindparam("job_id", type_=jobs.c.id.type),
-                              jobs.c.status == JobStatus.RUNNING.value).values(
+                              jobs.c.status == JobStatus.RUNNING.value, jobs.c.cancel_requested_at.is_(None)).values(
     status=JobStatus.SUCCEEDED.value, error=None, finished_at=bindparam("now", type_=jobs.c.updated_at.type),
     updated_at=bindparam("now", type_=jobs.c.updated_at.type))
 _ADD_RESULT = insert(results)
@@ -430,7 +473,8 @@ def store_success(bind: Union[Engine, Connection], job_id: str, result_json: str
 
 
 _SUCCEED_MANY = update(jobs).where(jobs.c.id.in_(bindparam("job_ids", expanding=True)),
-                                   jobs.c.status == JobStatus.RUNNING.value).values(
+                                   jobs.c.status == JobStatus.RUNNING.value,
+                                   jobs.c.cancel_requested_at.is_(None)).values(
     status=JobStatus.SUCCEEDED.value, error=None, finished_at=bindparam("now", type_=jobs.c.updated_at.type),
     updated_at=bindparam("now", type_=jobs.c.updated_at.type)).returning(jobs.c.id)
 

@@ -67,9 +67,9 @@ def test_retry_then_failure(engine, user):
 def test_cancel_only_queued_and_only_own(engine, user):
     other, _, _ = issue_token(engine, "mallory")
     job = js.create_job(engine, user, "sum", {"numbers": [1]})
-    assert js.cancel_job(engine, job["id"], other) == (None, False)
+    assert js.cancel_job(engine, job["id"], other) == (None, "")
     row, done = js.cancel_job(engine, job["id"], user)
-    assert done and row["status"] is JobStatus.CANCELLED
+    assert done == "cancelled" and row["status"] is JobStatus.CANCELLED
     assert js.claim_job(engine, job["id"]) is None
     row, done = js.cancel_job(engine, job["id"], user)
     assert not done and row["status"] is JobStatus.CANCELLED
