@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any, Dict, List, Optional, Tuple
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, case, func, select
 from sqlalchemy.engine import Engine
 
 from ..states import JobStatus
@@ -31,17 +31,20 @@ def oldest_queued_age(engine: Engine) -> float:
 
 
 def finished_per_minute(engine: Engine, minutes: int = 60) -> List[Tuple[int, int, int]]:
-    """(minutes ago, succeeded, failed) for each of the last ``minutes`` minutes, oldest first."""
+    """(minutes ago, succeeded, failed) for each of the last ``minutes`` minutes, oldest first.
+    Counted by the store in one pass over the hour's rows of the (kind, at) index: a busy hour's
+    million steps never travel to Python."""
     now = utcnow()
-    since = now - timedelta(minutes=minutes)
-    query = select(job_events.c.kind, job_events.c.at).where(
-        job_events.c.kind.in_(["succeeded", "failed"]), job_events.c.at >= since)
-    counts = {m: [0, 0] for m in range(minutes)}
+    edges = [now - timedelta(minutes=m) for m in range(minutes, -1, -1)]  # oldest first
+    buckets = [func.sum(case((and_(job_events.c.at >= lo, job_events.c.at < hi), 1), else_=0)).label("m%d" % i)
+               for i, (lo, hi) in enumerate(zip(edges, edges[1:]))]
+    query = select(job_events.c.kind, *buckets).where(
+        job_events.c.kind.in_(["succeeded", "failed"]), job_events.c.at >= edges[0]).group_by(job_events.c.kind)
+    counts = {"succeeded": [0] * minutes, "failed": [0] * minutes}
     with engine.connect() as conn:
-        for kind, at in conn.execute(query):
-            ago = min(minutes - 1, max(0, int((now - at).total_seconds() // 60)))
-            counts[ago][0 if kind == "succeeded" else 1] += 1
-    return [(m, counts[m][0], counts[m][1]) for m in range(minutes - 1, -1, -1)]
+        for row in conn.execute(query):
+            counts[row[0]] = [int(v or 0) for v in row[1:]]
+    return [(minutes - 1 - i, counts["succeeded"][i], counts["failed"][i]) for i in range(minutes)]
 
 
 def latest_failures(engine: Engine, limit: int = 20, job_type: Optional[str] = None) -> List[Dict[str, Any]]:
