@@ -78,6 +78,9 @@ class JobFailed(Exception):
     """Raised by a job to fail the attempt with a message meant for the user."""
 
 
+#: What a run without a timeout of its type may take beyond JOB_MAX_SECONDS (s).
+RUN_GRACE_SECONDS = 5.0
+
 #: A type's backoff: the first delay in seconds (doubling), or attempt -> seconds.
 Backoff = Union[float, Callable[[int], float]]
 
@@ -95,9 +98,11 @@ class JobType:
         return self.func(**args)
 
     def run_seconds(self) -> float:
-        """How long a run may take: the type's timeout, never past the deployment's longest job."""
+        """How long a run may take: the type's timeout, never past the deployment's longest job;
+        without one, the longest job and RUN_GRACE_SECONDS (a `sleep` of exactly the longest job
+        allowed completes)."""
         ceiling = LIMITS.job_max_seconds
-        return ceiling if self.timeout is None else min(float(self.timeout), ceiling)
+        return ceiling + RUN_GRACE_SECONDS if self.timeout is None else min(float(self.timeout), ceiling)
 
     def load_args(self, args: Any) -> Dict[str, Any]:
         """``args`` as this type's schema loads them (marshmallow's ValidationError otherwise)."""

@@ -30,8 +30,11 @@ JOB_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 
 #: Request latencies (seconds).
 HTTP_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
-_instruments: Optional[SimpleNamespace] = None
+_made: Dict[str, SimpleNamespace] = {}
 _lock = threading.Lock()
+
+#: The request methods counted by name; any other is counted as "other" (clients choose methods).
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 def role_dir(base: str, role: str) -> str:
@@ -40,11 +43,16 @@ def role_dir(base: str, role: str) -> str:
 
 def configure(base: str, role: str) -> None:
     """Multiprocess mode for this process (``role``: web or worker) when ``base`` is set: before
-    prometheus_client is imported. Makes the roles' directories (the app user owns ``base``)."""
+    prometheus_client is imported. Makes the roles' directories (the app user owns ``base``); if
+    that fails, this process keeps its figures to itself rather than failing to start."""
     if not base:
         return
-    for name in ROLES:
-        os.makedirs(role_dir(base, name), mode=0o750, exist_ok=True)
+    try:
+        for name in ROLES:
+            os.makedirs(role_dir(base, name), mode=0o750, exist_ok=True)
+    except OSError as exc:
+        log.warning("METRICS_DIR %s unusable (%s): this process reports only its own metrics", base, exc)
+        return
     wanted = role_dir(base, role)
     if "prometheus_client.values" in sys.modules and os.environ.get("PROMETHEUS_MULTIPROC_DIR") != wanted:
         log.warning("prometheus_client was imported before METRICS_DIR was applied: this process's "
@@ -71,22 +79,45 @@ def process_exited(pid: int) -> None:
         multiprocess.mark_process_dead(pid)
 
 
-def instruments() -> SimpleNamespace:
-    """The counters and histograms, made once per process (after ``configure``)."""
-    global _instruments
-    if _instruments is None:
+def web() -> SimpleNamespace:
+    """The API's counters and histograms, made once per process (after ``configure``)."""
+    return _once("web", _make_web)
+
+
+def worker() -> SimpleNamespace:
+    """The job workers' counters and histograms. Made only where jobs run, so that no metric is
+    written under both roles' directories (a scrape would list it twice)."""
+    return _once("worker", _make_worker)
+
+
+def _once(role: str, make: Callable[[], SimpleNamespace]) -> SimpleNamespace:
+    found = _made.get(role)
+    if found is None:
         with _lock:
-            if _instruments is None:
-                _instruments = _make()
-    return _instruments
+            found = _made.get(role)
+            if found is None:
+                found = _made[role] = make()
+    return found
 
 
-def _make() -> SimpleNamespace:
+def _make_web() -> SimpleNamespace:
     from prometheus_client import Counter, Histogram
 
     return SimpleNamespace(
         submitted=Counter("joblab_jobs_submitted", "Jobs accepted (202/207): recorded and on Kafka.", ["type"]),
-        finished=Counter("joblab_jobs_finished", "Jobs that reached an end state, by outcome.", ["type", "outcome"]),
+        requests=Counter("joblab_http_requests", "HTTP requests, by route template, method and status.",
+                         ["route", "method", "status"]),
+        latency=Histogram("joblab_http_request_duration_seconds", "Time to answer, by route template.",
+                          ["route"], buckets=HTTP_BUCKETS),
+    )
+
+
+def _make_worker() -> SimpleNamespace:
+    from prometheus_client import Counter, Histogram
+
+    return SimpleNamespace(
+        finished=Counter("joblab_jobs_finished", "Jobs that reached an end state, by outcome (succeeded, failed, "
+                         "cancelled).", ["type", "outcome"]),
         attempts=Counter("joblab_job_attempts", "Runs of jobs, by how the run ended (succeeded, failed, "
                          "timed_out).", ["type", "outcome"]),
         run_seconds=Histogram("joblab_job_run_seconds", "How long a job's run took.", ["type"],
@@ -94,10 +125,6 @@ def _make() -> SimpleNamespace:
         queue_wait=Histogram("joblab_job_queue_wait_seconds", "From submit to the first claim.", ["type"],
                              buckets=JOB_BUCKETS),
         dead_letters=Counter("joblab_dead_letters", "Records written to the dead-letter topic."),
-        requests=Counter("joblab_http_requests", "HTTP requests, by route template, method and status.",
-                         ["route", "method", "status"]),
-        latency=Histogram("joblab_http_request_duration_seconds", "Time to answer, by route template.",
-                          ["route"], buckets=HTTP_BUCKETS),
     )
 
 
@@ -180,7 +207,7 @@ def exposition(base: str, window: WindowCollector) -> bytes:
             multiprocess.MultiProcessCollector(registry, path=role_dir(base, role))
         registry.register(window)
         return generate_latest(registry)
-    instruments()  # so that the counters are listed (at 0) before anything happened
+    web()  # so that the API's counters are listed before anything happened
     registry = CollectorRegistry()
     registry.register(_Both(REGISTRY, window))
     return generate_latest(registry)

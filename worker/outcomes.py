@@ -34,6 +34,8 @@ class Outcomes:
         self.backoff_max = backoff_max
         self.clock = clock
         self.actor = actor  # the worker, in the jobs' history
+        # job id -> type of the jobs run and not concluded yet, for the metrics of their outcome.
+        self.types: Dict[str, str] = {}
 
     def succeeded(self, job_id: str, result_json: str) -> None:
         def work(conn: Any) -> Tuple[str, List[Message]]:
@@ -41,13 +43,35 @@ class Outcomes:
                 return "succeeded", [self._succeeded_event(job_id, result_json)]
             return self._cancelled_instead(conn, job_id), []
 
-        _log_success(job_id, self.publisher.write(work))
+        outcome = self.publisher.write(work)
+        _log_success(job_id, outcome)
+        self._count_finished([job_id] if outcome in ("succeeded", "cancelled") else [], outcome)
 
     def _cancelled_instead(self, conn: Any, job_id: str) -> str:
         """An attempt's outcome that did not apply: "cancelled" if that is because the job's cancel
         was requested while it ran (it is cancelled now, in the caller's transaction), else
         "elsewhere" (another delivery has the job)."""
         return "cancelled" if job_store.cancel_requested_jobs(conn, [job_id], self.actor) else "elsewhere"
+
+    def cancelled(self, job_id: str) -> None:
+        """A job claimed although its cancel was requested (found running after its worker died, or
+        queued again): it ends cancelled, not run."""
+        outcome = self.publisher.write(lambda conn: (self._cancelled_instead(conn, job_id), []))
+        log.info("job %s: claimed with its cancel requested: %s", job_id, outcome)
+        if outcome == "cancelled":
+            self._count_finished([job_id], outcome)
+
+    def _count_finished(self, job_ids: List[str], outcome: str) -> None:
+        """Jobs that reached an end state (stored): joblab_jobs_finished_total."""
+        def record() -> None:
+            finished = metrics.worker().finished
+            for job_id in job_ids:
+                finished.labels(self.types.pop(job_id, "(unknown)"), outcome).inc()
+
+        if job_ids:
+            metrics.safely(record)
+        if len(self.types) > 10000:  # outcomes that never came (a crash path): forget them
+            self.types.clear()
 
     def policy(self, job_type: str) -> Tuple[int, Any]:
         """(max attempts, backoff) of ``job_type``: its own (app/jobtypes.py), else the settings'."""
@@ -81,6 +105,8 @@ class Outcomes:
             return (applied, cancelled), [self._succeeded_event(i, results[i]) for i in applied]
 
         applied, cancelled = self.publisher.write(work)
+        self._count_finished(applied, "succeeded")
+        self._count_finished(cancelled, "cancelled")
         if log.isEnabledFor(logging.INFO):
             done, stopped = set(applied), set(cancelled)
             for job_id, _result in outcomes:
@@ -101,12 +127,10 @@ class Outcomes:
                                                               not_before=self.clock() + delay), job_id=job_id)
 
         def work(conn: Any) -> Tuple[str, List[Message]]:
-            # A cancel requested while it ran ends the job here, rather than a retry.
-            if job_store.cancel_requested_jobs(conn, [job_id], self.actor):
-                return "cancelled", []
-            if job_store.requeue_job(conn, job_id, attempt, error, delay, self.actor):
+            if job_store.requeue_job(conn, job_id, attempt, error, delay, self.actor):  # never a cancel requested
                 return "retried", [retry]
-            return "elsewhere", []
+            # A cancel requested while it ran ends the job here, rather than a retry.
+            return self._cancelled_instead(conn, job_id), []
 
         outcome = self.publisher.write(work)
         # %r: the error carries user text (a `fail` job's message); quoted, it cannot forge log lines.
@@ -114,6 +138,7 @@ class Outcomes:
             log.warning("job %s: attempt %d failed (%r); retry in %.1fs", job_id, attempt, error, delay)
         elif outcome == "cancelled":
             log.info("job %s: attempt %d failed (%r); cancelled, as requested while it ran", job_id, attempt, error)
+            self._count_finished([job_id], outcome)
         else:
             log.warning("job %s: attempt %d failed (%r), but a later delivery has the job now; it decides",
                         job_id, attempt, error)
@@ -126,18 +151,19 @@ class Outcomes:
                     Message(self.topics.failed, job_id, encode_event(job_id, "failed", error=error, attempts=attempt),
                             job_id=job_id)]
         def work(conn: Any) -> Tuple[str, List[Message]]:
-            if not crashed and job_store.cancel_requested_jobs(conn, [job_id], self.actor):
-                return "cancelled", []
-            if job_store.store_failure(conn, job_id, error, attempt=attempt, crashed=crashed, actor=self.actor):
+            if job_store.store_failure(conn, job_id, error, attempt=attempt, crashed=crashed, actor=self.actor,
+                                       uncancelled=not crashed):
                 return "failed", messages
-            return "elsewhere", []
+            return "elsewhere" if crashed else self._cancelled_instead(conn, job_id), []
 
         outcome = self.publisher.write(work)
         if outcome == "failed":
             log.error("job %s: running -> failed after %d attempts: %r", job_id, attempt, error)
-            _count_failed(job["type"])
+            _count_dead_letter()
+            self._count_finished([job_id], outcome)
         elif outcome == "cancelled":
             log.info("job %s: attempt %d failed (%r); cancelled, as requested while it ran", job_id, attempt, error)
+            self._count_finished([job_id], outcome)
         else:
             log.warning("job %s: would fail after attempt %d (%r), but a later delivery has the job now",
                         job_id, attempt, error)
@@ -152,7 +178,9 @@ class Outcomes:
         applied = self.publisher.conclude(
             lambda conn: job_id is not None and job_store.reject_job(conn, job_id, reason), if_applied=event,
             always=[letter])
-        _count_failed("(unreadable)" if applied else None)
+        _count_dead_letter()
+        if applied and job_id is not None:
+            self._count_finished([job_id], "failed")
 
     def skipped(self, engine: Any, job_id: str, record: Any) -> None:
         """The job is unknown or already finished: a duplicate delivery. (A finished job's messages
@@ -163,7 +191,7 @@ class Outcomes:
             return
         log.error("job %s: not in the store; dead-lettering the message", job_id)
         self.publisher.conclude(lambda conn: False, always=[dead_letter(self.topics.dead, record, job_id, "unknown job id")])
-        _count_failed(None)
+        _count_dead_letter()
 
 
 def _log_success(job_id: str, outcome: str) -> None:
@@ -175,12 +203,5 @@ def _log_success(job_id: str, outcome: str) -> None:
         log.info("job %s: finished elsewhere meanwhile; result kept as stored", job_id)
 
 
-def _count_failed(job_type: Optional[str]) -> None:
-    """A dead letter written, and (with ``job_type``) the job it failed (app/metrics.py)."""
-    def record() -> None:
-        found = metrics.instruments()
-        found.dead_letters.inc()
-        if job_type is not None:
-            found.finished.labels(job_type, "failed").inc()
-
-    metrics.safely(record)
+def _count_dead_letter() -> None:
+    metrics.safely(lambda: metrics.worker().dead_letters.inc())

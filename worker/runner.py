@@ -40,7 +40,7 @@ from app.topics import Topics
 
 from . import defaults
 from .consumer import ForgetRevoked, drop_parked_records, finish_stalled_rejoin
-from .control import JobTimedOut, deadline
+from .control import JobTimedOut, deadline, disarm, shielded
 from .errors import KafkaUnavailable, StoreUnavailable, Unavailable, describe
 from .outcomes import Outcomes
 from .publisher import Publisher
@@ -330,6 +330,7 @@ class Worker:
         for key, msg in plain:
             job = claimed.get(msg["job_id"])
             if job is not None:
+                job["sent_at"] = msg.get("sent_at")
                 self.ahead[key] = (msg, job)
 
     def _release_ahead(self, job_id: Optional[str] = None) -> bool:
@@ -491,6 +492,7 @@ class Worker:
             log.info("job %s: attempt %d already ran (the job is %s, attempt %d); redelivery skipped",
                      job_id, msg["attempt"], job["status"].value, job["attempts"])
             return
+        job["sent_at"] = msg.get("sent_at")
         if job["exhausted"]:
             # Every attempt so far died with its worker (SIGKILL, OOM...): running it again would
             # take down one worker after another. Fail it instead, as an operator would.
@@ -518,12 +520,17 @@ class Worker:
         concluded at once, so that, if a job that kills every worker follows it, it is not
         charged again and again."""
         job_id = job["id"]
+        if job.get("cancel_requested_at") is not None:  # its cancel came first: not run at all
+            self._settle(key, Decision(job_id, functools.partial(self.outcomes.cancelled, job_id)))
+            return
         log.info("job %s: -> running (attempt %d of %d)", job_id, job["attempts"], self.outcomes.policy(job["type"])[0])
         jt = REGISTRY.get(job["type"])
         self.executions += 1
-        if job["attempts"] == 1 and job.get("started_at") and job.get("created_at"):
-            wait = (job["started_at"] - job["created_at"]).total_seconds()
-            metrics.safely(lambda: metrics.instruments().queue_wait.labels(job["type"]).observe(max(0.0, wait)))
+        self.outcomes.types[job_id] = job["type"]
+        sent = job.get("sent_at")
+        if job["attempts"] == 1 and isinstance(sent, (int, float)):  # time on Kafka of its first message
+            wait = max(0.0, time.time() - sent)
+            metrics.safely(lambda: metrics.worker().queue_wait.labels(job["type"]).observe(wait))
         try:
             if jt is None:
                 raise LookupError("unknown job type %r" % job["type"])
@@ -533,11 +540,14 @@ class Worker:
         else:
             started = time.perf_counter()
             # The job may look for a cancel request (app/jobcontext.py); its type's timeout bounds the run.
-            context = JobContext(job_id, job["attempts"], functools.partial(job_store.cancel_requested, self.engine,
-                                                                            job_id))
+            ask = functools.partial(shielded, functools.partial(job_store.cancel_requested, self.engine, job_id))
+            context = JobContext(job_id, job["attempts"], ask)
             try:
-                with running(context), deadline(jt.run_seconds()):
-                    value = jt.run(args)
+                try:
+                    with running(context), deadline(jt.run_seconds()):
+                        value = jt.run(args)
+                finally:
+                    disarm()  # whatever happened in there, no alarm reaches the worker's own code
                 # Results are checked here, with the job: a result that is not strict JSON fails the
                 # attempt like an exception would (SystemExit too: a job cannot end the worker).
                 result_json = encode_result(value)
@@ -557,12 +567,11 @@ class Worker:
 
 
 def _count_run(job_type: str, outcome: str, seconds: float) -> None:
-    """A run's figures (app/metrics.py): its outcome and time, and a success as a finished job."""
+    """A run's figures (app/metrics.py): its outcome and time (a finished job is counted when its
+    outcome is stored, worker/outcomes.py)."""
     def record() -> None:
-        found = metrics.instruments()
+        found = metrics.worker()
         found.attempts.labels(job_type, outcome).inc()
         found.run_seconds.labels(job_type).observe(seconds)
-        if outcome == "succeeded":
-            found.finished.labels(job_type, "succeeded").inc()
 
     metrics.safely(record)

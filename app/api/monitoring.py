@@ -63,9 +63,11 @@ def _answered(response: Response) -> Response:
         took = time.perf_counter() - started
         status = str(response.status_code)
 
+        method = request.method if request.method in metrics.METHODS else "other"
+
         def record() -> None:
-            found = metrics.instruments()
-            found.requests.labels(route, request.method, status).inc()
+            found = metrics.web()
+            found.requests.labels(route, method, status).inc()
             found.latency.labels(route).observe(took)
 
         metrics.safely(record)

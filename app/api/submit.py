@@ -104,7 +104,7 @@ def _enqueued(placed: List[Tuple[Dict[str, Any], Any]]) -> None:
 
 
 def _count_submitted(placed: List[Tuple[Dict[str, Any], Any]]) -> None:
-    submitted = metrics.instruments().submitted
+    submitted = metrics.web().submitted
     for row, _where in placed:
         submitted.labels(row["type"]).inc()
 

@@ -197,14 +197,17 @@ def list_jobs(
 
 
 def _transition(conn: Connection, job_id: str, allowed: List[JobStatus], _attempts: Optional[int] = None,
-                _step: Optional[Dict[str, Any]] = None, **values: Any) -> bool:
+                _step: Optional[Dict[str, Any]] = None, _uncancelled: bool = False, **values: Any) -> bool:
     """One conditional UPDATE: from one of ``allowed`` (and, with ``_attempts``, only while the
-    job's attempts are still that many) to ``values``. True if it applied; then ``_step``
-    (history.event fields but the job and the time) is appended to its history."""
+    job's attempts are still that many; with ``_uncancelled``, only while no cancel of it was
+    requested) to ``values``. True if it applied; then ``_step`` (history.event fields but the job
+    and the time) is appended to its history."""
     values["updated_at"] = now = utcnow()
     query = update(jobs).where(jobs.c.id == job_id, jobs.c.status.in_([s.value for s in allowed]))
     if _attempts is not None:
         query = query.where(jobs.c.attempts == _attempts)
+    if _uncancelled:
+        query = query.where(jobs.c.cancel_requested_at.is_(None))
     if conn.execute(query.values(**values)).rowcount != 1:
         return False
     if _step is not None:
@@ -427,7 +430,7 @@ def claim_jobs(conn: Connection, claims: List[Tuple[str, int]], actor: Optional[
 _RELEASE = update(jobs).where(
     jobs.c.id.in_(bindparam("job_ids", expanding=True)), jobs.c.status == JobStatus.RUNNING.value,
     jobs.c.attempts == bindparam("attempt", type_=Integer),
-    jobs.c.claim_attempt == bindparam("attempt", type_=Integer),
+    jobs.c.claim_attempt == bindparam("attempt", type_=Integer), jobs.c.cancel_requested_at.is_(None),
 ).values(status=JobStatus.QUEUED.value, attempts=jobs.c.attempts - 1, claim_attempt=jobs.c.claim_attempt - 1,
          updated_at=bindparam("now", type_=jobs.c.updated_at.type)).returning(jobs.c.id)
 
@@ -435,8 +438,9 @@ _RELEASE = update(jobs).where(
 def release_jobs(conn: Connection, claims: List[Tuple[str, int]], actor: Optional[str] = None) -> int:
     """Undo claim_jobs for jobs claimed but never run (the batch ended early: a stop request, its
     time bound, a paused partition): running -> queued, the attempt not counted, so their records,
-    fetched again, claim them as if nothing happened. Only while the claim is still that one.
-    Returns how many were released."""
+    fetched again, claim them as if nothing happened. Only while the claim is still that one. A
+    job whose cancel was requested meanwhile is cancelled instead (it never ran). Returns how many
+    were released or cancelled."""
     released: List[Dict[str, Any]] = []
     now = utcnow()
     for attempt, ids in _by_attempt(claims):
@@ -444,7 +448,10 @@ def release_jobs(conn: Connection, claims: List[Tuple[str, int]], actor: Optiona
         released.extend(history.many(done, "released", now, attempt=attempt, actor=actor,
                                      detail="claimed with its batch, not run: attempt not counted"))
     history.record(conn, released)
-    return len(released)
+    gone = {r["job_id"] for r in released}
+    cancelled = cancel_requested_jobs(conn, [i for i, _a in claims if i not in gone], actor,
+                                      detail="cancel requested before its run began")
+    return len(released) + len(cancelled)
 
 
 # The success path's statements, built once (see _claim_statement).
@@ -501,15 +508,16 @@ def requeue_job(bind: Union[Engine, Connection], job_id: str, attempt: int, erro
                 delay: Optional[float] = None, actor: Optional[str] = None) -> bool:
     """running -> queued after failed attempt ``attempt``, keeping its error, until the retry is
     due (in ``delay`` seconds). Only while that attempt is the job's latest claim: when another
-    delivery claimed the job meanwhile, that one decides (False, nothing written)."""
+    delivery claimed the job meanwhile, that one decides (False, nothing written). Never for a job
+    whose cancel was requested (False: see cancel_requested_jobs)."""
     detail = error if delay is None else "%s; retry in %.1f s" % (error, delay)
     step = {"kind": "retried", "attempt": attempt, "actor": actor, "detail": detail}
     return _in_tx(bind, lambda conn: _transition(conn, job_id, [JobStatus.RUNNING], status=JobStatus.QUEUED.value,
-                                                 error=error, _attempts=attempt, _step=step))
+                                                 error=error, _attempts=attempt, _step=step, _uncancelled=True))
 
 
 def store_failure(bind: Union[Engine, Connection], job_id: str, error: str, attempt: Optional[int] = None,
-                  crashed: bool = False, actor: Optional[str] = None) -> bool:
+                  crashed: bool = False, actor: Optional[str] = None, uncancelled: bool = False) -> bool:
     """running -> failed: attempts used up, or the job can never succeed; with ``attempt``, only
     while that claim is the job's latest (see requeue_job). ``crashed``: the job was given up
     because its workers kept dying, and this delivery found it running once more (a crash)."""
@@ -517,7 +525,7 @@ def store_failure(bind: Union[Engine, Connection], job_id: str, error: str, atte
     step = {"kind": "failed", "attempt": attempt, "actor": actor, "detail": error}
     return _in_tx(bind, lambda conn: _transition(conn, job_id, [JobStatus.RUNNING], status=JobStatus.FAILED.value,
                                                  error=error, finished_at=utcnow(), _attempts=attempt, _step=step,
-                                                 **extra))
+                                                 _uncancelled=uncancelled, **extra))
 
 
 def settle_stranded(bind: Union[Engine, Connection], job_id: str, attempts: int, cutoff: datetime) -> bool:

@@ -138,3 +138,62 @@ def test_cancel_over_http_answers_202_for_a_running_job(app, client, alice):
     body = answer.get_json()
     assert body["status"] == "running" and body["cancel_requested_at"].endswith("Z")
     assert client.post("/v1/jobs/%s/cancel" % job_id, headers=alice).status_code == 409  # asked once already
+
+
+def test_a_job_claimed_with_its_batch_but_cancelled_before_its_run_is_never_run(engine, user):
+    job = js.create_job(engine, user, "noop", {})
+    with engine.begin() as conn:
+        assert job["id"] in js.claim_jobs(conn, [(job["id"], 1)])
+    assert js.cancel_job(engine, job["id"], user, actor="alice")[1] == "requested"
+    with engine.begin() as conn:
+        assert js.release_jobs(conn, [(job["id"], 1)]) == 1
+    assert js.get_job(engine, job["id"])["status"] is JobStatus.CANCELLED
+    assert kinds(engine, job["id"])[-2:] == ["cancel_requested", "cancelled"]
+
+
+def test_a_failed_attempt_of_a_job_whose_cancel_came_meanwhile_is_not_retried(worker, engine, user, job_type):
+    def cancelled_then_broken():
+        js.cancel_job(engine, current_job().job_id, user, actor="alice")
+        raise RuntimeError("broken anyway")
+
+    job_type("unlucky", cancelled_then_broken, max_attempts=1)
+    job_id, value = submit(engine, user, "unlucky", {})
+    handle(worker, value)  # its last attempt: the failure would dead-letter it
+    assert js.get_job(engine, job_id)["status"] is JobStatus.CANCELLED
+    assert not worker.queue.on("jobs.dead") and not worker.queue.on("jobs.retry")
+
+
+def test_a_job_that_swallows_even_its_timeout_still_times_out(worker, engine, user, job_type):
+    def sly():
+        for _ in range(3):
+            try:
+                time.sleep(30)
+            except BaseException:  # noqa: B036 - what a careless job does
+                pass
+        return {"finished": True}
+
+    job_type("sly", sly, timeout=0.2, max_attempts=1)
+    job_id, value = submit(engine, user, "sly", {})
+    started = time.monotonic()
+    handle(worker, value)
+    job = js.get_job(engine, job_id)
+    assert (job["status"], job["error"]) == (JobStatus.FAILED, "timed out after 0.2 s")
+    assert time.monotonic() - started < 10  # interrupted again and again, not 90 s of sleep
+
+
+def test_a_sleep_of_the_longest_job_allowed_completes(worker, engine, user, monkeypatch):
+    from app import jobtypes
+
+    monkeypatch.setattr(jobtypes.LIMITS, "job_max_seconds", 0.3)
+    job_id, value = submit(engine, user, "sleep", {"seconds": 0.3})
+    handle(worker, value)
+    assert js.get_job(engine, job_id)["status"] is JobStatus.SUCCEEDED
+
+
+def test_a_stray_alarm_after_a_run_is_ignored(worker, engine, user):
+    import signal
+
+    job_id, value = submit(engine, user, "noop", {})
+    handle(worker, value)
+    signal.raise_signal(signal.SIGALRM)  # as if the run's alarm had fired just as it ended
+    assert js.get_job(engine, job_id)["status"] is JobStatus.SUCCEEDED
