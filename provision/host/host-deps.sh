@@ -2,7 +2,9 @@
 # Install the Debian/Ubuntu packages this checkout needs on the machine it runs on, only those
 # missing. Usage: provision/host/host-deps.sh run|test|bench   (default: test)
 #   run  : Java 17+ (Kafka broker), Maven (fetches the broker's jars), python3 venv support
-#   test : the above + PostgreSQL server (integration tests) + shellcheck
+#   test : the above + PostgreSQL server (integration tests) + shellcheck + Chromium and its
+#          ChromeDriver (the dashboard's browser test; /usr/bin/chromium, /usr/bin/chromedriver)
+#          and a font for its screenshots
 #   bench: the above + wrk (load generator), nginx (nginx-light when the archive has it) and
 #          redis-server (the Celery comparison's broker), for `make bench`
 # Idempotent: prints "host packages: all present" and changes nothing when nothing is missing.
@@ -57,6 +59,11 @@ have_venv || missing+=(python3-venv)
 if [[ "$want" == test || "$want" == bench ]]; then
     have_initdb || missing+=(postgresql)
     command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
+    # The browser test names these paths (it never lets Selenium fetch a browser or a driver).
+    [[ -x /usr/bin/chromium ]] || missing+=(chromium)
+    [[ -x /usr/bin/chromedriver ]] || missing+=(chromium-driver)
+    # Without recommends no font comes along with chromium: its screenshots would show boxes.
+    [[ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]] || missing+=(fonts-dejavu-core)
 fi
 if [[ "$want" == bench ]]; then
     command -v wrk >/dev/null 2>&1 || missing+=(wrk)
