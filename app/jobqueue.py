@@ -86,14 +86,14 @@ class JobQueue:
             return self._producer
 
     def send(self, topic: str, key: str, value: Optional[bytes],
-             headers: Optional[List[Tuple[str, bytes]]] = None) -> Tuple[str, int, int]:
+             headers: Optional[List[Tuple[str, bytes]]] = None) -> Tuple[str, int, int, int]:
         """Produce and block until acknowledged (then: where the message is, as (topic,
-        partition, offset)), or raise QueueUnavailable."""
+        partition, offset, its timestamp in epoch ms)), or raise QueueUnavailable."""
         producer = self._get_producer()
         try:
             future = producer.send(topic, key=key.encode("utf-8"), value=value, headers=headers or None)
             meta = future.get(timeout=self.timeout + 1)
-            return meta.topic, meta.partition, meta.offset
+            return meta.topic, meta.partition, meta.offset, meta.timestamp
         except KafkaError as exc:
             self._discard(producer)
             raise QueueUnavailable("kafka: %s" % (exc.__class__.__name__,)) from exc
@@ -126,8 +126,8 @@ class JobQueue:
         return [error for error, _where in self.send_many_placed(topic, items)]
 
     def send_many_placed(self, topic: str,
-                         items: List[Tuple[str, bytes]]) -> List[Tuple[Optional[str], Optional[Tuple[str, int, int]]]]:
-        """``send_many``, and, per acknowledged item, where its message is (topic, partition, offset)."""
+                         items: List[Tuple[str, bytes]]) -> List[Tuple[Optional[str], Optional[Tuple[str, int, int, int]]]]:
+        """``send_many``, and, per acknowledged item, where its message is (as ``send`` says)."""
         try:
             producer = self._get_producer()
         except QueueUnavailable as exc:
@@ -138,14 +138,14 @@ class JobQueue:
                 futures.append(producer.send(topic, key=key.encode("utf-8"), value=value))
             except KafkaError as exc:
                 futures.append(exc)
-        outcome: List[Tuple[Optional[str], Optional[Tuple[str, int, int]]]] = []
+        outcome: List[Tuple[Optional[str], Optional[Tuple[str, int, int, int]]]] = []
         failed = False
         for f in futures:
             try:
                 if isinstance(f, KafkaError):
                     raise f
                 meta = f.get(timeout=self.timeout + 1)
-                outcome.append((None, (meta.topic, meta.partition, meta.offset)))
+                outcome.append((None, (meta.topic, meta.partition, meta.offset, meta.timestamp)))
             except KafkaError as exc:
                 failed = True
                 outcome.append(("kafka: %s" % exc.__class__.__name__, None))

@@ -21,6 +21,9 @@ from .jobqueue import RECONNECT_BACKOFF_MAX_MS, JobQueue, QueueUnavailable
 from .messages import PoisonMessage, decode_job, encode_job
 from .store import jobs as job_store
 
+#: The error of a job Kafka never took (app/store/jobs.mark_enqueue_failed): not a dead letter.
+NOT_ENQUEUED = "not enqueued:"
+
 log = logging.getLogger(__name__)
 
 #: Longest a read of the dead-letter topic may take (s).
@@ -117,13 +120,19 @@ def replay_jobs(engine: Any, queue: JobQueue, job_ids: Iterable[str], actor: str
     its message (the args as the store has them). A job Kafka then refuses stays queued with no
     message: the workers' sweep sends it (worker/sweep.py), as for a submit that died midway."""
     done: List[Replayed] = []
-    for job_id in dict.fromkeys(job_ids):
+    wanted = list(dict.fromkeys(job_ids))
+    for n, job_id in enumerate(wanted):
         job = job_store.get_job(engine, job_id)
         if job is None:
             done.append(Replayed(job_id, "skipped", "not in the store"))
             continue
         if job["status"].value != "failed":
             done.append(Replayed(job_id, "skipped", "the job is %s (replayed already?)" % job["status"].value))
+            continue
+        if (job["error"] or "").startswith(NOT_ENQUEUED):
+            # Never a dead letter: its submit was answered 503 ("not accepted"), and its client
+            # may well have submitted it again. Running it now could run that work twice.
+            done.append(Replayed(job_id, "skipped", "never enqueued: its submit was refused (503)"))
             continue
         if dry_run:
             done.append(Replayed(job_id, "would replay", "%s, failed: %s" % (job["type"], job["error"])))
@@ -137,7 +146,9 @@ def replay_jobs(engine: Any, queue: JobQueue, job_ids: Iterable[str], actor: str
         except QueueUnavailable as exc:
             log.error("job %s: replayed, but Kafka refused its message (%s); the sweep will send it", job_id, exc)
             done.append(Replayed(job_id, "not enqueued", "queued; the workers' sweep sends it (%s)" % exc))
-            continue
+            # Kafka is down: stop here rather than wait a send timeout for each of the rest.
+            done.extend(Replayed(rest, "not tried", "Kafka unavailable") for rest in wanted[n + 1:])
+            break
         try:
             job_store.mark_enqueued(engine, [(job_id, where if isinstance(where, tuple) else None)])
         except Exception as exc:  # history only: the job is queued and on Kafka

@@ -3,7 +3,7 @@ and the request counts and latencies behind it (app/metrics.py)."""
 from __future__ import annotations
 
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Tuple
 
 from flask import Flask, Response, current_app, g, request
 
@@ -29,18 +29,27 @@ def kafka_state(app: Flask) -> KafkaState:
     return state
 
 
+def figures(app: Flask) -> Tuple[metrics.Cached, metrics.Cached]:
+    """The store's and Kafka's figures, each asked at most once per METRICS_CACHE_SECONDS in this
+    process, whoever asks (a scrape, a dashboard page)."""
+    found = app.extensions.get("joblab_figures")
+    if found is None:
+        seconds = float(app.config["METRICS_CACHE_SECONDS"])
+
+        def store() -> Dict[str, Any]:
+            with app.app_context():
+                return _store_figures()
+
+        found = app.extensions.setdefault("joblab_figures", (
+            metrics.Cached(store, seconds), metrics.Cached(lambda: kafka_state(app).read(), seconds)))
+    return found
+
+
 def _window(app: Flask) -> metrics.WindowCollector:
     found = app.extensions.get("joblab_window")
     if found is None:
-        seconds = float(app.config["METRICS_CACHE_SECONDS"])
-        store = metrics.Cached(_store_figures, seconds)
-        kafka = metrics.Cached(lambda: kafka_state(app).read(), seconds)
-
-        def store_in_context() -> Optional[Dict[str, Any]]:
-            with app.app_context():
-                return store.get()
-
-        found = app.extensions.setdefault("joblab_window", metrics.WindowCollector(store_in_context, kafka.get))
+        store, kafka = figures(app)
+        found = app.extensions.setdefault("joblab_window", metrics.WindowCollector(store.get, kafka.get))
     return found
 
 

@@ -3,23 +3,24 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Dict, List, Optional
+from datetime import timedelta
+from typing import Any, Dict, List, Optional, Tuple
 
 from flask import current_app, g, make_response, redirect, render_template, request, url_for
 
-from .. import metrics
 from ..api.jobs import _iso
-from ..api.monitoring import kafka_state
+from ..api.monitoring import figures
 from ..messages import JOB_ID_PATTERN
 from ..replay import replay_jobs, summary
 from ..states import JobStatus
 from ..store import history, jobs as job_store, window
+from ..store.sessions import close_session, open_session
 from . import COOKIE, LOGIN_SECONDS, admin_token, bp
 
 log = logging.getLogger("dashboard")
 
 #: Most jobs one "replay all of a type" click sends again.
-REPLAY_ALL_MAX = 1000
+REPLAY_ALL_MAX = 200
 #: How often the main page reloads itself (s): a <meta> refresh, no JavaScript.
 REFRESH_SECONDS = 10
 
@@ -28,14 +29,11 @@ def _engine() -> Any:
     return current_app.extensions["joblab_db"].engine
 
 
-def _kafka() -> Optional[Dict[str, Any]]:
-    """Lag and group members, cached like /metrics' (one question per period per process)."""
-    app = current_app._get_current_object()  # type: ignore[attr-defined]
-    cached = app.extensions.get("joblab_dashboard_kafka")
-    if cached is None:
-        cached = app.extensions.setdefault("joblab_dashboard_kafka", metrics.Cached(
-            lambda: kafka_state(app).read(), float(app.config["METRICS_CACHE_SECONDS"])))
-    return cached.get()
+def _figures() -> Tuple[Optional[Dict[str, Any]], Optional[Dict[str, Any]]]:
+    """The store's jobs per state and type, and Kafka's lag and group: shared with /metrics,
+    asked at most once per METRICS_CACHE_SECONDS in this process."""
+    store, kafka = figures(current_app._get_current_object())  # type: ignore[attr-defined]
+    return store.get(), kafka.get()
 
 
 def _chart(minutes: List[Any], width: int = 600, height: int = 120) -> Dict[str, Any]:
@@ -56,7 +54,9 @@ def _chart(minutes: List[Any], width: int = 600, height: int = 120) -> Dict[str,
 @bp.route("", methods=["GET"])
 def index():
     engine = _engine()
-    by = window.jobs_by_state_and_type(engine)
+    store, kafka = _figures()
+    by = store["by_state"] if store is not None else window.jobs_by_state_and_type(engine)
+    oldest = store["oldest_queued"] if store is not None else window.oldest_queued_age(engine)
     states = [s.value for s in JobStatus]
     types = sorted({t for _s, t in by})
     per_state = {s: sum(n for (st, _t), n in by.items() if st == s) for s in states}
@@ -64,8 +64,8 @@ def index():
     failed_types = sorted({t for (s, t), n in by.items() if s == JobStatus.FAILED.value and n})
     return render_template(
         "dashboard/index.html", states=states, per_state=per_state, per_type=per_type, types=types,
-        chart=_chart(window.finished_per_minute(engine)), oldest=window.oldest_queued_age(engine),
-        kafka=_kafka(), seen=window.workers_seen(engine), attempts=window.failed_attempts(engine),
+        chart=_chart(window.finished_per_minute(engine)), oldest=oldest,
+        kafka=kafka, cache_seconds=current_app.config["METRICS_CACHE_SECONDS"], seen=window.workers_seen(engine), attempts=window.failed_attempts(engine),
         dead=window.latest_failures(engine, limit=50, job_type=request.args.get("type") or None),
         failed_types=failed_types, notice=request.args.get("notice"), iso=_iso, refresh=REFRESH_SECONDS)
 
@@ -112,14 +112,14 @@ def login_form():
 
 @bp.route("/login", methods=["POST"])
 def login():
-    token = request.form.get("token", "").strip()
-    name = admin_token(token)
-    if name is None:
+    found = admin_token(request.form.get("token", "").strip())
+    if found is None:
         log.warning("dashboard: refused a login from %s", request.remote_addr)
         return render_template("dashboard/login.html", problem="That token does not open the dashboard."), 403
-    log.info("dashboard: admin %r logged in", name)
+    session_id = open_session(_engine(), found.token_id, timedelta(seconds=LOGIN_SECONDS))
+    log.info("dashboard: admin %r logged in", found.name)
     answer = make_response(redirect(url_for("dashboard.index"), 303))
-    answer.set_cookie(COOKIE, token, max_age=LOGIN_SECONDS, path=url_for("dashboard.index"), httponly=True,
+    answer.set_cookie(COOKIE, session_id, max_age=LOGIN_SECONDS, path=url_for("dashboard.index"), httponly=True,
                       secure=bool(current_app.config["DASHBOARD_SECURE_COOKIE"]), samesite="Strict")
     return answer
 
@@ -127,6 +127,8 @@ def login():
 @bp.route("/logout", methods=["POST"])
 def logout():
     log.info("dashboard: admin %r logged out", g.admin)
+    if request.cookies.get(COOKIE) == g.secret:
+        close_session(_engine(), g.secret)
     answer = make_response(redirect(url_for("dashboard.login_form"), 303))
     answer.delete_cookie(COOKIE, path=url_for("dashboard.index"), httponly=True,
                          secure=bool(current_app.config["DASHBOARD_SECURE_COOKIE"]), samesite="Strict")

@@ -7,7 +7,7 @@ if it happened. The one step that changes no state, `enqueued` (Kafka acknowledg
 message), is written after the ack, one statement per submit request."""
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from sqlalchemy import insert, select
@@ -30,8 +30,11 @@ EVENTS = (
     "replayed",  # a dead letter sent again with a fresh attempt budget; actor: who
 )
 
-#: Where a record was: (topic, partition, offset).
-Where = Tuple[str, int, int]
+#: Where a record was: (topic, partition, offset), and maybe its timestamp (epoch ms) after them.
+Where = Tuple[Any, ...]
+
+#: Steps of the same millisecond are shown in this order (then as written).
+_RANK = {"submitted": 0, "enqueued": 1}
 
 #: Longest detail kept (errors can be long; the job row keeps the latest in full).
 DETAIL_MAX = 2000
@@ -42,7 +45,7 @@ _ADD = insert(job_events)
 def event(job_id: str, kind: str, at: datetime, attempt: Optional[int] = None, actor: Optional[str] = None,
           where: Optional[Where] = None, detail: Optional[str] = None) -> Dict[str, Any]:
     """One row (every key present, so that many go in one executemany INSERT)."""
-    topic, partition, offset = where if where is not None else (None, None, None)
+    topic, partition, offset = where[:3] if where is not None else (None, None, None)
     return {"job_id": job_id, "kind": kind, "at": at, "attempt": attempt,
             "actor": None if actor is None else actor[:128],
             "kafka_topic": topic, "kafka_partition": partition, "kafka_offset": offset,
@@ -66,10 +69,21 @@ _COLUMNS = [c for c in job_events.c if c.name != "job_id"]
 
 
 def events_of(engine: Engine, job_id: str) -> List[Dict[str, Any]]:
-    """The job's rows, oldest first."""
+    """The job's rows, oldest first: by time, then as written. (`enqueued` is written after Kafka's
+    ack, maybe after a worker claimed the job already; its time is the message's own.)"""
     query = select(*_COLUMNS).where(job_events.c.job_id == job_id).order_by(job_events.c.seq)
     with engine.connect() as conn:
-        return [dict(r._mapping) for r in conn.execute(query)]
+        rows = [dict(r._mapping) for r in conn.execute(query)]
+    return sorted(rows, key=lambda r: (r["at"], _RANK.get(r["kind"], 2), r["seq"]))
+
+
+def message_time(where: Optional[Where], default: datetime) -> datetime:
+    """The timestamp a producer gave a message (``where``'s fourth item, epoch ms), as the store
+    keeps times (naive UTC, whole ms); ``default`` when there is none."""
+    if where is None or len(where) < 4 or not isinstance(where[3], int) or where[3] <= 0:
+        return default
+    return datetime.fromtimestamp(where[3] / 1000.0, timezone.utc).replace(tzinfo=None, microsecond=(
+        where[3] % 1000) * 1000)
 
 
 def where_of(record: Any) -> Optional[Where]:

@@ -219,8 +219,8 @@ def mark_enqueued(engine: Engine, placed: List[Tuple[str, Optional[history.Where
     """Kafka acknowledged these jobs' messages ((job id, where the message is) each): their
     `enqueued` steps, one statement. No state changes (the jobs stay queued)."""
     now = utcnow()
-    history.record_now(engine, [history.event(job_id, "enqueued", now, attempt=1, where=where)
-                                for job_id, where in placed])
+    history.record_now(engine, [history.event(job_id, "enqueued", history.message_time(where, now), attempt=1,
+                                              where=where) for job_id, where in placed])
 
 
 def mark_enqueue_failed(engine: Engine, job_id: str, reason: str) -> bool:
@@ -229,7 +229,7 @@ def mark_enqueue_failed(engine: Engine, job_id: str, reason: str) -> bool:
         return _transition(
             conn, job_id, [JobStatus.QUEUED], status=JobStatus.FAILED.value,
             error="not enqueued: %s" % reason, finished_at=utcnow(),
-            _step={"kind": "failed", "detail": "not enqueued: %s" % reason},
+            _step={"kind": "failed", "detail": "not enqueued: %s" % reason},  # app/replay.py NOT_ENQUEUED
         )
 
 

@@ -90,7 +90,8 @@ jobs = Table(
     # timeout ends it at the latest, and its attempt then ends `cancelled`.
     Column("cancel_requested_at", Timestamp, nullable=True),
     Index("ix_jobs_user_seq", "user_id", "seq"),
-    Index("ix_jobs_status", "status"),
+    # Jobs by state (the sweep's queued, the running count); the dashboard's latest failures.
+    Index("ix_jobs_status_finished", "status", "finished_at"),
     # The per-user quota counts a user's queued + running jobs on every submit.
     Index("ix_jobs_user_status", "user_id", "status"),
 )
@@ -159,4 +160,16 @@ job_events = Table(
     Index("ix_job_events_job_seq", "job_id", "seq"),
     # The dashboard's "last hour" chart and latest failures read by time.
     Index("ix_job_events_kind_at", "kind", "at"),
+)
+
+# The dashboard's browser sessions: a random id in the browser's cookie, its SHA-256 here. A session
+# lasts until it expires or its admin logs out, and only while the token it was opened with is
+# valid and its user is still an admin (app/store/sessions.py).
+dashboard_sessions = Table(
+    "dashboard_sessions",
+    metadata,
+    Column("id_hash", String(64), primary_key=True),
+    Column("token_id", BigId, ForeignKey("api_tokens.id"), nullable=False),
+    Column("created_at", Timestamp, nullable=False),
+    Column("expires_at", Timestamp, nullable=False),
 )

@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any, Dict, List, Optional, Tuple
 
-from sqlalchemy import and_, case, func, select
+from sqlalchemy import and_, case, func, or_, select
 from sqlalchemy.engine import Engine
 
 from ..states import JobStatus
@@ -47,11 +47,16 @@ def finished_per_minute(engine: Engine, minutes: int = 60) -> List[Tuple[int, in
     return [(minutes - 1 - i, counts["succeeded"][i], counts["failed"][i]) for i in range(minutes)]
 
 
+#: Failed jobs that were dead-lettered: all but those Kafka never took (their submit was a 503).
+_dead_lettered = or_(jobs.c.error.is_(None), ~jobs.c.error.like("not enqueued:%"))
+
+
 def latest_failures(engine: Engine, limit: int = 20, job_type: Optional[str] = None) -> List[Dict[str, Any]]:
-    """The most recently failed jobs (newest first), with their owner and error."""
+    """The most recently failed (dead-lettered) jobs, newest first, with their owner and error (the
+    (status, finished_at) index)."""
     query = (select(jobs.c.id, jobs.c.type, jobs.c.attempts, jobs.c.error, jobs.c.finished_at, users.c.name)
              .join(users, users.c.id == jobs.c.user_id)
-             .where(jobs.c.status == JobStatus.FAILED.value))
+             .where(jobs.c.status == JobStatus.FAILED.value, _dead_lettered))
     if job_type:
         query = query.where(jobs.c.type == job_type)
     query = query.order_by(jobs.c.finished_at.desc()).limit(limit)
@@ -60,20 +65,21 @@ def latest_failures(engine: Engine, limit: int = 20, job_type: Optional[str] = N
 
 
 def failed_attempts(engine: Engine, limit: int = 20) -> List[Dict[str, Any]]:
-    """The latest failed attempts (retried or failed for good), newest first, with their error."""
+    """The latest failed attempts (retried or failed for good) of the last day, newest first, with
+    their error (the (kind, at) index)."""
     query = (select(job_events.c.job_id, job_events.c.kind, job_events.c.attempt, job_events.c.at,
                     job_events.c.detail, jobs.c.type)
              .join(jobs, jobs.c.id == job_events.c.job_id)
-             .where(job_events.c.kind.in_(["retried", "failed"]))
-             .order_by(job_events.c.seq.desc()).limit(limit))
+             .where(job_events.c.kind.in_(["retried", "failed"]), job_events.c.at >= utcnow() - timedelta(days=1))
+             .order_by(job_events.c.at.desc()).limit(limit))
     with engine.connect() as conn:
         return [dict(r._mapping) for r in conn.execute(query)]
 
 
 def failed_ids(engine: Engine, job_type: str, limit: int) -> List[str]:
     """Ids of failed jobs of ``job_type`` (the newest ``limit``): a "replay all of a type"."""
-    query = (select(jobs.c.id).where(jobs.c.status == JobStatus.FAILED.value, jobs.c.type == job_type)
-             .order_by(jobs.c.seq.desc()).limit(limit))
+    query = (select(jobs.c.id).where(jobs.c.status == JobStatus.FAILED.value, jobs.c.type == job_type, _dead_lettered)
+             .order_by(jobs.c.finished_at.desc()).limit(limit))
     with engine.connect() as conn:
         return list(conn.execute(query).scalars())
 

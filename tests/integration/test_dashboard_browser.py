@@ -289,7 +289,7 @@ def test_a_plain_user_gets_nothing(live, chromium):
     log_in(browser, base, live["admin"])
     assert browser.get_cookie(COOKIE) is not None
 
-    click_to_next_page(browser, browser.find_element(By.XPATH, "//header//button[normalize-space()='Log out']"))
+    click_to_next_page(browser, browser.find_element(By.ID, "logout"))
     assert browser.current_url == base + "/dashboard/login" and browser.get_cookie(COOKIE) is None
     browser.get(base + "/dashboard")
     assert browser.current_url == base + "/dashboard/login"  # no session any more

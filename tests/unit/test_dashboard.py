@@ -46,9 +46,23 @@ def test_login_sets_a_cookie_only_this_site_and_no_script_can_use(client, admin)
     cookie = answer.headers["Set-Cookie"]
     for flag in ("HttpOnly", "Secure", "SameSite=Strict", "Path=/dashboard"):
         assert flag in cookie, cookie
+    session_id = cookie.split(";")[0].split("=", 1)[1]
+    assert admin not in cookie and len(session_id) >= 40  # a session of its own, not the API token
     assert client.get("/dashboard").status_code == 200  # the cookie is the session
     out = client.post("/dashboard/logout", data={"csrf": csrf_of(client.get("/dashboard"))})
-    assert out.status_code == 303 and client.get("/dashboard").status_code == 303
+    assert out.status_code == 303
+    # Closed in the store: the old cookie, sent again, opens nothing.
+    client.set_cookie("joblab_dashboard", session_id, path="/dashboard")
+    assert client.get("/dashboard").status_code == 404
+
+
+def test_a_session_ends_when_its_token_is_revoked(app, client, admin):
+    from app.store.users import revoke_tokens
+
+    login(client, admin)
+    assert client.get("/dashboard").status_code == 200
+    revoke_tokens(app.extensions["joblab_db"].engine, "root-admin")
+    assert client.get("/dashboard").status_code == 404
 
 
 def test_every_action_needs_the_sessions_csrf_token(client, admin, caplog):

@@ -43,7 +43,7 @@ def test_failed_send_replaces_the_producer(monkeypatch):
         assert "KafkaTimeoutError" in str(exc)
     first = FakeProducer.made[0]
     assert first.closed == 0  # closed at once, not waited for
-    assert queue.send("jobs", "b", b"{}") == ("jobs", 0, 7)  # a fresh producer, which works; where it put it
+    assert queue.send("jobs", "b", b"{}") == ("jobs", 0, 7, 0)  # a fresh producer, which works; where it put it
     assert len(FakeProducer.made) == 2 and FakeProducer.made[1].sent == [("jobs", b"b")]
     queue.send("jobs", "c", b"{}")  # and is kept while it works
     assert len(FakeProducer.made) == 2
