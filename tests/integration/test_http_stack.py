@@ -105,7 +105,14 @@ def test_gunicorn_worker_and_cli_serve_a_job_end_to_end(make_stack, request, tmp
         assert [e["kind"] for e in steps] == ["submitted", "enqueued", "claimed", "succeeded"]
         assert steps[2]["actor"].endswith(":%d" % procs[1].pid) and steps[2]["offset"] == steps[1]["offset"]
         # Every process's figures in one scrape: the web workers' and the job worker's.
-        figures = scrape(base + "/metrics")
+        # The finished count follows the outcome's commit (which the poll above may see first).
+        deadline = time.monotonic() + 15
+        while True:
+            figures = scrape(base + "/metrics")
+            if ("joblab_jobs_finished_total", (("outcome", "succeeded"), ("type", "sum"))) in figures:
+                break
+            assert time.monotonic() < deadline, "the worker's figures never reached /metrics"
+            time.sleep(0.2)
         assert figures[("joblab_jobs_submitted_total", (("type", "sum"),))] == 1
         assert figures[("joblab_jobs_finished_total", (("outcome", "succeeded"), ("type", "sum")))] == 1
         assert figures[("joblab_job_run_seconds_count", (("type", "sum"),))] == 1

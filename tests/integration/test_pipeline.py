@@ -20,8 +20,15 @@ def result_rows(stack, job_id):
         return conn.execute(select(func.count()).select_from(results).where(results.c.job_id == job_id)).scalar()
 
 
-def events(stack, topic, job_id):
-    return [json.loads(r.value) for r in stack.read_topic(topic) if r.key == job_id.encode()]
+def events(stack, topic, job_id, wanted=1, seconds=15):
+    """The job's events on ``topic``, once there are ``wanted`` (they are published just after the
+    outcome is committed, which a poll of the job may see first), or what there is after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while True:
+        found = [json.loads(r.value) for r in stack.read_topic(topic) if r.key == job_id.encode()]
+        if len(found) >= wanted or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
 
 
 def test_sum_job_end_to_end(stack):
