@@ -14,6 +14,8 @@
 #   LAB_LOG_LEVEL          JOBLAB_LOG_LEVEL of app and worker
 #   LAB_JOB_MAX_SECONDS    JOBLAB_JOB_MAX_SECONDS: the longest job allowed (supervisor.sh derives the
 #                          job workers' stopwaitsecs from it)
+#   LAB_METRICS_DIR        JOBLAB_METRICS_DIR: the app processes' metric files; made by the app user
+#                          itself (root never acts in a directory that user controls), mode 0750
 # Context (environment):
 #   LAB_DB_KIND            postgresql (default on Debian) | mssql (default on RHEL): the results store
 #                          on the sidecar; sqlite: a file in the app user's home (the all-in-one container)
@@ -27,7 +29,7 @@ set -euo pipefail
 source "$(dirname "$0")/lib/common.sh"
 
 need_settings LAB_ENV_NAME LAB_APP_USER LAB_WORKER_CLASS LAB_GUNICORN_WORKERS LAB_GUNICORN_MAX_REQUESTS \
-    LAB_GUNICORN_TIMEOUT LAB_JOB_WORKERS LAB_KAFKA_PARTITIONS LAB_LOG_LEVEL LAB_JOB_MAX_SECONDS
+    LAB_GUNICORN_TIMEOUT LAB_JOB_WORKERS LAB_KAFKA_PARTITIONS LAB_LOG_LEVEL LAB_JOB_MAX_SECONDS LAB_METRICS_DIR
 LAB_SKIP_REMOTE="${LAB_SKIP_REMOTE:-0}"
 LAB_APP_SOURCE="${LAB_APP_SOURCE:-}"
 # Database and role the sidecar creates for the app.
@@ -62,6 +64,9 @@ check_settings() {
     if ! [[ "$LAB_JOB_MAX_SECONDS" =~ ^[1-9][0-9]{0,3}$ ]] || ((LAB_JOB_MAX_SECONDS > 3600)); then
         die "LAB_JOB_MAX_SECONDS must be 1-3600 seconds (got '$LAB_JOB_MAX_SECONDS')"
     fi
+    # An absolute path of plain names (none starts with a dot: no . or .. steps; no blanks).
+    [[ "$LAB_METRICS_DIR" =~ ^(/[A-Za-z0-9_][A-Za-z0-9._-]*)+$ ]] \
+        || die "LAB_METRICS_DIR must be an absolute path of plain names (got '$LAB_METRICS_DIR')"
     if ((LAB_JOB_WORKERS > LAB_KAFKA_PARTITIONS)); then
         say "note: $LAB_JOB_WORKERS job workers but $LAB_KAFKA_PARTITIONS partitions: $((LAB_JOB_WORKERS - LAB_KAFKA_PARTITIONS)) will idle"
     fi
@@ -137,6 +142,22 @@ as_app_user() {
     su -s /bin/sh "$LAB_APP_USER" -c "$*"
 }
 
+# The metrics directory, made (and its mode set) by the app user itself, never by root: it is
+# usually in that user's home, where the user could have put a link for root to follow. Root
+# then only looks at it (lstat): a directory of the app user's with mode 0750, or provisioning
+# stops here. On a first run, says so.
+ensure_metrics_dir() {
+    local dir="$LAB_METRICS_DIR" out seen
+    [[ -e "$dir" || -L "$dir" ]] || say "creating $dir (the app user's metrics directory)"
+    # shellcheck disable=SC2016  # $0 belongs to the inner shell
+    if ! out="$(su -s /bin/sh "$LAB_APP_USER" -c 'umask 027 && mkdir -p -- "$0" && chmod 0750 -- "$0"' "$dir" 2>&1)"; then
+        die "user $LAB_APP_USER cannot make LAB_METRICS_DIR=$dir (it must be where that user may create it, e.g. under its home $APP_HOME): $out"
+    fi
+    seen="$(stat -c '%F %U %a' "$dir")"
+    [[ "$seen" == "directory $LAB_APP_USER 750" ]] \
+        || die "$dir must be a directory of $LAB_APP_USER with mode 0750, not: $seen"
+}
+
 # Schema migration and topics on the sidecar; both are safe to repeat. Output only on failure.
 prepare_remote() {
     local out step
@@ -168,6 +189,7 @@ check_settings
 
 changed=0
 ensure_system_user "$LAB_APP_USER" "$APP_HOME"
+ensure_metrics_dir
 wheel_changed=0
 install_app_wheel && wheel_changed=1
 install_file "$DEVOPS/joblab-release" "$RELEASE_TOOL" 755 root:root || true
@@ -194,6 +216,7 @@ render_template "$DEVOPS/joblab.env" "$ENV_FILE" 640 "root:$LAB_APP_USER" \
     "KAFKA_PARTITIONS=$LAB_KAFKA_PARTITIONS" \
     "LOG_LEVEL=$LAB_LOG_LEVEL" \
     "JOB_MAX_SECONDS=$LAB_JOB_MAX_SECONDS" \
+    "METRICS_DIR=$LAB_METRICS_DIR" \
     "WORKER_CLASS=$LAB_WORKER_CLASS" \
     "GUNICORN_WORKERS=$LAB_GUNICORN_WORKERS" \
     "GUNICORN_MAX_REQUESTS=$LAB_GUNICORN_MAX_REQUESTS" \

@@ -53,10 +53,11 @@ def test_sidecar_reachable(host, port):
     ("/etc/supervisord.d/joblab-worker.ini", 0o644, "root", "root"),
     ("/etc/nginx/nginx.conf", 0o644, "root", "root"),
     ("/var/run/supervisor", 0o700, "root", "root"),
+    (SETTINGS["LAB_METRICS_DIR"], 0o750, APP_USER, APP_USER),
 ])
 def test_managed_file(root, path, mode, owner, group):
     f = root.file(path)
-    assert f.exists and (f.mode, f.user, f.group) == (mode, owner, group)
+    assert f.exists and not f.is_symlink and (f.mode, f.user, f.group) == (mode, owner, group)
 
 
 def test_supervisor_socket_is_private_and_not_in_tmp(root):

@@ -184,3 +184,29 @@ def test_deploy_refuses_a_wheel_changed_after_the_upload(app, request, tmp_path)
     assert len(err.value.message.splitlines()) == 1
     assert app.check_output("ls -1 /opt/joblab/releases; readlink /opt/joblab/current") == releases
     assert app.run("ls -d /var/tmp/joblab-stage.* 2>/dev/null").stdout.strip() == ""
+
+
+# -- 5. the metrics directory is made by the app user, never by root (provision/app.sh) -------------
+@pytest.fixture
+def metrics_dir_planted_link(app):
+    """The app user swaps its metrics directory (in its home) for a link to a directory of root's;
+    the real one comes back afterwards."""
+    d, target = SETTINGS["LAB_METRICS_DIR"], CANARY + ".d"
+    app.run_expect([0], "install -d -m 0755 -o root -g root %s" % target)
+    app.run_expect([0], as_user(APP_USER, "mv %s %s.away && ln -s %s %s" % (d, d, target, d)))
+    yield target
+    app.run(as_user(APP_USER, "rm -f %s && mv %s.away %s" % (d, d, d)))
+    app.run("rmdir %s" % target)
+
+
+def test_app_provisioning_never_follows_a_link_at_the_metrics_dir(app, metrics_dir_planted_link):
+    """Root would make the link's target the app user's (install -d -o, chown, chmod follow it);
+    app.sh makes the directory as the app user, whom the kernel refuses, and stops in one line."""
+    target = metrics_dir_planted_link
+    env = dict(SETTINGS, LAB_ROOT="/vagrant")
+    out = app.run("env %s bash /vagrant/provision/app.sh" % " ".join(
+        "%s=%s" % (k, shlex.quote(v)) for k, v in sorted(env.items())))
+    assert out.rc != 0 and "cannot make LAB_METRICS_DIR=%s" % SETTINGS["LAB_METRICS_DIR"] in out.stderr, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+    d = app.file(target)
+    assert (d.is_directory, d.user, d.group, d.mode) == (True, "root", "root", 0o755)
