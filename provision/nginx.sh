@@ -4,7 +4,9 @@
 # A new config is tested (`nginx -t -c <temp file>`) before it replaces /etc/nginx/nginx.conf; a
 # rejected one leaves the running config alone and stops here with nginx's message. nginx is
 # reloaded only when the config changed. On RHEL with SELinux enforcing, nginx is allowed to
-# connect to gunicorn (httpd_can_network_connect). Run as root.
+# connect to gunicorn (httpd_can_network_connect). GET /metrics is served to the lab's machines
+# only: LAB_SIDECAR_HOST (Prometheus), LAB_APP_HOST and 127.0.0.1, each by its address (a name is
+# resolved now; re-provision when its address changes). Run as root.
 # Settings (lab.yml, resolved; checked here):
 #   LAB_SUBMIT_RATE    POST /v1/jobs per API token, sustained: N r/s or N r/m
 #   LAB_SUBMIT_BURST   ...and how many more at once before nginx answers 429
@@ -34,6 +36,35 @@ check_settings() {
     done
     ((LAB_PROXY_READ_TIMEOUT > LAB_GUNICORN_TIMEOUT)) \
         || die "LAB_PROXY_READ_TIMEOUT ($LAB_PROXY_READ_TIMEOUT) must be longer than LAB_GUNICORN_TIMEOUT ($LAB_GUNICORN_TIMEOUT): gunicorn must answer (or replace a stuck worker) before nginx gives up"
+}
+
+# The addresses of a host given as an IP (printed as is) or a name (resolved, every address), one
+# a line; dies when there is none.
+host_addresses() {
+    local host="$1" found
+    if [[ "$host" =~ ^[0-9]{1,3}(\.[0-9]{1,3}){3}$ || ( "$host" == *:* && "$host" =~ ^[0-9A-Fa-f:.]+$ ) ]]; then
+        echo "$host"
+        return 0
+    fi
+    [[ "$host" =~ ^[A-Za-z0-9][A-Za-z0-9.-]*$ ]] || die "not a host name or address: '$host'"
+    found="$(getent ahosts "$host" | awk '{ print $1 }' | sort -u)"
+    [[ -n "$found" ]] || die "cannot resolve '$host' (nginx allows /metrics by address)"
+    echo "$found"
+}
+
+# nginx `allow` lines for /metrics: the sidecar (Prometheus scrapes from there), the app machine
+# itself and loopback; each address once, in that order.
+# (Its caller checks its status: die in a command substitution ends only that subshell.)
+metrics_allow() {
+    local sidecar app addr out="" seen=" "
+    sidecar="$(host_addresses "$LAB_SIDECAR_HOST")" || return 1
+    app="$(host_addresses "$LAB_APP_HOST")" || return 1
+    while read -r addr; do
+        [[ "$seen" == *" $addr "* ]] && continue
+        seen+="$addr "
+        out+="${out:+$'\n            '}allow $addr;"
+    done <<<"$sidecar"$'\n'"$app"$'\n'127.0.0.1
+    printf '%s' "$out"
 }
 
 # CentOS 6: nginx.org's el6 RPM and signing key from the artifact cache (`make lab` checks both
@@ -67,19 +98,21 @@ install_nginx() {
 
 # Render the config to a temp file, test it, install it. Returns 0 when the config changed.
 install_nginx_conf() {
-    local user pid tmpdir out rc=1
+    local user pid tmpdir out allow rc=1
     # The packages' own worker user and pid file (their init scripts read the pid path).
     if [[ "$OS_FAMILY" == rhel ]]; then
         user=nginx pid=/var/run/nginx.pid
     else
         user=www-data pid=/run/nginx.pid
     fi
+    allow="$(metrics_allow)" || exit 1
     tmpdir="$(mktemp -d)"
     render_template "$DEVOPS/nginx.conf" "$tmpdir/nginx.conf" 644 root:root \
         "NGINX_USER=$user" "NGINX_PID=$pid" "LISTEN=0.0.0.0:80" "UPSTREAM=127.0.0.1:8000" \
         "NGINX_ERROR_LOG=/var/log/nginx/error.log" "NGINX_ACCESS_LOG=/var/log/nginx/access.log joblab" "HTTP_EXTRA=" \
         "SUBMIT_RATE=$LAB_SUBMIT_RATE" "SUBMIT_BURST=$LAB_SUBMIT_BURST" \
-        "PROXY_CONNECT_TIMEOUT=$LAB_PROXY_CONNECT_TIMEOUT" "PROXY_READ_TIMEOUT=$LAB_PROXY_READ_TIMEOUT" >/dev/null || true
+        "PROXY_CONNECT_TIMEOUT=$LAB_PROXY_CONNECT_TIMEOUT" "PROXY_READ_TIMEOUT=$LAB_PROXY_READ_TIMEOUT" \
+        "METRICS_ALLOW=$allow" >/dev/null || true
     if cmp -s "$tmpdir/nginx.conf" "$NGINX_CONF"; then
         rm -rf "$tmpdir"
         return 1

@@ -165,6 +165,8 @@ def render_nginx_conf(base: str, listen_port: int, upstream_port: int, ceiling_p
         "PROXY_CONNECT_TIMEOUT": lab_setting("LAB_PROXY_CONNECT_TIMEOUT"),
         "PROXY_READ_TIMEOUT": lab_setting("LAB_PROXY_READ_TIMEOUT"),
         "HTTP_EXTRA": temps + ceiling,
+        # GET /metrics from this host only, as the lab serves it to its own machines.
+        "METRICS_ALLOW": "allow 127.0.0.1;",
     }
     conf = os.path.join(base, "nginx.conf")
     owner = "%s:%s" % (pwd.getpwuid(os.geteuid()).pw_name, grp.getgrgid(os.getegid()).gr_name)
