@@ -4,7 +4,8 @@
 #   run  : Java 17+ (Kafka broker), Maven (fetches the broker's jars), python3 venv support
 #   test : the above + PostgreSQL server (integration tests) + shellcheck + Chromium and its
 #          ChromeDriver (the dashboard's browser test; /usr/bin/chromium, /usr/bin/chromedriver)
-#          and a font for its screenshots
+#          and a font for its screenshots + prometheus (for promtool: the unit tests check the
+#          lab's Prometheus config and alert rules with it)
 #   bench: the above + wrk (load generator), nginx (nginx-light when the archive has it) and
 #          redis-server (the Celery comparison's broker), for `make bench`
 # Idempotent: prints "host packages: all present" and changes nothing when nothing is missing.
@@ -64,6 +65,7 @@ if [[ "$want" == test || "$want" == bench ]]; then
     [[ -x /usr/bin/chromedriver ]] || missing+=(chromium-driver)
     # Without recommends no font comes along with chromium: its screenshots would show boxes.
     [[ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]] || missing+=(fonts-dejavu-core)
+    command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 fi
 if [[ "$want" == bench ]]; then
     command -v wrk >/dev/null 2>&1 || missing+=(wrk)
@@ -95,7 +97,8 @@ for i in "${!missing[@]}"; do
 done
 echo "host packages: installing ${missing[*]}"
 # The postgresql package starts a cluster on :5432; tests start their own on a free port instead.
-# Likewise nginx's and redis-server's postinst may start the system services (nginx :80, redis
-# :6379) where an init system runs; benchmarks start private instances on free ports instead.
+# Likewise nginx's, redis-server's and prometheus's postinst may start the system services (nginx
+# :80, redis :6379, prometheus :9090) where an init system runs; benchmarks start private instances
+# on free ports instead, and the lab forwards Prometheus to another port (lab.yml).
 "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 echo "host packages: installed ${missing[*]}"

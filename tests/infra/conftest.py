@@ -21,6 +21,13 @@ def machine_ip(name: str) -> str:
     return labfile.machine_ip(name, LAB)
 
 
+def host_port(machine: str, guest: int) -> int:
+    """The port on the host's 127.0.0.1 that lab.yml forwards to ``guest`` on ``machine``: the
+    entry's `env` variable when set, else its `host` (the Vagrantfile's rule)."""
+    fp = next(f for f in LAB["machines"][machine]["forwarded_ports"] if f["guest"] == guest)
+    return int(labfile.setting(fp["env"], fp["host"]) if fp.get("env") else fp["host"])
+
+
 SETTINGS = labfile.settings(LAB)  # resolved: a non-empty LAB_<NAME> wins, as for the provisioning
 APP_USER = SETTINGS["LAB_APP_USER"]
 ENV_PREFIX = "/usr/local/envs/" + SETTINGS["LAB_ENV_NAME"]

@@ -12,7 +12,8 @@ fi
 echo "== files"
 for path in /etc/joblab /etc/supervisord.conf /etc/supervisord.d /etc/nginx/nginx.conf \
     /etc/init.d/supervisord /etc/init.d/kafka /etc/kafka /opt/kafka /usr/local/bin/joblab-exec \
-    /etc/postgresql /var/run/supervisor /etc/rc2.d; do
+    /etc/postgresql /var/run/supervisor /etc/rc2.d /etc/prometheus /etc/default/prometheus \
+    /etc/init.d/prometheus; do
     [ -e "$path" ] || continue
     find "$path" -xdev \( -type f -o -type d -o -type l \) -print0 | sort -z | while IFS= read -r -d '' f; do
         if [ -f "$f" ] && [ ! -L "$f" ]; then
@@ -30,7 +31,7 @@ if [ -S /var/run/supervisor/supervisor.sock ]; then
 fi
 echo "== service pids"
 for pidfile in /var/run/supervisord.pid /var/run/nginx.pid /var/run/kafka/kafka.pid \
-    /var/run/postgresql/*.pid; do
+    /var/run/postgresql/*.pid /run/prometheus/prometheus.pid; do
     [ -f "$pidfile" ] && echo "$pidfile $(head -n1 "$pidfile")"
 done
 exit 0

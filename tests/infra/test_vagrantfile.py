@@ -26,12 +26,14 @@ def test_unknown_provider_is_one_clear_line():
     assert run.returncode != 0 and "LAB_PROVIDER=hyperv9 is not one of" in run.stderr + run.stdout
 
 
-def generated(provider, where=ROOT):
-    """What the Vagrantfile computed for ``provider``, as Vagrant itself loaded it."""
+def generated(provider, where=ROOT, **overrides):
+    """What the Vagrantfile computed for ``provider``, as Vagrant itself loaded it (with lab.yml's
+    values, plus the LAB_* variables given as ``overrides``)."""
     dump = os.path.join(where, ".vagrant-config-%s.json" % provider)
     env = dict(os.environ, LAB_PROVIDER=provider, LAB_DUMP_CONFIG=dump)
     for name in [k for k in env if k.startswith("LAB_") and k not in ("LAB_PROVIDER", "LAB_DUMP_CONFIG")]:
         del env[name]  # lab.yml's values, not a developer's overrides
+    env.update(overrides)
     cmd = ["vagrant", "validate"] + ([] if provider == "docker" else ["--ignore-provider"])
     run = subprocess.run(cmd, cwd=where, env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stdout + run.stderr
@@ -69,6 +71,27 @@ def test_vm_names_differ_per_checkout(tmp_path):
     here = {m["vm_name"] for m in generated("virtualbox")["machines"].values()}
     there = {m["vm_name"] for m in generated("virtualbox", str(other))["machines"].values()}
     assert len(here) == 2 and not here & there
+
+
+def test_forwarded_ports_are_lab_ymls_unless_their_variable_is_set(monkeypatch):
+    """Each forwarded port's host side is lab.yml's, or the variable its entry names (`env`):
+    Vagrant and the tests (conftest.host_port) agree either way."""
+    from tests.infra.conftest import LAB, host_port
+
+    for name in ("LAB_HTTP_PORT", "LAB_PROMETHEUS_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    entries = {name: m["forwarded_ports"] for name, m in LAB["machines"].items()}
+    assert {name: [fp["env"] for fp in fps] for name, fps in entries.items()} == {
+        "app": ["LAB_HTTP_PORT"], "sidecar": ["LAB_PROMETHEUS_PORT"]}
+    plain = {name: [{"guest": fp["guest"], "host": fp["host"]} for fp in fps] for name, fps in entries.items()}
+    assert {name: m["forwarded"] for name, m in generated("docker")["machines"].items()} == plain
+    assert host_port("sidecar", 9090) == plain["sidecar"][0]["host"]
+
+    moved = generated("docker", LAB_PROMETHEUS_PORT="19999", LAB_HTTP_PORT="18888")["machines"]
+    assert moved["sidecar"]["forwarded"] == [{"guest": 9090, "host": 19999}]
+    assert moved["app"]["forwarded"] == [{"guest": 80, "host": 18888}]
+    monkeypatch.setenv("LAB_PROMETHEUS_PORT", "19999")
+    assert host_port("sidecar", 9090) == 19999
 
 
 def test_host_side_tools_compute_the_same_addresses():
