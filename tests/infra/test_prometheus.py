@@ -180,6 +180,22 @@ def test_submitted_jobs_are_counted(token):
     assert poll(counted, 60), (before, submitted())
 
 
+def test_a_dead_letter_fires_its_alert(token):
+    """End to end: a job that fails for good (`fail` raises on every attempt) goes to the dead-letter
+    topic; the worker counts it, Prometheus scrapes the count and JoblabDeadLetters fires (for: 0m)."""
+    status, _ = api_call("POST", "/v1/jobs", token, {"type": "fail", "args": {"message": "for the alert test"}})
+    assert status == 202
+
+    def firing():
+        return [a for a in prom("alerts")["alerts"]
+                if a["labels"]["alertname"] == "JoblabDeadLetters" and a["state"] == "firing"]
+
+    # Retries (about 1.5 s), the next scrape (15 s; the app caches 5 s), the next evaluation (15 s).
+    found = poll(firing, 90)
+    assert found, prom("alerts")
+    assert (found[0]["labels"]["severity"], found[0]["labels"]["instance"]) == ("warning", APP_TARGET)
+
+
 # -- nginx's /metrics on the app machine ------------------------------------------------------------
 @pytest.mark.parametrize("path", ["/metrics", "/metrics?x=1", "//metrics", "/%6detrics"])
 def test_metrics_refused_through_the_forwarded_port(path):
