@@ -142,17 +142,13 @@ def replay_jobs(engine: Any, queue: JobQueue, job_ids: Iterable[str], actor: str
             done.append(Replayed(job_id, "skipped", "the job changed meanwhile"))
             continue
         try:
-            where = queue.send(queue.topics.jobs, job_id, encode_job(job_id, job["type"], job["args"]))
+            queue.send(queue.topics.jobs, job_id, encode_job(job_id, job["type"], job["args"]))
         except QueueUnavailable as exc:
             log.error("job %s: replayed, but Kafka refused its message (%s); the sweep will send it", job_id, exc)
             done.append(Replayed(job_id, "not enqueued", "queued; the workers' sweep sends it (%s)" % exc))
             # Kafka is down: stop here rather than wait a send timeout for each of the rest.
             done.extend(Replayed(rest, "not tried", "Kafka unavailable") for rest in wanted[n + 1:])
             break
-        try:
-            job_store.mark_enqueued(engine, [(job_id, where if isinstance(where, tuple) else None)])
-        except Exception as exc:  # history only: the job is queued and on Kafka
-            log.warning("job %s: recording it as enqueued failed (%s)", job_id, exc.__class__.__name__)
         log.info("job %s: replayed by %s (%s)", job_id, actor, job["type"])
         done.append(Replayed(job_id, "replayed", job["type"]))
     return done

@@ -290,6 +290,7 @@ class Worker:
         job an earlier record of the batch names). Claimed jobs are run by ``handle`` without a
         claim of their own. Any trouble here only means one claim per record, as without it."""
         plain: List[Tuple[Tuple[str, int, int], Dict[str, Any]]] = []
+        places: Dict[str, Any] = {}  # job id -> where its record is (history.where_of)
         seen = {job["id"] for _msg, job in self.ahead.values()}  # claims kept from an earlier batch
         now = self.clock()
         for tp, records in batch.items():
@@ -316,12 +317,12 @@ class Worker:
                 # as a crasher it never was.
                 if msg["attempt"] < self.outcomes.policy(msg["type"])[0]:
                     plain.append((key, msg))
+                    places[msg["job_id"]] = history.where_of(record)
         if len(plain) < 2:
             return  # one job: its own claim costs the same
         try:
             # One transaction: a store failing between the statements claims none (a claim that
             # went through unseen would be charged as a crash when its record claims it).
-            places = {m["job_id"]: key for key, m in plain}  # a record's key is where it is
             claimed = self.publisher.transaction(lambda conn: job_store.claim_jobs(
                 conn, [(m["job_id"], m["attempt"]) for _k, m in plain], self.name, places))
         except Exception as exc:  # the store is down, or worse: each record's own claim will say

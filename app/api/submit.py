@@ -92,15 +92,9 @@ def _not_enqueued(row: Dict[str, Any], reason: str) -> bool:
 
 
 def _enqueued(placed: List[Tuple[Dict[str, Any], Any]]) -> None:
-    """The jobs' `enqueued` steps (Kafka has their messages): history only, so a store failing
-    here changes nothing of the answer - the jobs are queued and on Kafka already. Counted.
-    ``placed``: (job row, where Kafka put its message) each."""
+    """Kafka has these jobs' messages ((job row, where) each): counted. (Their `enqueued` step is
+    written by the worker's claim, from the record itself: app/store/jobs.py _claimed_steps.)"""
     metrics.safely(lambda: _count_submitted(placed))
-    try:
-        job_store.mark_enqueued(_db().engine, [(r["id"], w if isinstance(w, tuple) else None) for r, w in placed])
-    except SQLAlchemyError as exc:
-        log.warning("recording %d jobs as enqueued failed (%s); their history starts at `claimed`", len(placed),
-                    exc.__class__.__name__)
 
 
 def _count_submitted(placed: List[Tuple[Dict[str, Any], Any]]) -> None:

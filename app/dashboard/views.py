@@ -72,13 +72,16 @@ def index():
 
 @bp.route("/jobs/<job_id>", methods=["GET"])
 def job_page(job_id: str):
+    # The history first, then the job: the state shown is never older than the last step shown
+    # (two reads, each its own snapshot).
+    events = history.events_of(_engine(), job_id) if JOB_ID_PATTERN.fullmatch(job_id) else []
     job = window.find_job(_engine(), job_id) if JOB_ID_PATTERN.fullmatch(job_id) else None
     if job is None:
         return render_template("dashboard/missing.html", job_id=job_id[:64]), 404
     result = job_store.get_result_json(_engine(), job_id) if job["status"] == JobStatus.SUCCEEDED.value else None
     return render_template("dashboard/job.html", job=job, args=json.dumps(json.loads(job["args"]), indent=1),
                            result=None if result is None else result[:4000], iso=_iso,
-                           events=history.events_of(_engine(), job_id), notice=request.args.get("notice"))
+                           events=events, notice=request.args.get("notice"))
 
 
 @bp.route("/replay", methods=["POST"])

@@ -3,8 +3,10 @@ worker, from which partition and offset -, retried, succeeded, failed, cancelled
 
 Rows are written by the store functions that change a job's state (app/store/jobs.py), in the
 same transaction and, for many jobs, in the same multi-row INSERT: a step is recorded if and only
-if it happened. The one step that changes no state, `enqueued` (Kafka acknowledged the job's
-message), is written after the ack, one statement per submit request."""
+if it happened. No step costs the submit path a statement of its own: `submitted` is the job's
+row itself (its created_at; ``events_of`` lists it first), and `enqueued` is written with the
+first claim, from the record the worker read (its topic, partition, offset and the time its
+producer gave it)."""
 from __future__ import annotations
 
 from datetime import datetime, timezone
@@ -13,7 +15,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 from sqlalchemy import insert, select
 from sqlalchemy.engine import Connection, Engine
 
-from .schema import job_events
+from .schema import job_events, jobs
 
 #: Every kind of step, in the order a job usually meets them.
 EVENTS = (
@@ -58,22 +60,19 @@ def record(conn: Connection, rows: Sequence[Dict[str, Any]]) -> None:
         conn.execute(_ADD, list(rows))
 
 
-def record_now(engine: Engine, rows: Sequence[Dict[str, Any]]) -> None:
-    """``record`` as one autocommit statement of its own (for `enqueued`)."""
-    if rows:
-        with engine.connect() as plain:
-            plain.execution_options(isolation_level="AUTOCOMMIT").execute(_ADD, list(rows))
-
-
 _COLUMNS = [c for c in job_events.c if c.name != "job_id"]
 
 
 def events_of(engine: Engine, job_id: str) -> List[Dict[str, Any]]:
-    """The job's rows, oldest first: by time, then as written. (`enqueued` is written after Kafka's
-    ack, maybe after a worker claimed the job already; its time is the message's own.)"""
+    """The job's steps, oldest first (by time, then as written), starting with `submitted` (the
+    job's row); [] for an unknown job."""
     query = select(*_COLUMNS).where(job_events.c.job_id == job_id).order_by(job_events.c.seq)
     with engine.connect() as conn:
+        created = conn.execute(select(jobs.c.created_at).where(jobs.c.id == job_id)).scalar()
+        if created is None:
+            return []
         rows = [dict(r._mapping) for r in conn.execute(query)]
+    rows.append(dict(event(job_id, "submitted", created), seq=0))
     return sorted(rows, key=lambda r: (r["at"], _RANK.get(r["kind"], 2), r["seq"]))
 
 
@@ -87,11 +86,14 @@ def message_time(where: Optional[Where], default: datetime) -> datetime:
 
 
 def where_of(record: Any) -> Optional[Where]:
-    """A Kafka record's place, for a `claimed` row."""
+    """A Kafka record's place, and the time its producer gave it (epoch ms, when it has one), for
+    its `enqueued` and `claimed` rows."""
     try:
-        return record.topic, int(record.partition), int(record.offset)
+        place = (record.topic, int(record.partition), int(record.offset))
     except (AttributeError, TypeError, ValueError):
         return None
+    stamp = getattr(record, "timestamp", None)
+    return place + (stamp,) if isinstance(stamp, int) and stamp > 0 else place
 
 
 def many(job_ids: Iterable[str], kind: str, at: datetime, **fields: Any) -> List[Dict[str, Any]]:

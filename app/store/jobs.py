@@ -90,8 +90,10 @@ def create_job(engine: Engine, user_id: int, job_type: str, args: Dict[str, Any]
     instead: the check is part of the INSERT (INSERT ... SELECT ... WHERE count < max), one
     statement; concurrent submits of one user can overshoot the bound by at most their number."""
     values = _new_row(user_id, job_type, args, utcnow())
-    # One transaction: the row and its `submitted` step.
-    with engine.begin() as conn:
+    # Autocommit: one statement is atomic by itself, so no BEGIN and COMMIT round trips. (The row
+    # is the job's `submitted` step: app/store/history.py.)
+    with engine.connect() as plain:
+        conn = plain.execution_options(isolation_level="AUTOCOMMIT")
         if max_active is None:
             conn.execute(_ADD_JOB, values)
         else:
@@ -104,7 +106,6 @@ def create_job(engine: Engine, user_id: int, job_type: str, args: Dict[str, Any]
                 inserted = conn.execute(add, values).rowcount == 1
             if not inserted:
                 raise QuotaExceeded(conn.execute(select(_active(user_id, max_active))).scalar_one())
-        history.record(conn, [history.event(values["id"], "submitted", values["created_at"])])
     return _built(values, args)
 
 
@@ -157,7 +158,6 @@ def _create_jobs(engine: Engine, user_id: int, specs: List[Tuple[str, Dict[str, 
                 raise QuotaExceeded(active)
         if rows:
             conn.execute(insert(jobs), rows)
-            history.record(conn, history.many([r["id"] for r in rows], "submitted", now))
         if key is not None:
             conn.execute(insert(idempotency_keys).values(
                 user_id=user_id, key=key, request_hash=request_hash, created_at=now,
@@ -213,14 +213,6 @@ def _transition(conn: Connection, job_id: str, allowed: List[JobStatus], _attemp
     if _step is not None:
         history.record(conn, [history.event(job_id, at=now, **_step)])
     return True
-
-
-def mark_enqueued(engine: Engine, placed: List[Tuple[str, Optional[history.Where]]]) -> None:
-    """Kafka acknowledged these jobs' messages ((job id, where the message is) each): their
-    `enqueued` steps, one statement. No state changes (the jobs stay queued)."""
-    now = utcnow()
-    history.record_now(engine, [history.event(job_id, "enqueued", history.message_time(where, now), attempt=1,
-                                              where=where) for job_id, where in placed])
 
 
 def mark_enqueue_failed(engine: Engine, job_id: str, reason: str) -> bool:
@@ -359,7 +351,7 @@ def claim_job(bind: Union[Engine, Connection], job_id: str, max_attempts: Option
             done = conn.execute(claim, params).rowcount == 1
             row = _get(conn, job_id)
         if done and row is not None:
-            history.record(conn, [_claimed_step(row, params["now"], actor, where)])
+            history.record(conn, _claimed_steps(row, params["now"], actor, where))
         return done, row
 
     done, row = _in_tx(bind, work)
@@ -371,10 +363,18 @@ def claim_job(bind: Union[Engine, Connection], job_id: str, max_attempts: Option
     return row
 
 
-def _claimed_step(job: Row, now: datetime, actor: Optional[str], where: Optional[history.Where]) -> Dict[str, Any]:
+def _claimed_steps(job: Row, now: datetime, actor: Optional[str], where: Optional[history.Where]) -> List[Dict[str, Any]]:
+    """A claim's `claimed` step; for the first claim of a job's first message, its `enqueued` step
+    before it, from the record itself (where it is, and the time its producer gave it): no
+    statement of its own on the submit's path."""
     crashes = job.get("crashes") or 0
     detail = None if not crashes else "its workers died running it %d time%s so far" % (crashes, "" if crashes == 1 else "s")
-    return history.event(job["id"], "claimed", now, attempt=job["attempts"], actor=actor, where=where, detail=detail)
+    steps = []
+    if job["attempts"] == 1 and not crashes and where is not None:
+        steps.append(history.event(job["id"], "enqueued", history.message_time(where, now), attempt=1, where=where))
+    steps.append(history.event(job["id"], "claimed", now, attempt=job["attempts"], actor=actor, where=where,
+                               detail=detail))
+    return steps
 
 
 #: The batch claim (claim_jobs): the queued half of claim_job's conditions, for many ids of one
@@ -423,7 +423,7 @@ def claim_jobs(conn: Connection, claims: List[Tuple[str, int]], actor: Optional[
             job["stale"] = job["exhausted"] = False
             claimed[job["id"]] = job
     places = where or {}
-    history.record(conn, [_claimed_step(job, now, actor, places.get(i)) for i, job in claimed.items()])
+    history.record(conn, [s for i, job in claimed.items() for s in _claimed_steps(job, now, actor, places.get(i))])
     return claimed
 
 

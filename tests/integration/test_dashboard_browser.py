@@ -270,12 +270,13 @@ def test_a_failed_jobs_history_and_its_replay_watched_in_the_browser(live, chrom
                  "#history")
     again = history(browser)[replayed:]
     assert again.count("claimed") == 3 and again[-1] == "failed", again
-    assert text_of(browser, "#state") == "failed" and by_css(browser, "#replay")
+    assert text_of(browser, "#state") == "failed" and by_css(browser, "#replay"), text_of(browser, "#history")
     shoot(browser, "06-failed-again")
 
     # The main page: the failure, its attempts before and after the replay, the dead letter.
-    browser.get(base + "/dashboard")
-    assert counts(browser)["failed"] == failed_before + 1
+    # The counts are the store's as of at most METRICS_CACHE_SECONDS ago (shared with /metrics).
+    reload_until(browser, base + "/dashboard", lambda d: counts(d)["failed"] == failed_before + 1,
+                 "one more failed job in the counts", "#states")
     failures = [r.text for r in by_css(browser, "#failures tr") if job_id[:8] in r.text]
     assert len(failures) == 6 and all("boom" in f for f in failures), failures
     dead = [r for r in by_css(browser, "#dead tr") if job_id[:8] in r.text]
