@@ -13,7 +13,7 @@ import contextlib
 import logging
 import time
 import uuid
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple, TypeVar
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Set, Tuple, TypeVar
 
 from kafka.errors import InvalidTopicError, KafkaError, MessageSizeTooLargeError, RecordListTooLargeError
 from sqlalchemy.engine import Connection, Engine
@@ -52,37 +52,37 @@ class Publisher:
         # them all at once before the batch's offsets are committed.
         self.deferred = False
         self.inflight: List[Tuple[int, Message, Any]] = []
-        self._held: Optional[Dict[bool, Connection]] = None  # see holding(): at most one, under True
+        self._holding = False  # see holding()
+        self._held: Optional[Connection] = None
 
     @contextlib.contextmanager
     def holding(self) -> Iterator[None]:
-        """For a batch: its transactions run on connections held for the whole batch, so none
+        """For a batch: its transactions run on one connection held for the whole batch, so none
         pays a pool checkout (and its liveness ping) of its own. A held connection that fails is
-        dropped; later transactions of the batch take pooled ones (pinged) again."""
-        self._held = {}
+        dropped; the batch's next transaction takes a pooled one (pinged) again."""
+        self._holding = True
         try:
             yield
         finally:
-            held, self._held = self._held, None
-            for conn in held.values():
+            held, self._holding, self._held = self._held, False, None
+            if held is not None:
                 try:
-                    conn.close()
+                    held.close()
                 except Exception as exc:  # a broken connection: the pool replaces it
                     log.debug("closing a held store connection: %s", exc)
 
     def _run(self, work: Callable[[Connection], T]) -> T:
-        held = self._held
-        if held is None:
+        if not self._holding:
             with self.engine.begin() as conn:
                 return work(conn)
-        conn = held.get(True)
+        conn = self._held
         if conn is None:
-            conn = held[True] = self.engine.connect()
+            conn = self._held = self.engine.connect()
         try:
             with conn.begin():
                 return work(conn)
         except BaseException:
-            del held[True]  # whatever failed, a fresh (pinged) connection next time
+            self._held = None  # whatever failed, a fresh (pinged) connection next time
             try:
                 conn.invalidate()
                 conn.close()
