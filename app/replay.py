@@ -21,9 +21,6 @@ from .jobqueue import RECONNECT_BACKOFF_MAX_MS, JobQueue, QueueUnavailable
 from .messages import PoisonMessage, decode_job, encode_job
 from .store import jobs as job_store
 
-#: The error of a job Kafka never took (app/store/jobs.mark_enqueue_failed): not a dead letter.
-NOT_ENQUEUED = "not enqueued:"
-
 log = logging.getLogger(__name__)
 
 #: Longest a read of the dead-letter topic may take (s).
@@ -129,7 +126,7 @@ def replay_jobs(engine: Any, queue: JobQueue, job_ids: Iterable[str], actor: str
         if job["status"].value != "failed":
             done.append(Replayed(job_id, "skipped", "the job is %s (replayed already?)" % job["status"].value))
             continue
-        if (job["error"] or "").startswith(NOT_ENQUEUED):
+        if (job["error"] or "").startswith(job_store.NOT_ENQUEUED):
             # Never a dead letter: its submit was answered 503 ("not accepted"), and its client
             # may well have submitted it again. Running it now could run that work twice.
             done.append(Replayed(job_id, "skipped", "never enqueued: its submit was refused (503)"))

@@ -173,7 +173,7 @@ def create_jobs_batch(body: Dict[str, Any]):
     for row, error in zip(rows, errors):
         if error is not None:
             _not_enqueued(row, error)
-            row.update(status=JobStatus.FAILED, error="not enqueued: %s" % error, finished_at=utcnow())
+            row.update(status=JobStatus.FAILED, error=job_store.NOT_ENQUEUED + error, finished_at=utcnow())
     failed = sum(1 for e in errors if e is not None)
     log.info("batch of %d jobs for user %r: %d queued, %d not enqueued", len(rows), g.user_name,
              len(rows) - failed, failed)

@@ -215,13 +215,16 @@ def _transition(conn: Connection, job_id: str, allowed: List[JobStatus], _attemp
     return True
 
 
+#: How the error of a job Kafka never took begins: never a dead letter (app/replay.py, the dashboard).
+NOT_ENQUEUED = "not enqueued: "
+
+
 def mark_enqueue_failed(engine: Engine, job_id: str, reason: str) -> bool:
     """Kafka did not take the job: it must not stay looking queued."""
     with engine.begin() as conn:
         return _transition(
             conn, job_id, [JobStatus.QUEUED], status=JobStatus.FAILED.value,
-            error="not enqueued: %s" % reason, finished_at=utcnow(),
-            _step={"kind": "failed", "detail": "not enqueued: %s" % reason},  # app/replay.py NOT_ENQUEUED
+            error=NOT_ENQUEUED + reason, finished_at=utcnow(), _step={"kind": "failed", "detail": NOT_ENQUEUED + reason},
         )
 
 
@@ -241,13 +244,9 @@ def cancel_job(engine: Engine, job_id: str, user_id: int, actor: Optional[str] =
         if _transition(conn, job_id, [JobStatus.QUEUED], status=JobStatus.CANCELLED.value, finished_at=utcnow(),
                        _step={"kind": "cancelled", "actor": actor}):
             done = "cancelled"
-        else:
-            now = utcnow()
-            if conn.execute(update(jobs).where(
-                    jobs.c.id == job_id, jobs.c.status == JobStatus.RUNNING.value,
-                    jobs.c.cancel_requested_at.is_(None)).values(cancel_requested_at=now)).rowcount == 1:
-                history.record(conn, [history.event(job_id, "cancel_requested", now, actor=actor)])
-                done = "requested"
+        elif _transition(conn, job_id, [JobStatus.RUNNING], _uncancelled=True, cancel_requested_at=utcnow(),
+                         _step={"kind": "cancel_requested", "actor": actor}):
+            done = "requested"
     return get_job(engine, job_id), done
 
 

@@ -11,6 +11,7 @@ from sqlalchemy import and_, case, func, or_, select
 from sqlalchemy.engine import Engine
 
 from ..states import JobStatus
+from .jobs import NOT_ENQUEUED
 from .schema import job_events, jobs, users
 from .users import utcnow
 
@@ -48,7 +49,7 @@ def finished_per_minute(engine: Engine, minutes: int = 60) -> List[Tuple[int, in
 
 
 #: Failed jobs that were dead-lettered: all but those Kafka never took (their submit was a 503).
-_dead_lettered = or_(jobs.c.error.is_(None), ~jobs.c.error.like("not enqueued:%"))
+_dead_lettered = or_(jobs.c.error.is_(None), ~jobs.c.error.startswith(NOT_ENQUEUED, autoescape=True))
 
 
 def latest_failures(engine: Engine, limit: int = 20, job_type: Optional[str] = None) -> List[Dict[str, Any]]:

@@ -128,3 +128,15 @@ def test_the_chart_and_counts_follow_the_store(app, client, admin, worker):
     assert re.search(r'id="count-succeeded">5<', text)
     assert "(5 succeeded, 0 failed)" in text
     assert "0 min ago: 5 succeeded" in text
+
+
+def test_a_job_kafka_never_took_is_no_dead_letter(app, client, admin, placed):  # noqa: F811
+    engine = app.extensions["joblab_db"].engine
+    owner, _t, _ = issue_token(engine, "carol")
+    job = js.create_job(engine, owner, "fail", {"message": "x"})
+    js.mark_enqueue_failed(engine, job["id"], "kafka: KafkaTimeoutError")  # its submit was a 503
+    login(client, admin)
+    assert job["id"][:8] not in client.get("/dashboard").get_data(as_text=True)
+    answer = client.post("/dashboard/replay", data={"csrf": csrf_of(client.get("/dashboard")), "job_id": job["id"]})
+    assert "skipped" in answer.headers["Location"]
+    assert js.get_job(engine, job["id"])["status"] is JobStatus.FAILED
