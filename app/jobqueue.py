@@ -123,32 +123,27 @@ class JobQueue:
         """Produce every (key, value) without waiting in between, then wait for all the acks
         (one flush): per item, None once acknowledged, else why not. A bulk submit's messages
         share the producer's batches instead of one round trip each."""
-        return [error for error, _where in self.send_many_placed(topic, items)]
-
-    def send_many_placed(self, topic: str,
-                         items: List[Tuple[str, bytes]]) -> List[Tuple[Optional[str], Optional[Tuple[str, int, int, int]]]]:
-        """``send_many``, and, per acknowledged item, where its message is (as ``send`` says)."""
         try:
             producer = self._get_producer()
         except QueueUnavailable as exc:
-            return [(str(exc), None)] * len(items)
+            return [str(exc)] * len(items)
         futures: List[Any] = []
         for key, value in items:
             try:
                 futures.append(producer.send(topic, key=key.encode("utf-8"), value=value))
             except KafkaError as exc:
                 futures.append(exc)
-        outcome: List[Tuple[Optional[str], Optional[Tuple[str, int, int, int]]]] = []
+        outcome: List[Optional[str]] = []
         failed = False
         for f in futures:
             try:
                 if isinstance(f, KafkaError):
                     raise f
-                meta = f.get(timeout=self.timeout + 1)
-                outcome.append((None, (meta.topic, meta.partition, meta.offset, meta.timestamp)))
+                f.get(timeout=self.timeout + 1)
+                outcome.append(None)
             except KafkaError as exc:
                 failed = True
-                outcome.append(("kafka: %s" % exc.__class__.__name__, None))
+                outcome.append("kafka: %s" % exc.__class__.__name__)
         if failed:
             self._discard(producer)
         return outcome

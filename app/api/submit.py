@@ -91,16 +91,15 @@ def _not_enqueued(row: Dict[str, Any], reason: str) -> bool:
     return True
 
 
-def _enqueued(placed: List[Tuple[Dict[str, Any], Any]]) -> None:
-    """Kafka has these jobs' messages ((job row, where) each): counted. (Their `enqueued` step is
-    written by the worker's claim, from the record itself: app/store/jobs.py _claimed_steps.)"""
-    metrics.safely(lambda: _count_submitted(placed))
+def _enqueued(rows: List[Dict[str, Any]]) -> None:
+    """Kafka has these jobs' messages: counted. (Their `enqueued` step is written by the worker's
+    claim, from the record itself: app/store/jobs.py _claimed_steps.)"""
+    def count() -> None:
+        submitted = metrics.web().submitted
+        for row in rows:
+            submitted.labels(row["type"]).inc()
 
-
-def _count_submitted(placed: List[Tuple[Dict[str, Any], Any]]) -> None:
-    submitted = metrics.web().submitted
-    for row, _where in placed:
-        submitted.labels(row["type"]).inc()
+    metrics.safely(count)
 
 
 @bp.route("", methods=["POST"])
@@ -129,13 +128,13 @@ def create_job(body: Dict[str, Any]):
         return job_json(row), 202, dict(headers, **{"Idempotent-Replayed": "true"})
     queue = current_app.extensions["joblab_queue"]
     try:
-        where = queue.send(queue.topics.jobs, row["id"], encode_job(row["id"], row["type"], row["args"]))
+        queue.send(queue.topics.jobs, row["id"], encode_job(row["id"], row["type"], row["args"]))
     except QueueUnavailable as exc:
         if _not_enqueued(row, str(exc)):
             api_abort(503, "job queue unavailable, job not accepted; try again later", id=row["id"])
         api_abort(503, "job queue unavailable; the job is recorded and will run once a worker finds it "
                   "stranded (GET /v1/jobs/%s says when)" % row["id"], id=row["id"])
-    _enqueued([(row, where)])
+    _enqueued([row])
     log.info("job %s: queued (%s) for user %r", row["id"], row["type"], g.user_name)
     return job_json(row), 202, headers
 
@@ -166,10 +165,8 @@ def create_jobs_batch(body: Dict[str, Any]):
     if replayed:
         return {"jobs": [job_json(r) for r in rows]}, 202, {"Idempotent-Replayed": "true"}
     queue = current_app.extensions["joblab_queue"]
-    placed = queue.send_many_placed(queue.topics.jobs, [(r["id"], encode_job(r["id"], r["type"], r["args"]))
-                                                        for r in rows])
-    errors = [error for error, _where in placed]
-    _enqueued([(r, where) for r, (error, where) in zip(rows, placed) if error is None])
+    errors = queue.send_many(queue.topics.jobs, [(r["id"], encode_job(r["id"], r["type"], r["args"])) for r in rows])
+    _enqueued([r for r, error in zip(rows, errors) if error is None])
     for row, error in zip(rows, errors):
         if error is not None:
             _not_enqueued(row, error)
