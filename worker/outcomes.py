@@ -8,6 +8,7 @@ finished the job meanwhile) writes and sends nothing."""
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from app import metrics
@@ -90,7 +91,9 @@ class Outcomes:
         except Exception as exc:  # a type's backoff function that fails: the settings' backoff
             log.warning("backoff of %r failed (%s); using the default", job_type, exc.__class__.__name__)
             seconds = defaults.backoff_seconds(attempt, self.backoff, self.backoff_max)
-        return min(self.backoff_max, max(0.0, seconds)) if seconds == seconds else self.backoff
+        if math.isnan(seconds):  # a type's function that answered NaN: the settings' first delay
+            return self.backoff
+        return min(self.backoff_max, max(0.0, seconds))
 
     def succeeded_many(self, outcomes: List[Tuple[str, str]]) -> List[str]:
         """``succeeded`` for many jobs ((job id, result JSON) each) in ONE transaction: their state
