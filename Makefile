@@ -7,7 +7,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 export ARTIFACT_CACHE ?= $(CURDIR)/.cache/artifacts
 
-SHELL_SCRIPTS := $(wildcard dockerfile/*.sh provision/*.sh provision/lib/*.sh provision/host/*.sh devops/*.sh devops/init.d/* devops/joblab-exec tests/*.sh .ci/run)
+SHELL_SCRIPTS := $(wildcard dockerfile/*.sh provision/*.sh provision/lib/*.sh provision/host/*.sh devops/*.sh devops/init.d/* devops/joblab-exec devops/joblab-lb tests/*.sh .ci/run)
 
 # The lab (see lab.yml, Vagrantfile, docs/lab.md).
 export LAB_HTTP_PORT ?= 8080
@@ -16,7 +16,7 @@ APP_SOURCES := $(shell git ls-files app worker pyproject.toml 2>/dev/null)
 
 .PHONY: help venv kafka-jars host-deps-run host-deps-test host-deps-bench run test unit integration unit-integration lint clean \
         app-wheel lab lab-user infra-test lab-idempotence lab-deploy-test lab-suite lab-destroy lab-ssh-config \
-        drills bench container container-test
+        drills bench container container-test cluster-test cluster-suite
 
 help: ## this list
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -97,6 +97,12 @@ lab-idempotence: venv lab-ssh-config ## re-provision the running lab and prove n
 lab-deploy-test: venv lab-ssh-config ## fab deploy/rollback/scale under HTTP load: 0 failed requests, no orphans, no lost job
 	$(PY) -m pytest -p no:cacheprovider tests/infra --ssh-config=.vagrant/ssh-config -m deploy
 
+cluster-test: venv lab-ssh-config ## the running cluster lab: each role, rolling deploy/rollback under load, re-provision changes nothing
+	$(PY) -m pytest -p no:cacheprovider tests/cluster tests/infra/test_idempotence.py --ssh-config=.vagrant/ssh-config
+
+cluster-suite: ## LAB_TOPOLOGY=cluster make lab, cluster-test, cluster drills, destroy (fails if it cannot run here, unless ALLOW_SKIP_LAB=1)
+	provision/host/cluster-suite.sh
+
 lab-suite: ## make lab, infra tests, idempotence check, deploy test, drills on the lab, destroy (fails if the lab cannot run here, unless ALLOW_SKIP_LAB=1)
 	provision/host/lab-suite.sh
 
@@ -116,8 +122,9 @@ $(BENCH_VENV)/.installed: pyproject.toml tests/bench/requirements.txt
 bench: host-deps-bench venv kafka-jars $(BENCH_VENV)/.installed ## HTTP (wrk), pipeline vs Celery + Redis, lab timings: tables + var/bench/bench.png (BENCH_LAB=0 skips the lab)
 	$(BENCH_VENV)/bin/python -m tests.bench $(BENCH_ARGS)
 
-lab-destroy: ## remove the lab machines (base image and artifact cache stay)
+lab-destroy: ## remove the lab machines, of either topology (base image and artifact cache stay)
 	vagrant destroy -f
+	rm -f .vagrant/lab-topology
 
 clean: ## remove the venvs and local state (the artifact cache stays)
 	rm -rf $(VENV) $(BENCH_VENV) var .pytest_cache

@@ -1,17 +1,22 @@
 """Fabric tasks for the lab's machines and for any SSH host (a real RHEL server included).
 
-Hosts: `app` and `sidecar` from `vagrant ssh-config` by default (`make lab` writes it to
-.vagrant/ssh-config; fabric.yaml points Fabric at it); any host with `fab -H host TASK`.
+Hosts: the lab's machines from `vagrant ssh-config` by default (`make lab` writes it to
+.vagrant/ssh-config; fabric.yaml points Fabric at it): `app` and `sidecar`, or in the cluster
+topology `lb`, `app1`..`appN`, `kafka1`..`kafka3`, `db`; any host with `fab -H host TASK`. Tasks for
+the app run on every app machine, one after another.
 
-    fab status                    services, supervisor programs, gunicorn workers, /readyz, lag
+    fab status                    services, supervisor programs, gunicorn workers, /readyz, lag; in
+                                  the cluster also brokers, under-replicated partitions, the quorum
     fab logs [--follow] [--lines=N]
     fab restart [--hard]          graceful (nginx reload, gunicorn HUP, workers finish their job)
     fab scale --web=+1|-1|N       TTIN/TTOU on the gunicorn master
     fab scale --workers=N         job worker processes, at most the jobs topic's partitions; kept as
                                   LAB_JOB_WORKERS in lab.local.yml, so a re-provision keeps it
-    fab deploy [--source=DIR]     build, upload, migrate, switch `current`, USR2 reload, health check
+    fab deploy [--source=DIR]     build, upload, migrate, switch `current`, USR2 reload, health check;
+                                  in the cluster a rolling deploy: each app node is drained on the
+                                  load balancer first and serves again once healthy
     fab rollback                  back to the previous release, same graceful path
-    fab provision [--role=app|sidecar]   run provision/*.sh on the host, as on the lab machines
+    fab provision [--role=ROLE]   run provision/*.sh on the host, as on the lab machines
 
 Errors are one line with the cause and exit non-zero (invoke's Exit). Helpers: the fablib package.
 """
@@ -27,9 +32,10 @@ from invoke.exceptions import Exit, UnexpectedExit
 
 from fablib import REPO_ROOT as ROOT
 from fablib import labfile
+from fablib.cluster import PORTS, SERVICES, drained, kafka_health, quorum_state
 from fablib.releases import (KEEP_RELEASES, DeployError, activate, build_wheel, install_release, list_releases,
                              prune_releases, remove_release, wheel_version)
-from fablib.remote import (APP_USER, LAB_HOSTS, LOGS, SUPERVISORCTL, capped_workers, consumer_lag, env_value,
+from fablib.remote import (APP_HOSTS, APP_USER, LAB_HOSTS, LOGS, SUPERVISORCTL, capped_workers, consumer_lag, env_value,
                            gunicorn_master_pid, gunicorn_worker_count, http_get, name_of, store_extra,
                            one_line_errors, parse_supervisor_status, restart_job_workers, role_of,
                            signal_app_process, wait_for_worker_count, web_scale_signals)
@@ -42,14 +48,19 @@ def status(c):
     """One screen per host: services, supervisor programs, gunicorn workers, version, readiness, lag."""
     role = role_of(c)
     print("== %s (%s)" % (name_of(c), role))
-    services = ["nginx", "supervisord"] if role == "app" else ["kafka", "postgresql"]
-    for name in services:
+    for name in SERVICES[role]:
         res = c.sudo("service %s status" % name, hide=True, warn=True)
         print("  service %-12s %s" % (name, "running" if res.ok else "NOT running (exit %d)" % res.exited))
+    if role == "lb":
+        for line in c.sudo("/usr/local/sbin/joblab-lb status", hide=True).stdout.splitlines():
+            print("  app node  %s" % line)
+        return
     if role != "app":
-        for port in (9092, 5432):
+        for port in PORTS[role]:
             ok = c.run("timeout 3 bash -c '</dev/tcp/127.0.0.1/%d'" % port, hide=True, warn=True).ok
             print("  port %-5d %s" % (port, "listening" if ok else "CLOSED"))
+        if role in ("kafka", "sidecar"):
+            print("  quorum    %s" % quorum_state(c))
         return
     programs = parse_supervisor_status(c.sudo(SUPERVISORCTL + " status", hide=True, warn=True).stdout)
     for name, state in programs:
@@ -61,6 +72,7 @@ def status(c):
     print("  /v1/info  %s" % http_get(c, "/v1/info"))
     print("  /readyz   %s" % http_get(c, "/readyz"))
     print("  consumer group workers, lag on jobs: %s" % consumer_lag(c))
+    print("  kafka     %s" % kafka_health(c))
 
 
 @task(hosts=LAB_HOSTS)
@@ -72,7 +84,7 @@ def logs(c, follow=False, lines=50):
            warn=not follow, pty=follow)
 
 
-@task(hosts=["app"])
+@task(hosts=APP_HOSTS)
 @one_line_errors
 def restart(c, hard=False):
     """Graceful: nginx reload, gunicorn HUP, job workers finish their job. --hard: the seed's way."""
@@ -96,7 +108,7 @@ def restart(c, hard=False):
     print("%s: nginx reloaded, gunicorn workers re-forked, job workers restarted" % name_of(c))
 
 
-@task(hosts=["app"], optional=["web", "workers"])
+@task(hosts=APP_HOSTS, optional=["web", "workers"])
 @one_line_errors
 def scale(c, web=None, workers=None):
     """--web=+1|-1|N: gunicorn workers (TTIN/TTOU on the master); --workers=N: job workers."""
@@ -134,11 +146,18 @@ def scale(c, web=None, workers=None):
         print("%s: %d job workers (LAB_JOB_WORKERS=%d in lab.local.yml: a re-provision keeps it)" % (name_of(c), n, n))
 
 
-@task(hosts=["app"], optional=["source"])
+@task(hosts=APP_HOSTS, optional=["source"])
 @one_line_errors
 def deploy(c, source=ROOT, keep=KEEP_RELEASES):
     """Build the app from a working tree (--source, default this one), install it as a new release,
-    migrate, switch `current`, reload gracefully; on failure restore the previous release."""
+    migrate, switch `current`, reload gracefully; on failure restore the previous release. Behind
+    the cluster's load balancer: the node is drained first and put back once it answers healthy;
+    a failed node stays drained (and the deploy stops there: the other nodes keep the old release)."""
+    with drained(c):
+        _deploy(c, source, keep)
+
+
+def _deploy(c, source, keep):
     started = time.monotonic()
     wheel = build_wheel(source)
     version = wheel_version(wheel)
@@ -178,10 +197,16 @@ def deploy(c, source=ROOT, keep=KEEP_RELEASES):
     print("%s: deployed %s (release %s) in %.0f s" % (name_of(c), version, name, time.monotonic() - started))
 
 
-@task(hosts=["app"])
+@task(hosts=APP_HOSTS)
 @one_line_errors
 def rollback(c):
-    """Serve the release that was current before the last deploy (or rollback) again."""
+    """Serve the release that was current before the last deploy (or rollback) again (drained on
+    the cluster's load balancer meanwhile, like a deploy)."""
+    with drained(c):
+        _rollback(c)
+
+
+def _rollback(c):
     names, current, target = list_releases(c)
     if target is None or target not in names or target == current:
         raise Exit("fab: %s: no previous release to roll back to (current: %s)" % (name_of(c), current))
@@ -198,10 +223,12 @@ def rollback(c):
 def provision(c, role=None):
     """Run the provision/*.sh scripts of a role (lab.yml order) on any SSH host, as root via sudo."""
     lab = labfile.load()
-    role = role or (name_of(c) if name_of(c) in lab["machines"] else None)
-    if role not in lab["machines"]:
-        raise Exit("fab: provision needs --role=app|sidecar for host %s" % name_of(c))
-    provision_role(c, role, lab["machines"][role]["provision"])
+    roles = {m.get("role", name): m["provision"] for name, m in lab["machines"].items()}
+    if role is None and name_of(c) in lab["machines"]:
+        role = lab["machines"][name_of(c)].get("role", name_of(c))
+    if role not in roles:
+        raise Exit("fab: provision needs --role=%s for host %s" % ("|".join(roles), name_of(c)))
+    provision_role(c, role, roles[role])
     print("%s: provisioned as %s" % (name_of(c), role))
 
 
@@ -209,10 +236,13 @@ def provision_role(c, role, scripts):
     """Run provision/<script>.sh for ``scripts`` of ``role`` with lab.yml's resolved settings."""
     lab = labfile.load()
     env = labfile.settings(lab)
-    # The machines' addresses: LAB_*_HOST for any host, else the lab's (same overrides as the Vagrantfile).
-    for machine in ("sidecar", "app"):
-        up = machine.upper()
-        env["LAB_%s_HOST" % up] = os.environ.get("LAB_%s_HOST" % up) or labfile.machine_ip(machine, lab)
+    # The machines' addresses and the Kafka layout, as the Vagrantfile hands them out; LAB_*_HOST(S)
+    # in the environment win (any host: say where its database and brokers are).
+    for name, value in labfile.provision_env(lab).items():
+        env[name] = os.environ.get(name) or value
+    if name_of(c) in lab["machines"]:
+        env.update(LAB_MACHINE=name_of(c), LAB_ROLE=lab["machines"][name_of(c)].get("role", role),
+                   LAB_SELF_HOST=labfile.machine_ip(name_of(c), lab))
     if c.run("test -f /vagrant/provision/lib/common.sh", hide=True, warn=True).ok:
         # A lab machine: the repository is already there (and the handoff dir).
         run_provision_scripts(c, scripts, dict(env, LAB_ROOT="/vagrant"))

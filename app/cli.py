@@ -1,7 +1,8 @@
 """Admin commands: ``flask --app app users create|revoke|list``, ``db upgrade``, ``kafka
-create-topics``, ``jobs audit``, ``jobs replay``."""
+create-topics|health``, ``jobs audit``, ``jobs replay``."""
 from __future__ import annotations
 
+import json
 import re
 from datetime import datetime, timedelta
 from typing import Any, Optional
@@ -128,8 +129,24 @@ def kafka_create_topics() -> None:
 
     cfg = current_app.config
     topics = Topics.with_prefix(cfg["KAFKA_TOPIC_PREFIX"])
-    ensure_topics(cfg["KAFKA_BOOTSTRAP"], topics, int(cfg["KAFKA_PARTITIONS"]))
+    ensure_topics(cfg["KAFKA_BOOTSTRAP"], topics, int(cfg["KAFKA_PARTITIONS"]), replication=int(cfg["KAFKA_REPLICATION"]))
     click.echo("topics ready: %s" % ", ".join(topics.all()))
+
+
+@kafka_cli.command("health")
+def kafka_health() -> None:
+    """One JSON line: brokers, controller, partitions, under-replicated and offline ones, the
+    fewest replicas of any, members of the workers' group, and how many partitions of the job
+    topics each broker leads."""
+    from .kafkahealth import group_members, leaders, replication_health
+    from .topics import Topics
+
+    cfg = current_app.config
+    health = replication_health(cfg["KAFKA_BOOTSTRAP"])
+    health["workers"] = group_members(cfg["KAFKA_BOOTSTRAP"], cfg["KAFKA_GROUP"])
+    health["leaders"] = {str(k): v for k, v in sorted(leaders(
+        cfg["KAFKA_BOOTSTRAP"], list(Topics.with_prefix(cfg["KAFKA_TOPIC_PREFIX"]).all())).items())}
+    click.echo(json.dumps(health, sort_keys=True))
 
 
 @jobs_cli.command("audit")

@@ -21,6 +21,9 @@ DEFAULTS: Dict[str, Any] = {
     "KAFKA_GROUP": "workers",
     # Partitions of the jobs topic: the ceiling on parallel job workers.
     "KAFKA_PARTITIONS": 4,
+    # Replicas of each job topic when `flask kafka create-topics` makes it (the lab's cluster: 3;
+    # the brokers' min.insync.replicas decides how many an acknowledged job is on).
+    "KAFKA_REPLICATION": 1,
     # How long a request waits for Kafka to acknowledge a job (acks=all) before answering 503.
     "KAFKA_SEND_TIMEOUT": 10.0,
     # Milliseconds a produced record waits for others to share its request to Kafka (the API's and

@@ -27,6 +27,12 @@ class QueueUnavailable(Exception):
 #: finished; 1 s brings them back within a second of it (measured by `make drills`).
 RECONNECT_BACKOFF_MAX_MS = 1000
 
+#: What a send may raise when Kafka does not take a message. RuntimeError too: requests share one
+#: producer per process, and when one request's failure replaces it (``_discard``), another one
+#: still using the closed producer gets kafka-python's "NetworkSelector closed!" (seen in the
+#: cluster drills, a broker cut off the network: it was a 500).
+SEND_ERRORS = (KafkaError, RuntimeError)
+
 
 def make_producer(bootstrap: str, timeout: float, linger_ms: float = 0) -> KafkaProducer:
     """acks=all + idempotence: an acknowledged job is on every in-sync replica, written once."""
@@ -94,7 +100,7 @@ class JobQueue:
             future = producer.send(topic, key=key.encode("utf-8"), value=value, headers=headers or None)
             meta = future.get(timeout=self.timeout + 1)
             return meta.topic, meta.partition, meta.offset, meta.timestamp
-        except KafkaError as exc:
+        except SEND_ERRORS as exc:
             self._discard(producer)
             raise QueueUnavailable("kafka: %s" % (exc.__class__.__name__,)) from exc
 
@@ -105,7 +111,7 @@ class JobQueue:
         producer = self._get_producer()
         try:
             return producer, producer.send(topic, key=key.encode("utf-8"), value=value, headers=headers or None)
-        except KafkaError as exc:
+        except SEND_ERRORS as exc:
             self._discard(producer)
             raise QueueUnavailable("kafka: %s" % (exc.__class__.__name__,)) from exc
 
@@ -115,7 +121,7 @@ class JobQueue:
         producer, future = pending
         try:
             future.get(timeout=self.timeout + 1 if timeout is None else max(0.0, timeout))
-        except KafkaError as exc:
+        except SEND_ERRORS as exc:
             self._discard(producer)
             raise QueueUnavailable("kafka: %s" % (exc.__class__.__name__,)) from exc
 
@@ -131,17 +137,17 @@ class JobQueue:
         for key, value in items:
             try:
                 futures.append(producer.send(topic, key=key.encode("utf-8"), value=value))
-            except KafkaError as exc:
+            except SEND_ERRORS as exc:
                 futures.append(exc)
         outcome: List[Optional[str]] = []
         failed = False
         for f in futures:
             try:
-                if isinstance(f, KafkaError):
+                if isinstance(f, SEND_ERRORS):
                     raise f
                 f.get(timeout=self.timeout + 1)
                 outcome.append(None)
-            except KafkaError as exc:
+            except SEND_ERRORS as exc:
                 failed = True
                 outcome.append("kafka: %s" % exc.__class__.__name__)
         if failed:

@@ -39,8 +39,10 @@ class Topics:
         return (self.jobs, self.retry, self.succeeded, self.failed, self.dead)
 
 
-def ensure_topics(bootstrap: str, topics: Topics, partitions: int, timeout: float = 30.0) -> None:
-    """Create any missing topic (the broker does not auto-create them), then wait until all exist."""
+def ensure_topics(bootstrap: str, topics: Topics, partitions: int, timeout: float = 30.0,
+                  replication: int = 1) -> None:
+    """Create any missing topic (the broker does not auto-create them) with ``replication``
+    replicas, then wait until all exist. An existing topic is left as it is."""
     admin = KafkaAdminClient(
         bootstrap_servers=bootstrap.split(","),
         client_id="joblab-admin",
@@ -53,10 +55,11 @@ def ensure_topics(bootstrap: str, topics: Topics, partitions: int, timeout: floa
         if missing:
             try:
                 admin.create_topics(
-                    [NewTopic(name=t, num_partitions=partitions, replication_factor=1) for t in missing],
+                    [NewTopic(name=t, num_partitions=partitions, replication_factor=replication)
+                     for t in missing],
                     timeout_ms=int(timeout * 1000),
                 )
-                log.info("created topics %s (%d partitions)", ", ".join(missing), partitions)
+                log.info("created topics %s (%d partitions, %d replicas)", ", ".join(missing), partitions, replication)
             except TopicAlreadyExistsError:
                 pass  # another process won the race; fine
         admin.wait_for_topics(list(topics.all()), timeout_ms=int(timeout * 1000))

@@ -2,7 +2,9 @@
 `python -m fablib.labfile get NAME`): the same rules as the Vagrantfile's: this checkout's
 lab.local.yml (gitignored; `fab scale --workers` writes it) overrides lab.yml's settings, an
 environment variable named after a setting beats both, an empty one counts as unset, and a
-machine's address is its provider's subnet with the machine's `host` number."""
+machine's address is its provider's subnet with the machine's `host` number. The topology (`app` or
+`cluster`) is LAB_TOPOLOGY, else the running lab's (.vagrant/lab-topology), else lab.yml's; for the
+cluster, `machines` is the `cluster:` block's, expanded (kafka1..3, app1..N)."""
 from __future__ import annotations
 
 import glob
@@ -17,6 +19,10 @@ import yaml
 from . import REPO_ROOT
 
 PROVIDERS = ("docker", "virtualbox", "libvirt")
+TOPOLOGIES = ("app", "cluster")
+#: The topology the running lab was booted with (provision/host/lab-up.sh writes it, `make
+#: lab-destroy` removes it); the Vagrantfile reads it by the same rule.
+TOPOLOGY_FILE = os.path.join(REPO_ROOT, ".vagrant", "lab-topology")
 
 
 LOCAL_FILE = os.path.join(REPO_ROOT, "lab.local.yml")
@@ -24,13 +30,56 @@ LOCAL_FILE = os.path.join(REPO_ROOT, "lab.local.yml")
 
 def load() -> Dict[str, Any]:
     """lab.yml, its settings overlaid with lab.local.yml's (settings lab.yml has, only)."""
-    with open(os.path.join(REPO_ROOT, "lab.yml")) as fh:
-        lab = yaml.safe_load(fh)
+    lab = load_raw()
     for name, value in local_settings().items():
         if name not in lab["settings"]:
             raise SystemExit("lab.local.yml: %s is not a setting of lab.yml" % name)
         lab["settings"][name] = value
+    lab["topology"] = topology(lab)
+    if lab["topology"] == "cluster":
+        lab["machines"] = cluster_machines(lab)
     return lab
+
+
+def recorded_topology() -> Optional[str]:
+    try:
+        with open(TOPOLOGY_FILE) as fh:
+            return fh.read().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def topology(lab: Dict[str, Any]) -> str:
+    chosen = setting("LAB_TOPOLOGY", None) or recorded_topology() or lab["topology"]
+    if chosen not in TOPOLOGIES:
+        raise SystemExit("LAB_TOPOLOGY=%s is not one of: %s" % (chosen, ", ".join(TOPOLOGIES)))
+    return chosen
+
+
+def cluster_machines(lab: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
+    """The cluster block's machines, in order, a `count` expanded: kafka -> kafka1..kafka3 at hosts
+    host..host+count-1. A count may name a setting (LAB_APP_NODES), resolved like any other."""
+    resolved = settings(lab)
+    out: Dict[str, Dict[str, Any]] = {}
+    for name, m in lab["cluster"]["machines"].items():
+        count = m.get("count")
+        if count is None:
+            out[name] = dict(m)
+            continue
+        raw = resolved.get(count, count) if isinstance(count, str) else count
+        if not str(raw).isdigit() or not 1 <= int(raw) <= 9:
+            raise SystemExit("%s must be 1-9 machines (got %r)" % (count, raw))
+        for i in range(int(raw)):
+            one = {k: v for k, v in m.items() if k != "count"}
+            one["host"] = int(m["host"]) + i
+            out["%s%d" % (name, i + 1)] = one
+    return out
+
+
+def with_role(role: str, lab: Optional[Dict[str, Any]] = None) -> List[str]:
+    """Names of the machines of ``role`` (app, sidecar, kafka, db, lb), in lab.yml's order."""
+    lab = lab or load()
+    return [name for name, m in lab["machines"].items() if m.get("role", name) == role]
 
 
 def local_settings() -> Dict[str, Any]:
@@ -95,13 +144,57 @@ def machine_ip(name: str, lab: Optional[Dict[str, Any]] = None, on: Optional[str
     if override:
         return override
     net = ipaddress.ip_network(setting("LAB_SUBNET", lab["subnet"][on or provider(lab)]))
-    return str(net.network_address + int(lab["machines"][name]["host"]))
+    machines = lab["machines"]
+    if name not in machines:
+        # A machine of the other topology (names never repeat across them): its address all the
+        # same, e.g. for a config rendered for the other shape than the one running.
+        other = cluster_machines(lab) if lab.get("topology") != "cluster" else load_raw()["machines"]
+        machines = other
+    return str(net.network_address + int(machines[name]["host"]))
+
+
+def load_raw() -> Dict[str, Any]:
+    with open(os.path.join(REPO_ROOT, "lab.yml")) as fh:
+        return yaml.safe_load(fh)
+
+
+def provision_env(lab: Optional[Dict[str, Any]] = None) -> Dict[str, str]:
+    """The machines' addresses and the Kafka layout every provision script gets: what the
+    Vagrantfile computes for PROVISION_ENV (tests/infra/test_vagrantfile.py compares the two)."""
+    lab = lab or load()
+    ips = {name: machine_ip(name, lab) for name in lab["machines"]}
+    cluster = lab["topology"] == "cluster"
+
+    def of(role: str) -> List[str]:
+        return [ips[name] for name in with_role(role, lab)]
+
+    db = (of("db") if cluster else of("sidecar"))[0]
+    env = {
+        "LAB_TOPOLOGY": lab["topology"],
+        "LAB_SIDECAR_HOST": db,
+        "LAB_APP_HOST": of("app")[0],
+        "LAB_APP_HOSTS": ",".join(of("app")),
+        "LAB_KAFKA_HOSTS": ",".join(of("kafka") if cluster else of("sidecar")),
+        "LAB_DB_HOST": db,
+        "LAB_LB_HOST": (of("lb") or [""])[0],
+        "LAB_KAFKA_REPLICATION": str(lab["cluster"]["kafka_replication"] if cluster else 1),
+        "LAB_KAFKA_MIN_ISR": str(lab["cluster"]["kafka_min_isr"] if cluster else 1),
+    }
+    return env
 
 
 def main(argv: List[str]) -> int:
-    """`python -m fablib.labfile get NAME`: a setting's resolved value (for shell scripts and make)."""
+    """`python -m fablib.labfile get NAME`: a setting's resolved value (for shell scripts and make);
+    `... topology`: the lab's topology; `... role ROLE`: its machines of that role, one a line."""
+    if argv == ["topology"]:
+        print(load()["topology"])
+        return 0
+    if len(argv) == 2 and argv[0] == "role":
+        names = with_role(argv[1])
+        print("\n".join(names))
+        return 0 if names else 1
     if len(argv) != 2 or argv[0] != "get":
-        print("usage: python -m fablib.labfile get NAME", file=sys.stderr)
+        print("usage: python -m fablib.labfile get NAME | topology | role ROLE", file=sys.stderr)
         return 2
     resolved = settings()
     if argv[1] not in resolved:

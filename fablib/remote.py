@@ -9,18 +9,37 @@ import shlex
 import socket
 from typing import Any, Callable, List, Optional, Tuple
 
+from fabric import Connection
 from invoke.exceptions import Exit, UnexpectedExit
 from paramiko.ssh_exception import AuthenticationException, SSHException
 
 from . import labfile
 
-LAB_HOSTS = ["app", "sidecar"]
+def _own_connect_kwargs(resolve: Callable[..., Any]) -> Callable[..., Any]:
+    """Fabric 3.2 writes each host's IdentityFile into the connect_kwargs dict its connections
+    share when a Connection is given none of its own: every later host then offers all earlier
+    hosts' keys first, and sshd's MaxAuthTries (6) refuses the 7th machine of the cluster lab. Each
+    connection gets its own dict (its key list starting empty: the config's keys still come first)."""
+    @functools.wraps(resolve)
+    def wrapper(self: Any, connect_kwargs: Any = None) -> Any:
+        return resolve(self, connect_kwargs or dict(self.config.connect_kwargs, key_filename=[]))
+    return wrapper
+
+
+Connection.resolve_connect_kwargs = _own_connect_kwargs(Connection.resolve_connect_kwargs)
+
+#: The lab's machines (lab.yml, in the running lab's topology): all of them, and the app ones.
+LAB_HOSTS = list(labfile.load()["machines"])
+APP_HOSTS = labfile.with_role("app")
 ENV_FILE = "/etc/joblab/joblab.env"
 SUPERVISORCTL = "supervisorctl -c /etc/supervisord.conf"
 LOGS = {
     "app": ["/var/log/nginx/access.log", "/var/log/nginx/error.log", "/var/log/joblab/web-error.log",
             "/var/log/joblab/joblab-worker-*.log", "/var/log/supervisor/supervisord.log"],
     "sidecar": ["/var/log/kafka/server.log", "/var/log/postgresql/postgresql-*-main.log"],
+    "kafka": ["/var/log/kafka/server.log"],
+    "db": ["/var/log/postgresql/postgresql-*-main.log"],
+    "lb": ["/var/log/nginx/access.log", "/var/log/nginx/error.log"],
 }
 
 
@@ -54,12 +73,16 @@ def one_line_errors(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def role_of(c: Any) -> str:
-    """app or sidecar, from what is installed there (works for any host, not only the lab's)."""
-    probe = c.run("test -x /etc/init.d/supervisord && echo app; test -x /etc/init.d/kafka && echo sidecar; true",
-                  hide=True, warn=True).stdout.split()
-    if not probe:
-        raise Exit("fab: %s: neither joblab app nor sidecar is provisioned there (fab provision)" % name_of(c))
-    return probe[0]
+    """app, sidecar (Kafka and the database), kafka, db or lb, from what is installed there (works
+    for any host, not only the lab's)."""
+    probe = set(c.run("test -x /etc/init.d/supervisord && echo app; test -x /etc/init.d/kafka && echo kafka; "
+                      "{ test -x /etc/init.d/postgresql || test -d /opt/mssql; } && echo db; "
+                      "test -x /usr/local/sbin/joblab-lb && echo lb; true", hide=True, warn=True).stdout.split())
+    for role, needs in (("app", {"app"}), ("sidecar", {"kafka", "db"}), ("kafka", {"kafka"}), ("db", {"db"}),
+                        ("lb", {"lb"})):
+        if needs <= probe:
+            return role
+    raise Exit("fab: %s: no joblab role is provisioned there (fab provision)" % name_of(c))
 
 
 # -- pure helpers (unit-tested) -------------------------------------------------------------

@@ -17,8 +17,10 @@
 #   LAB_METRICS_DIR        JOBLAB_METRICS_DIR: the app processes' metric files; made by the app user
 #                          itself (root never acts in a directory that user controls), mode 0750
 # Context (environment):
+#   LAB_DB_HOST, LAB_KAFKA_HOSTS   the results database and the brokers (default: the sidecar)
+#   LAB_KAFKA_REPLICATION  replicas of the job topics it creates (default 1)
 #   LAB_DB_KIND            postgresql (default on Debian) | mssql (default on RHEL): the results store
-#                          on the sidecar; sqlite: a file in the app user's home (the all-in-one container)
+#                          on the sidecar or db; sqlite: a file in the app user's home (the all-in-one container)
 #   LAB_APP_SOURCE         run the code in this directory (a mounted working tree: the container's
 #                          development variant) instead of the installed release
 #   LAB_SKIP_REMOTE=1      skip the steps that need the sidecar (schema migration, topic creation)
@@ -46,6 +48,18 @@ RELEASE_TOOL=/usr/local/sbin/joblab-release
 SECRETS="$LAB_ETC/secrets"
 ENV_FILE="$LAB_ETC/joblab.env"
 SUPERVISORCTL=(/usr/local/envs/supervisor/bin/supervisorctl -c /etc/supervisord.conf)
+# The results database and the Kafka brokers: the sidecar, or the cluster's db and kafka1..3.
+DB_HOST="${LAB_DB_HOST:-$LAB_SIDECAR_HOST}"
+
+# host:9092 of every broker, comma-separated: clients bootstrap from all of them.
+kafka_bootstrap() {
+    local hosts=() h out=""
+    IFS=', ' read -r -a hosts <<<"${LAB_KAFKA_HOSTS:-$LAB_SIDECAR_HOST}"
+    for h in "${hosts[@]}"; do
+        out+="${out:+,}$h:9092"
+    done
+    printf '%s' "$out"
+}
 
 check_settings() {
     [[ "${LAB_LOG_LEVEL^^}" =~ ^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$ ]] \
@@ -131,9 +145,9 @@ database_url() {
         <"$SECRETS/db-password")" || die "cannot read $SECRETS/db-password"
     [[ -n "$pw" ]] || die "$SECRETS/db-password is empty"
     if [[ "$LAB_DB_KIND" == mssql ]]; then
-        echo "mssql+pymssql://$DB_USER:$pw@$LAB_SIDECAR_HOST:1433/$DB_NAME"
+        echo "mssql+pymssql://$DB_USER:$pw@$DB_HOST:1433/$DB_NAME"
     else
-        echo "postgresql+psycopg://$DB_USER:$pw@$LAB_SIDECAR_HOST:5432/$DB_NAME"
+        echo "postgresql+psycopg://$DB_USER:$pw@$DB_HOST:5432/$DB_NAME"
     fi
 }
 
@@ -163,7 +177,7 @@ prepare_remote() {
     local out step
     for step in "db upgrade" "kafka create-topics"; do
         if ! out="$(as_app_user "/usr/local/bin/joblab-exec flask --app app $step" 2>&1)"; then
-            die "flask $step failed (sidecar $LAB_SIDECAR_HOST reachable? LAB_SKIP_REMOTE=1 skips this step):
+            die "flask $step failed (database $DB_HOST and Kafka ${LAB_KAFKA_HOSTS:-$LAB_SIDECAR_HOST} reachable? LAB_SKIP_REMOTE=1 skips this step):
 $out"
         fi
     done
@@ -212,8 +226,9 @@ render_template "$DEVOPS/joblab.env" "$ENV_FILE" 640 "root:$LAB_APP_USER" \
     "ENV_PREFIX=$LAB_ENV_PREFIX" \
     "APP_HOME=$APP_HOME" \
     "DATABASE_URL=$db_url" \
-    "KAFKA_BOOTSTRAP=$LAB_SIDECAR_HOST:9092" \
+    "KAFKA_BOOTSTRAP=$(kafka_bootstrap)" \
     "KAFKA_PARTITIONS=$LAB_KAFKA_PARTITIONS" \
+    "KAFKA_REPLICATION=${LAB_KAFKA_REPLICATION:-1}" \
     "LOG_LEVEL=$LAB_LOG_LEVEL" \
     "JOB_MAX_SECONDS=$LAB_JOB_MAX_SECONDS" \
     "METRICS_DIR=$LAB_METRICS_DIR" \

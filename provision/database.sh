@@ -3,7 +3,8 @@
 # is generated here once (/etc/joblab/secrets/db-password) and handed to the app machine through the
 # host-shared dir $LAB_HANDOFF (db-password, 0600; never printed).
 #   Debian/Ubuntu (the docker lab): PostgreSQL from the distribution, its own init.d script enabled,
-#     listening on the lab network; pg_hba.conf admits joblab from $LAB_APP_HOST, the sidecar itself
+#     listening on the lab network; pg_hba.conf admits joblab from every app machine ($LAB_APP_HOSTS,
+#     else $LAB_APP_HOST), the database machine itself ($LAB_SIDECAR_HOST)
 #     and 127.0.0.1 (plus $LAB_DB_EXTRA_CIDR, e.g. a test host), scram-sha-256 only.
 #   RHEL 8/9 (VM providers; thin, untested here): Microsoft SQL Server 2022 Developer from Microsoft's
 #     repos, set up unattended with a generated SA password, login/user/database joblab via sqlcmd.
@@ -119,9 +120,12 @@ EOF
 write_hba_conf() {
     local hba="/etc/postgresql/$PG_VERSION/$PG_CLUSTER/pg_hba.conf" tmp rc=1
     local begin="# BEGIN joblab (provision/database.sh)" end="# END joblab"
-    local app_addr sidecar_addr extra_addrs=() extra
+    local app_addrs=() sidecar_addr extra_addrs=() extra i
     # Validated before anything is written (die in a command substitution would only end a subshell).
-    app_addr="$(hba_address "$LAB_APP_HOST")"
+    IFS=', ' read -r -a app_addrs <<<"${LAB_APP_HOSTS:-$LAB_APP_HOST}"
+    for i in "${!app_addrs[@]}"; do
+        app_addrs[i]="$(hba_address "${app_addrs[i]}")"
+    done
     sidecar_addr="$(hba_address "$LAB_SIDECAR_HOST")"
     IFS=', ' read -r -a extra_addrs <<<"$LAB_DB_EXTRA_CIDR"
     for extra in "${!extra_addrs[@]}"; do
@@ -131,9 +135,11 @@ write_hba_conf() {
     awk -v b="$begin" -v e="$end" '$0 == b { skip = 1 } !skip { print } $0 == e { skip = 0 }' "$hba" >"$tmp"
     {
         echo "$begin"
-        echo "# the app machine"
-        echo "host    $DB_NAME    $DB_USER    $app_addr    scram-sha-256"
-        echo "# the sidecar itself (local checks)"
+        echo "# the app machines"
+        for i in "${app_addrs[@]}"; do
+            echo "host    $DB_NAME    $DB_USER    $i    scram-sha-256"
+        done
+        echo "# this machine itself (local checks)"
         echo "host    $DB_NAME    $DB_USER    $sidecar_addr    scram-sha-256"
         echo "host    $DB_NAME    $DB_USER    127.0.0.1/32    scram-sha-256"
         if ((${#extra_addrs[@]})); then

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# nginx on the app machine: :80 -> gunicorn on 127.0.0.1:8000, config from devops/nginx.conf.
+# nginx on the app machine: :80 -> gunicorn on 127.0.0.1:8000, config from devops/nginx.conf. On the
+# cluster's load balancer (LAB_ROLE=lb): the same config, its upstream the app nodes' nginx
+# (LAB_APP_HOSTS, port 80), kept by devops/joblab-lb (installed as /usr/local/sbin/joblab-lb).
 #   Debian: the distro's nginx package. RHEL/CentOS: nginx.org's packages (devops/nginx.repo).
 # A new config is tested (`nginx -t -c <temp file>`) before it replaces /etc/nginx/nginx.conf; a
 # rejected one leaves the running config alone and stops here with nginx's message. nginx is
 # reloaded only when the config changed. On RHEL with SELinux enforcing, nginx is allowed to
 # connect to gunicorn (httpd_can_network_connect). GET /metrics is served to the lab's machines
-# only: LAB_SIDECAR_HOST (Prometheus), LAB_APP_HOST and 127.0.0.1, each by its address (a name is
+# only: LAB_SIDECAR_HOST (Prometheus), the app machines and 127.0.0.1, each by its address (a name is
 # resolved now; re-provision when its address changes). Run as root.
 # Settings (lab.yml, resolved; checked here):
 #   LAB_SUBMIT_RATE    POST /v1/jobs per API token, sustained: N r/s or N r/m
@@ -56,9 +58,12 @@ host_addresses() {
 # itself and loopback; each address once, in that order.
 # (Its caller checks its status: die in a command substitution ends only that subshell.)
 metrics_allow() {
-    local sidecar app addr out="" seen=" "
+    local sidecar app="" one hosts=() addr out="" seen=" "
     sidecar="$(host_addresses "$LAB_SIDECAR_HOST")" || return 1
-    app="$(host_addresses "$LAB_APP_HOST")" || return 1
+    IFS=', ' read -r -a hosts <<<"${LAB_APP_HOSTS:-$LAB_APP_HOST}"
+    for one in "${hosts[@]}"; do
+        app+="${app:+$'\n'}$(host_addresses "$one")" || return 1
+    done
     while read -r addr; do
         [[ "$seen" == *" $addr "* ]] && continue
         seen+="$addr "
@@ -98,7 +103,7 @@ install_nginx() {
 
 # Render the config to a temp file, test it, install it. Returns 0 when the config changed.
 install_nginx_conf() {
-    local user pid tmpdir out allow rc=1
+    local user pid tmpdir out allow servers rc=1
     # The packages' own worker user and pid file (their init scripts read the pid path).
     if [[ "$OS_FAMILY" == rhel ]]; then
         user=nginx pid=/var/run/nginx.pid
@@ -106,9 +111,14 @@ install_nginx_conf() {
         user=www-data pid=/run/nginx.pid
     fi
     allow="$(metrics_allow)" || exit 1
+    if [[ "${LAB_ROLE:-app}" == lb ]]; then
+        servers="include $LB_UPSTREAM;"
+    else
+        servers="server 127.0.0.1:8000;"
+    fi
     tmpdir="$(mktemp -d)"
     render_template "$DEVOPS/nginx.conf" "$tmpdir/nginx.conf" 644 root:root \
-        "NGINX_USER=$user" "NGINX_PID=$pid" "LISTEN=0.0.0.0:80" "UPSTREAM=127.0.0.1:8000" \
+        "NGINX_USER=$user" "NGINX_PID=$pid" "LISTEN=0.0.0.0:80" "UPSTREAM_SERVERS=$servers" \
         "NGINX_ERROR_LOG=/var/log/nginx/error.log" "NGINX_ACCESS_LOG=/var/log/nginx/access.log joblab" "HTTP_EXTRA=" \
         "SUBMIT_RATE=$LAB_SUBMIT_RATE" "SUBMIT_BURST=$LAB_SUBMIT_BURST" \
         "PROXY_CONNECT_TIMEOUT=$LAB_PROXY_CONNECT_TIMEOUT" "PROXY_READ_TIMEOUT=$LAB_PROXY_READ_TIMEOUT" \
@@ -137,10 +147,38 @@ allow_proxy_connect_selinux() {
     setsebool -P httpd_can_network_connect 1 || die "setsebool httpd_can_network_connect failed"
 }
 
+# The lb's list of app nodes (host:80 a line) and its upstream file, before the config that
+# includes it is tested. Nodes an operator drained stay drained if they are still app nodes.
+setup_lb() {
+    local hosts=() h tmp
+    install_file "$DEVOPS/joblab-lb" /usr/local/sbin/joblab-lb 755 root:root || true
+    ensure_dir "$LB_STATE" 755 root:root
+    IFS=', ' read -r -a hosts <<<"${LAB_APP_HOSTS:-}"
+    ((${#hosts[@]})) || die "LAB_APP_HOSTS is empty: the load balancer has no app node"
+    tmp="$(mktemp)"
+    for h in "${hosts[@]}"; do
+        [[ "$h" =~ ^[A-Za-z0-9._-]+$ ]] || die "LAB_APP_HOSTS: '$h' is not a host"
+        echo "$h:80"
+    done >"$tmp"
+    install_file "$tmp" "$LB_STATE/nodes" 644 root:root || true
+    rm -f "$tmp"
+    if [[ -f "$LB_STATE/drained" ]]; then
+        tmp="$(mktemp)"
+        grep -xF -f "$LB_STATE/nodes" "$LB_STATE/drained" >"$tmp" || true
+        install_file "$tmp" "$LB_STATE/drained" 644 root:root || true
+        rm -f "$tmp"
+    fi
+    /usr/local/sbin/joblab-lb render
+}
+
+LB_STATE=/etc/nginx/joblab-lb
+LB_UPSTREAM=/etc/nginx/joblab-upstream.conf
+
 require_root
 detect_os
 check_settings
 install_nginx
+[[ "${LAB_ROLE:-app}" != lb ]] || setup_lb
 conf_changed=0
 install_nginx_conf && conf_changed=1
 # Not included by our nginx.conf; removed so nobody mistakes it for the live site.

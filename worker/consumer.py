@@ -31,6 +31,7 @@ def consumer_config(settings: dict) -> dict:
         session_timeout_ms=defaults.SESSION_TIMEOUT_MS,
         heartbeat_interval_ms=defaults.HEARTBEAT_INTERVAL_MS,
         fetch_max_wait_ms=defaults.FETCH_MAX_WAIT_MS,
+        request_timeout_ms=defaults.REQUEST_TIMEOUT_MS,
         allow_auto_create_topics=False,
         reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
     )

@@ -41,6 +41,13 @@ def outbox_lease_seconds(job_max_seconds: float) -> float:
 #: How soon the group notices a worker that died without leaving (SIGKILL): its partitions
 #: move to the survivors after this long.
 SESSION_TIMEOUT_MS = 10000
+#: How long a request to one broker may go unanswered before the consumer gives up on that
+#: connection and asks for fresh metadata. kafka-python's 30 s made a broker cut off the network
+#: (packets dropped, no reset) stall the partitions it led for over a minute in the cluster drills,
+#: though the controllers fence it and move its leaders after ~9 s (broker.session.timeout.ms).
+#: Must exceed FETCH_MAX_WAIT_MS; above the session timeout, so a slow broker is not mistaken for
+#: a dead one sooner than a dead worker would be.
+REQUEST_TIMEOUT_MS = 12000
 HEARTBEAT_INTERVAL_MS = 2000
 
 #: Broker long-poll wait. The broker answers at once when a record arrives; this only bounds

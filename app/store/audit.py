@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
 from ..states import JobStatus
-from .schema import jobs, results
+from .schema import jobs, outbox, results
 from .users import utcnow
 
 TERMINAL = {JobStatus.SUCCEEDED.value, JobStatus.FAILED.value, JobStatus.CANCELLED.value}
@@ -58,6 +58,9 @@ def audit_jobs(engine: Engine, ids: Iterable[str]) -> Dict[str, Any]:
         queued_ages = {r.id: round((now - r.updated_at).total_seconds(), 1) for r in conn.execute(
             select(jobs.c.id, jobs.c.updated_at).where(jobs.c.status == JobStatus.QUEUED.value)
             .order_by(jobs.c.updated_at).limit(_CHUNK))}
+        # Messages written with an outcome but not yet acknowledged by Kafka (the outbox, drained by
+        # the worker that wrote them or, once its lease runs out, by any other): 0 once settled.
+        outbox_pending = conn.execute(select(func.count()).select_from(outbox)).scalar_one()
         result_ids = set()
         for i in range(0, len(wanted), _CHUNK):
             result_ids.update(conn.execute(
@@ -82,4 +85,5 @@ def audit_jobs(engine: Engine, ids: Iterable[str]) -> Dict[str, Any]:
                                   if j["has_result"] != (j["status"] == JobStatus.SUCCEEDED.value)),
         "jobs": found,
         "queued_ages": queued_ages,
+        "outbox_pending": outbox_pending,
     }

@@ -113,6 +113,11 @@ render_config() {
         -e "s|@KAFKA_LOG_DIR@|$(sed_escape "$KAFKA_DATA_DIR")|g" \
         -e "s|@KAFKA_LISTEN_HOST@|127.0.0.1|g" \
         -e "s|@KAFKA_ADVERTISED_HOST@|127.0.0.1|g" \
+        -e "s|@KAFKA_CONTROLLER_HOST@|127.0.0.1|g" \
+        -e "s|@KAFKA_NODE_ID@|1|g" \
+        -e "s|@KAFKA_QUORUM_VOTERS@|1@127.0.0.1:$(sed_escape "$KAFKA_CONTROLLER_PORT")|g" \
+        -e "s|@KAFKA_REPLICATION@|1|g" \
+        -e "s|@KAFKA_MIN_ISR@|1|g" \
         "$template" >"$target.tmp"
     if grep -q '@[A-Z_][A-Z0-9_]*@' "$target.tmp"; then
         rm -f -- "$target.tmp"

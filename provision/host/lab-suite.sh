@@ -12,31 +12,9 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$HERE/../.."
 MAKE="${MAKE:-make}"
 
-note() {
-    if [[ -n "${LAYER_NOTE:-}" ]]; then printf '%s\n' "$1" >"$LAYER_NOTE"; fi
-}
-
-# $1: a one-line reason the lab cannot run here.
-cannot_run() {
-    if [[ "${ALLOW_SKIP_LAB:-0}" == 1 ]]; then
-        echo "lab suite: SKIPPED (ALLOW_SKIP_LAB=1): $1"
-        note "SKIPPED (ALLOW_SKIP_LAB=1): $1"
-        exit 0
-    fi
-    echo "lab suite: cannot run here: $1 (ALLOW_SKIP_LAB=1 lets make test pass without the lab)" >&2
-    note "CANNOT RUN: $1"
-    exit 1
-}
-
-# Run a host-preparation step; on failure its last output line is the reason the lab cannot run.
-prepare() {
-    local out
-    if ! out="$("$@" 2>&1)"; then
-        printf '%s\n' "$out"
-        cannot_run "$(printf '%s\n' "$out" | grep -v '^[[:space:]]*$' | tail -n 1)"
-    fi
-    printf '%s\n' "$out"
-}
+SUITE="lab suite"
+# shellcheck source=provision/host/suite.sh
+source "$HERE/suite.sh"
 
 prepare "$HERE/vagrant.sh"
 provider="$("$HERE/lab-provider.sh")"
@@ -45,7 +23,7 @@ if [[ "$provider" == docker ]]; then
 fi
 
 # Always leave the machine as we found it (the base image and the artifact cache stay).
-trap 'echo "lab suite: destroying the lab"; vagrant destroy -f >/dev/null 2>&1 || true' EXIT
+trap 'echo "lab suite: destroying the lab"; "$MAKE" --no-print-directory lab-destroy >/dev/null 2>&1 || true' EXIT
 
 t0=$SECONDS
 "$MAKE" --no-print-directory lab

@@ -11,6 +11,19 @@ SAY_PREFIX="lab:"
 source "$HERE/../lib/say.sh"
 
 "$HERE/vagrant.sh"
+export HOST_TOOL=lab
+# shellcheck source=provision/host/lib.sh
+source "$HERE/lib.sh"
+# The topology asked for (LAB_TOPOLOGY, else lab.yml's) against the running lab's: the machines of
+# one must be gone before the other boots (the Vagrantfile refuses too).
+running="$(cat .vagrant/lab-topology 2>/dev/null || true)"
+topology="${LAB_TOPOLOGY:-${running:-$(lab_query topology)}}"
+[[ -z "$running" || "$running" == "$topology" ]] \
+    || die "the running lab is the $running topology, not $topology: make lab-destroy first"
+mkdir -p .vagrant
+echo "$topology" >.vagrant/lab-topology
+export LAB_TOPOLOGY="$topology"
+say "topology: $topology"
 provider="$("$HERE/lab-provider.sh")"
 export LAB_PROVIDER="$provider"
 say "provider: $provider"
@@ -32,11 +45,41 @@ if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
     done
 fi
 
+# Provision NAME... at once, each into its own log; one line naming the first that failed.
+provision_together() {
+    local name pids=() failed=""
+    for name in "$@"; do
+        vagrant provision "$name" >".vagrant/provision-$name.log" 2>&1 &
+        pids+=("$!")
+    done
+    for name in "$@"; do
+        wait "${pids[0]}" || failed+="${failed:+, }$name"
+        pids=("${pids[@]:1}")
+    done
+    [[ -z "$failed" ]] || die "provisioning failed on $failed (see .vagrant/provision-<name>.log)"
+}
+
 started=$SECONDS
-say "vagrant up (first time: packages are installed in both machines, a few minutes)"
-# One machine at a time, sidecar first: the app's provisioning needs its database and Kafka.
-vagrant up --provider="$provider" --provision --no-parallel
+if [[ "$topology" == cluster ]]; then
+    say "vagrant up: the cluster's machines (first time: packages are installed in each, several minutes)"
+    vagrant up --provider="$provider" --no-provision --no-parallel
+    # db first; the three brokers together (a KRaft quorum forms once a majority of its voters
+    # runs, so none of them can finish starting alone); then the app nodes (they migrate the
+    # schema and make the topics), then the load balancer.
+    vagrant provision db
+    mapfile -t brokers < <(lab_query role kafka)
+    provision_together "${brokers[@]}"
+    mapfile -t apps < <(lab_query role app)
+    for name in "${apps[@]}"; do
+        vagrant provision "$name"
+    done
+    vagrant provision lb
+else
+    say "vagrant up (first time: packages are installed in both machines, a few minutes)"
+    # One machine at a time, sidecar first: the app's provisioning needs its database and Kafka.
+    vagrant up --provider="$provider" --provision --no-parallel
+fi
 say "machines up and provisioned in $((SECONDS - started)) s"
-# For testinfra and Fabric (fabric.yaml points at it): hosts app and sidecar.
+# For testinfra and Fabric (fabric.yaml points at it): every machine by its name.
 vagrant ssh-config > .vagrant/ssh-config
 "$HERE/lab-smoke.sh"

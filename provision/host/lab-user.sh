@@ -11,6 +11,9 @@ export HOST_TOOL=lab
 # shellcheck source=provision/host/lib.sh
 source provision/host/lib.sh
 app_user="$(lab_setting LAB_APP_USER)"
-out="$(vagrant ssh app -c "sudo -u '$app_user' /usr/local/bin/joblab-exec flask --app app users create '$name'" 2>/dev/null | tr -d '\r')" \
+# The app machine (in the cluster: the first app node; they share one database).
+app="$(lab_query role app)"
+app="${app%%$'\n'*}"
+out="$(vagrant ssh "$app" -c "sudo -u '$app_user' /usr/local/bin/joblab-exec flask --app app users create '$name'" 2>/dev/null | tr -d '\r')" \
     || { echo "lab: could not reach the app machine (is the lab up? make lab)" >&2; exit 1; }
 printf '%s\n' "$out" | tail -n1

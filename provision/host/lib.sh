@@ -34,3 +34,12 @@ lab_setting() {
     [[ -x "$py" ]] || py=python3
     (cd "$root" && "$py" -m fablib.labfile get "$1") || die "cannot resolve $1 from lab.yml (make venv first)"
 }
+
+# lab_query ARGS — fablib.labfile's other answers: `topology`, or `role ROLE` (machine names).
+lab_query() {
+    local root py
+    root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+    py="${LAB_PYTHON:-$root/.venv/bin/python}"
+    [[ -x "$py" ]] || py=python3
+    (cd "$root" && "$py" -m fablib.labfile "$@") || die "lab.yml has no answer to: $*"
+}

@@ -156,7 +156,7 @@ def render_nginx_conf(base: str, listen_port: int, upstream_port: int, ceiling_p
         "NGINX_ERROR_LOG": os.path.join(base, "error.log"),
         "NGINX_ACCESS_LOG": "off",  # logging every request would measure the disk, not the proxy
         "LISTEN": "127.0.0.1:%d" % listen_port,
-        "UPSTREAM": "127.0.0.1:%d" % upstream_port,
+        "UPSTREAM_SERVERS": "server 127.0.0.1:%d;" % upstream_port,
         # The per-token submission limit stays in the path but never binds: wrk POSTs with one
         # token as fast as it can, and the row measures the proxy, not the limiter.
         "SUBMIT_RATE": "100000r/s",

@@ -15,6 +15,7 @@ import os
 import sys
 import tempfile
 import time
+from collections import Counter
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from app.config import DEFAULTS
@@ -23,6 +24,7 @@ from tests.drills.client import Client, Ledger, Load
 from tests.drills.hostile import HostilePhase
 from tests.support.figures import fmt_latency, latency_summary
 from tests.drills.kafka_side import read_all, write_poison
+from tests.drills.cluster import ClusterTarget
 from tests.drills.targets import LabTarget, LocalTarget
 
 
@@ -74,7 +76,10 @@ def settle(client: Client, ledger: Ledger, partitions: int, seconds: float, quic
 
 
 def fault_plan(target: Any) -> List[Tuple[str, Callable[[], str]]]:
-    """Faults in the order they are injected: spread over the run, one at a time."""
+    """Faults in the order they are injected: spread over the run, one at a time (the cluster
+    target has its own: tests/drills/cluster.py)."""
+    if callable(getattr(type(target), "fault_plan", None)):
+        return target.fault_plan()
     return [
         ("worker SIGKILL 1", target.kill_worker),
         ("gunicorn reload 1", target.reload_web),
@@ -101,9 +106,27 @@ def dup_execution_bound(plan: List[Tuple[str, Callable[[], str]]], batch: int = 
     once more: at most ``batch`` per kill. A rebalance moves partitions between polls, so it can
     catch at most the job of a worker mid-batch that lost its partition: one. Kafka and database
     restarts and gunicorn reloads re-run nothing: a job's outcome is kept until it is stored
-    (worker.decided), and a redelivered message of an attempt that ran is skipped."""
+    (worker.decided), and a redelivered message of an attempt that ran is skipped.
+    (In the cluster: an app node lost whole is a SIGKILL of each of its job workers; a broker
+    fault or a rolling deploy moves the group's partitions at most once per app node: rebalances.)"""
     kills = sum(1 for name, _inject in plan if name.startswith("worker SIGKILL"))
-    return kills * batch + sum(1 for name, _inject in plan if name.startswith("rebalance"))
+    kills += sum(workers_per_node() for name, _inject in plan if name == "app node loss")
+    moves = sum(1 for name, _inject in plan if name.startswith("rebalance"))
+    moves += sum(app_nodes() for name, _inject in plan
+                 if name.startswith(("broker", "network", "rolling deploy", "app node")))
+    return kills * batch + moves
+
+
+def workers_per_node() -> int:
+    from fablib import labfile
+
+    return int(labfile.settings()["LAB_JOB_WORKERS"])
+
+
+def app_nodes() -> int:
+    from fablib import labfile
+
+    return len(labfile.with_role("app"))
 
 
 def run_faults(target: Any, ledger: Ledger, load: Load, jobs: int, recovery_seconds: float,
@@ -129,13 +152,16 @@ def run_faults(target: Any, ledger: Ledger, load: Load, jobs: int, recovery_seco
             if settled is None:
                 say("fault %2d/%d: the stack did not settle; injecting anyway" % (i + 1, len(plan)))
             start = time.time()
+            refused_before = ledger.refused_total()
             what = inject()
             recovery = probe_recovery(client, ledger, target.partitions, start, recovery_seconds)
             end = time.time() if recovery is None else start + recovery
+            refused = ledger.refused_total() - refused_before
             done.append({"name": name, "what": what, "start": start, "end": end, "recovery": recovery,
-                         "accepted_before": len(ledger)})
-            say("fault %2d/%d %-26s recovered in %s  (%s)" % (
-                i + 1, len(plan), name, "%.1f s" % recovery if recovery is not None else "NOT WITHIN %.0f s" % recovery_seconds, what))
+                         "accepted_before": len(ledger), "refused": refused})
+            say("fault %2d/%d %-26s recovered in %s, %d submits refused  (%s)" % (
+                i + 1, len(plan), name, "%.1f s" % recovery if recovery is not None else "NOT WITHIN %.0f s" % recovery_seconds,
+                refused, what))
     finally:
         client.close()
     return done
@@ -168,6 +194,23 @@ def wait_stranded(target: Any) -> Tuple[int, int, float]:
         if not ages or waited > bound:
             return first, sum(1 for age in ages.values() if age > bound), waited
         time.sleep(2)
+
+
+def wait_outbox(target: Any) -> Tuple[int, float]:
+    """Messages decided with an outcome but not yet on Kafka wait in the store's outbox: the worker
+    that wrote them publishes them at once, or - if it was killed first - any worker does once
+    their lease runs out (worker/defaults.py outbox_lease_seconds). The topics are read only after
+    that. Returns (rows still there after the bound, seconds waited)."""
+    from worker.defaults import outbox_lease_seconds
+
+    bound = outbox_lease_seconds(float(target.job_max_seconds)) + 30
+    start = time.monotonic()
+    while True:
+        pending = target.audit([])["outbox_pending"]
+        waited = time.monotonic() - start
+        if not pending or waited > bound:
+            return pending, waited
+        time.sleep(5)
 
 
 def analyse(target: Any, entries: List[Any], audit: Dict[str, Any], faults: List[Dict[str, Any]],
@@ -273,7 +316,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
 
     if args.lab:
-        target: Any = LabTarget()
+        from fablib import labfile
+
+        target: Any = ClusterTarget() if labfile.load()["topology"] == "cluster" else LabTarget()
     else:
         target = LocalTarget(args.work_dir or tempfile.mkdtemp(prefix="joblab-drill-"))
     t_begin = time.monotonic()
@@ -315,6 +360,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         say("stranded jobs sent by the workers' sweep during the run: %d; queued after the drain: %d; still "
             "queued after %.0f s (the sweep's bound %.0f s): %d" % (
                 target.sweep_resends(), queued_after, waited, target.stranded_bound, stranded))
+        outbox_left, outbox_wait = wait_outbox(target)
+        say("outbox: %d messages left unpublished after %.0f s (a killed worker's wait for their lease)" % (
+            outbox_left, outbox_wait))
         max_attempts = int(getattr(target, "max_attempts", 3))
         r = analyse(target, entries, audit, faults, poison, poison_at, max_attempts)
 
@@ -327,7 +375,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         say("e2e latency without faults: %s" % fmt_latency(r["latency_calm"]))
         say("e2e latency during faults:  %s" % fmt_latency(r["latency_faults"]))
         for f in faults:
-            say("recovery %-26s %s" % (f["name"], "%.1f s" % f["recovery"] if f["recovery"] is not None else "NONE"))
+            say("recovery %-26s %s; refused submits %d" % (
+                f["name"], "%.1f s" % f["recovery"] if f["recovery"] is not None else "NONE", f["refused"]))
+        # A submit answered 503 names its job: it must have ended `failed` (not enqueued), never
+        # be left `queued` or `running` as if it had been accepted.
+        refused_states = target.audit(ledger.refused_ids)["jobs"] if ledger.refused_ids else {}
+        refused_queued = sorted(i for i, j in refused_states.items() if j["status"] in ("queued", "running"))
+        say("refused submits: %d in all, %d with a job id: %s; queued or running among them: %d" % (
+            ledger.refused_total(), len(ledger.refused_ids),
+            dict(Counter(j["status"] for j in refused_states.values())) or "none", len(refused_queued)))
         if any(r["examples"].values()):
             say("examples: %s" % r["examples"])
         exits = target.process_exits()
@@ -351,15 +407,16 @@ def main(argv: Optional[List[str]] = None) -> int:
               and len(faults) == len(fault_plan(target)) and r["accepted"] >= args.jobs
               and (fuzz is None or (fuzz["server_errors"] == 0 and fuzz["requests"] > 0 and not fuzz["errors"]))
               and hostile["ok"] and not exits and r["dup_executions"] <= bound and r["dead_lettered_twice"] == 0
-              and stranded == 0)
+              and stranded == 0 and not refused_queued and outbox_left == 0)
         print("drills %s: %s in %.0f s; jobs=%d faults=%d unrecovered=%d dup_executions=%d/%d wrong_outcome=%d "
               "dead_letter_missing=%d dead_lettered_twice=%d poison=%d/%d server_errors=%s hostile=%d "
-              "worker_crashes=%d process_exits=%d lost=%d duplicates=%d stuck=%d stranded=%d" % (
+              "worker_crashes=%d process_exits=%d refused=%d refused_queued=%d outbox_left=%d lost=%d duplicates=%d stuck=%d stranded=%d" % (
                   target.name, "PASS" if ok else "FAIL", time.monotonic() - t_begin, r["accepted"], len(faults),
                   unrecovered, r["dup_executions"], bound, r["wrong_outcome"], r["dead_letter_missing"],
                   r["dead_lettered_twice"],
                   r["poison_dead_lettered"], r["poison_written"], "-" if fuzz is None else fuzz["server_errors"],
-                  hostile["hostile"], hostile["worker_crashes"], len(exits), r["lost"], r["duplicates"], r["stuck"],
+                  hostile["hostile"], hostile["worker_crashes"], len(exits), ledger.refused_total(), len(refused_queued), outbox_left,
+                  r["lost"], r["duplicates"], r["stuck"],
                   stranded),
               flush=True)
         return 0 if ok else 1

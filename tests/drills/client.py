@@ -28,6 +28,8 @@ class Ledger:
         self.lock = threading.Lock()
         self.entries: Dict[str, Entry] = {}
         self.refused: Counter = Counter()
+        #: Job ids the API named in a refusal (a 503 says which job it recorded as not enqueued).
+        self.refused_ids: List[str] = []
 
     def submit(self, client: Client, job_type: str, args: Dict[str, Any]) -> Optional[Entry]:
         sent = time.time()
@@ -39,7 +41,13 @@ class Ledger:
             return entry
         with self.lock:
             self.refused["%s %s" % (code, body if code == 0 else "")] += 1
+            if code >= 500 and isinstance(body, dict) and isinstance(body.get("id"), str):
+                self.refused_ids.append(body["id"])
         return None
+
+    def refused_total(self) -> int:
+        with self.lock:
+            return sum(self.refused.values())
 
     def __len__(self) -> int:
         with self.lock:

@@ -180,6 +180,10 @@ class LocalTarget:
     def stranded_bound(self) -> float:
         return stranded_bound(self.stack.settings)
 
+    @property
+    def job_max_seconds(self) -> float:
+        return float(self.stack.settings.get("JOB_MAX_SECONDS", DEFAULTS["JOB_MAX_SECONDS"]))
+
     def sweep_resends(self) -> int:
         """Jobs the workers' sweep sent because their message was nowhere, from the workers' logs."""
         total = 0
@@ -372,6 +376,10 @@ class LabTarget:
     def stranded_bound(self) -> float:
         return stranded_bound({key: self.app_env("JOBLAB_" + key) or DEFAULTS[key]
                                for key in ("STRANDED_AFTER", "SWEEP_EVERY")})
+
+    @property
+    def job_max_seconds(self) -> float:
+        return float(self.app_env("JOBLAB_JOB_MAX_SECONDS") or DEFAULTS["JOB_MAX_SECONDS"])
 
     def _sweep_lines(self) -> int:
         script = "cat %s 2>/dev/null | grep -c %s || true" % (APP_LOGS, shlex.quote(SWEEP_SENT))

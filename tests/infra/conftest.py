@@ -7,14 +7,13 @@ import subprocess
 import sys
 
 import pytest
-import yaml
 
 from fablib import labfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-with open(os.path.join(ROOT, "lab.yml")) as fh:
-    LAB = yaml.safe_load(fh)
+#: lab.yml in the running lab's topology (the cluster's machines when it is the cluster).
+LAB = labfile.load()
 
 
 def machine_ip(name: str) -> str:
@@ -26,6 +25,13 @@ def host_port(machine: str, guest: int) -> int:
     entry's `env` variable when set, else its `host` (the Vagrantfile's rule)."""
     fp = next(f for f in LAB["machines"][machine]["forwarded_ports"] if f["guest"] == guest)
     return int(labfile.setting(fp["env"], fp["host"]) if fp.get("env") else fp["host"])
+
+
+def http_port() -> int:
+    """The host port forwarded to port 80 of the lab's front (nginx on `app`, or on `lb`)."""
+    front = next(name for name, m in LAB["machines"].items()
+                 if any(f["guest"] == 80 for f in m.get("forwarded_ports") or []))
+    return host_port(front, 80)
 
 
 SETTINGS = labfile.settings(LAB)  # resolved: a non-empty LAB_<NAME> wins, as for the provisioning

@@ -13,7 +13,7 @@ echo "== files"
 for path in /etc/joblab /etc/supervisord.conf /etc/supervisord.d /etc/nginx/nginx.conf \
     /etc/init.d/supervisord /etc/init.d/kafka /etc/kafka /opt/kafka /usr/local/bin/joblab-exec \
     /etc/postgresql /var/run/supervisor /etc/rc2.d /etc/prometheus /etc/default/prometheus \
-    /etc/init.d/prometheus; do
+    /etc/init.d/prometheus /etc/nginx/joblab-lb /etc/nginx/joblab-upstream.conf /usr/local/sbin/joblab-lb; do
     [ -e "$path" ] || continue
     find "$path" -xdev \( -type f -o -type d -o -type l \) -print0 | sort -z | while IFS= read -r -d '' f; do
         if [ -f "$f" ] && [ ! -L "$f" ]; then

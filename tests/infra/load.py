@@ -2,14 +2,13 @@
 deploy gate and the graceful-restart test count its failures (there must be none)."""
 from __future__ import annotations
 
-import os
 import threading
 import time
 
-from tests.infra.conftest import LAB
+from tests.infra.conftest import http_port
 from tests.support import httpclient as http
 
-BASE = "http://127.0.0.1:%s" % (os.environ.get("LAB_HTTP_PORT") or LAB["machines"]["app"]["forwarded_ports"][0]["host"])
+BASE = "http://127.0.0.1:%d" % http_port()
 
 
 def call(method, path, token, body=None, timeout=10):

@@ -1,5 +1,6 @@
 """Re-provisioning a running lab changes nothing: the host fingerprint (packages, managed files,
-sockets, supervisor states, service pids) is identical before and after `vagrant provision`."""
+sockets, supervisor states, service pids) of every machine of the running lab's topology is identical
+before and after `vagrant provision`."""
 from __future__ import annotations
 
 import difflib
@@ -10,7 +11,7 @@ import subprocess
 import pytest
 import testinfra
 
-from tests.infra.conftest import ROOT
+from tests.infra.conftest import LAB, ROOT
 
 pytestmark = pytest.mark.reprovision
 
@@ -26,7 +27,7 @@ def fingerprint(host) -> str:
 
 def test_vagrant_provision_changes_nothing(request):
     ssh_config = request.config.option.ssh_config
-    hosts = {name: testinfra.get_host("ssh://" + name, ssh_config=ssh_config) for name in ("sidecar", "app")}
+    hosts = {name: testinfra.get_host("ssh://" + name, ssh_config=ssh_config) for name in LAB["machines"]}
     before = {name: fingerprint(h) for name, h in hosts.items()}
     run = subprocess.run(["vagrant", "provision"], cwd=ROOT, capture_output=True, text=True, timeout=1200)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]

@@ -122,3 +122,67 @@ def test_lab_local_yml_overrides_settings_for_vagrant_and_the_host_tools_alike(t
     run = subprocess.run(["vagrant", "validate"], cwd=str(other), capture_output=True, text=True, timeout=120,
                          env=dict(os.environ, LAB_PROVIDER="docker"))
     assert run.returncode != 0 and "lab.local.yml: LAB_NO_SUCH is not a setting of lab.yml" in run.stdout + run.stderr
+
+
+def checkout_copy(tmp_path):
+    """Another checkout of the lab's definition (no running lab in it, whatever runs here)."""
+    other = tmp_path / "checkout"
+    other.mkdir()
+    for name in ("Vagrantfile", "lab.yml"):
+        shutil.copy(os.path.join(ROOT, name), str(other / name))
+    return other
+
+
+@pytest.mark.parametrize("provider", ["docker", "virtualbox", "libvirt"])
+def test_cluster_topology_machines_and_provisioning_env(tmp_path, monkeypatch, provider):
+    from fablib import labfile
+
+    config = generated(provider, str(checkout_copy(tmp_path)), LAB_TOPOLOGY="cluster", LAB_APP_NODES="3")
+    assert config["topology"] == "cluster"
+    roles = {name: m["role"] for name, m in config["machines"].items()}
+    assert roles == {"db": "db", "kafka1": "kafka", "kafka2": "kafka", "kafka3": "kafka", "app1": "app",
+                     "app2": "app", "app3": "app", "lb": "lb"}
+    assert [m["forwarded"] for m in config["machines"].values() if m["forwarded"]] == [[{"guest": 80, "host": 8080}]]
+    assert len({m["ip"] for m in config["machines"].values()}) == len(roles)
+    env = config["provision_env"]
+    assert env["LAB_KAFKA_REPLICATION"] == "3" and env["LAB_KAFKA_MIN_ISR"] == "2"
+    assert len(env["LAB_KAFKA_CLUSTER_ID"]) == 22
+    # The host-side tools hand `fab provision` the same addresses and layout.
+    for name in [k for k in os.environ if k.startswith("LAB_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("LAB_TOPOLOGY", "cluster")
+    monkeypatch.setenv("LAB_APP_NODES", "3")
+    monkeypatch.setenv("LAB_PROVIDER", provider)
+    ours = labfile.provision_env()
+    assert {k: env[k] for k in ours} == ours
+    assert {n: m["ip"] for n, m in config["machines"].items()} == {
+        n: labfile.machine_ip(n) for n in labfile.load()["machines"]}
+
+
+def test_app_topology_env_points_everything_at_the_sidecar():
+    env = generated("docker")["provision_env"]
+    assert env["LAB_KAFKA_HOSTS"] == env["LAB_DB_HOST"] == env["LAB_SIDECAR_HOST"]
+    assert env["LAB_KAFKA_REPLICATION"] == env["LAB_KAFKA_MIN_ISR"] == "1"
+    assert env["LAB_APP_HOSTS"] == env["LAB_APP_HOST"] and env["LAB_LB_HOST"] == ""
+
+
+def test_other_topology_than_the_running_labs_is_refused(tmp_path):
+    other = checkout_copy(tmp_path)
+    (other / ".vagrant").mkdir()
+    (other / ".vagrant" / "lab-topology").write_text("app\n")
+    env = dict(os.environ, LAB_PROVIDER="docker", LAB_TOPOLOGY="cluster")
+    run = subprocess.run(["vagrant", "validate"], cwd=str(other), env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0
+    assert "the running lab is the app topology, not cluster: `make lab-destroy` first" in run.stdout + run.stderr
+    # Without LAB_TOPOLOGY the running lab's topology is the one meant.
+    del env["LAB_TOPOLOGY"]
+    assert subprocess.run(["vagrant", "validate"], cwd=str(other), env=env, capture_output=True,
+                          timeout=120).returncode == 0
+
+
+@pytest.mark.parametrize("nodes", ["0", "10", "two"])
+def test_app_nodes_out_of_range_is_one_clear_line(tmp_path, nodes):
+    env = dict(os.environ, LAB_PROVIDER="docker", LAB_TOPOLOGY="cluster", LAB_APP_NODES=nodes)
+    run = subprocess.run(["vagrant", "validate"], cwd=str(checkout_copy(tmp_path)), env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode != 0 and "LAB_APP_NODES must be 1-9 machines (got %s)" % nodes in run.stdout + run.stderr

@@ -71,6 +71,21 @@ def test_duplicate_execution_bound_counts_the_faults_that_can_cut_a_job_short():
     assert dup_execution_bound(fault_plan(Target()), batch=1) == 7
 
 
+def test_the_cluster_bound_counts_a_lost_node_as_its_workers_killed(monkeypatch):
+    from tests.drills import __main__ as drills
+    from tests.drills.cluster import ClusterTarget
+
+    monkeypatch.setattr(drills, "workers_per_node", lambda: 2)
+    monkeypatch.setattr(drills, "app_nodes", lambda: 3)
+    target = ClusterTarget.__new__(ClusterTarget)  # its plan only: no lab needed
+    plan = drills.fault_plan(target)
+    names = [name for name, _inject in plan]
+    assert names[:1] == ["worker SIGKILL 1"] and "app node loss" in names and "rolling deploy" in names
+    # 1 SIGKILL + a node's 2 workers, each a batch; each of the 7 cluster faults (the node loss
+    # too) moves partitions at most once per node.
+    assert drills.dup_execution_bound(plan, batch=10) == 3 * 10 + 7 * 3
+
+
 def test_an_exit_report_shows_the_traceback_that_ended_the_process():
     from tests.drills.targets import trouble
 

@@ -47,3 +47,21 @@ def test_failed_send_replaces_the_producer(monkeypatch):
     assert len(FakeProducer.made) == 2 and FakeProducer.made[1].sent == [("jobs", b"b")]
     queue.send("jobs", "c", b"{}")  # and is kept while it works
     assert len(FakeProducer.made) == 2
+
+
+class ClosedProducer(FakeProducer):
+    """What kafka-python 3.0 does when another request closed the shared producer meanwhile."""
+
+    def send(self, topic, key, value, headers=None):
+        raise RuntimeError("NetworkSelector closed!")
+
+
+def test_a_producer_closed_under_a_request_is_a_503_not_a_500(monkeypatch):
+    monkeypatch.setattr(jq, "make_producer", ClosedProducer)
+    queue = jq.JobQueue("127.0.0.1:1", "", timeout=1.0)
+    try:
+        queue.send("jobs", "a", b"{}")
+        raise AssertionError("must raise QueueUnavailable")
+    except jq.QueueUnavailable as exc:
+        assert "RuntimeError" in str(exc)
+    assert queue.send_many("jobs", [("b", b"{}"), ("c", b"{}")]) == ["kafka: RuntimeError"] * 2
