@@ -16,7 +16,7 @@ APP_SOURCES := $(shell git ls-files app worker pyproject.toml 2>/dev/null)
 
 .PHONY: help venv kafka-jars host-deps-run host-deps-test host-deps-bench run test unit integration unit-integration lint clean \
         app-wheel lab lab-user infra-test lab-idempotence lab-deploy-test lab-suite lab-destroy lab-ssh-config \
-        drills bench container container-test cluster-test cluster-suite
+        drills bench container container-test cluster-test cluster-suite bench-cluster
 
 help: ## this list
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -121,6 +121,9 @@ $(BENCH_VENV)/.installed: pyproject.toml tests/bench/requirements.txt
 
 bench: host-deps-bench venv kafka-jars $(BENCH_VENV)/.installed ## HTTP (wrk), pipeline vs Celery + Redis, lab timings: tables + var/bench/bench.png (BENCH_LAB=0 skips the lab)
 	$(BENCH_VENV)/bin/python -m tests.bench $(BENCH_ARGS)
+
+bench-cluster: venv kafka-jars app-wheel ## the single box and the cluster booted in turn, same client: boot, idle latency, jobs/s, deploy; ratios (var/bench/topology.json)
+	$(PY) -m tests.bench.topology_bench
 
 lab-destroy: ## remove the lab machines, of either topology (base image and artifact cache stay)
 	vagrant destroy -f

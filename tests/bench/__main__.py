@@ -15,7 +15,7 @@ import sys
 import time
 from typing import Any, Dict, List, Optional
 
-from tests.bench import chart, http_bench, lab_bench, pipeline_bench
+from tests.bench import chart, http_bench, lab_bench, pipeline_bench, topology_bench
 from tests.support.services import ROOT
 
 
@@ -89,8 +89,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         os.makedirs(os.path.join(work, "lab"), exist_ok=True)
         lab = lab_bench.run(os.path.join(work, "lab"))
         print(lab_bench.format_table(lab), flush=True)
+    topology: List[Dict[str, Any]] = []
+    if not args.skip_lab and os.environ.get("BENCH_CLUSTER") != "0":
+        topology = topology_bench.run(os.path.join(work, "topology"))
+        print(topology_bench.format_table(topology), flush=True)
 
-    results = {"machine": where, "http": http, "pipeline": pipeline, "lab": lab,
+    results = {"machine": where, "http": http, "pipeline": pipeline, "lab": lab, "topology": topology,
                "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                                         text=True).stdout.strip()}
     with open(os.path.join(args.out, "results.json"), "w") as fh:
