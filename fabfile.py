@@ -238,11 +238,15 @@ def provision_role(c, role, scripts):
     env = labfile.settings(lab)
     # The machines' addresses and the Kafka layout, as the Vagrantfile hands them out; LAB_*_HOST(S)
     # in the environment win (any host: say where its database and brokers are).
-    for name, value in labfile.provision_env(lab).items():
-        env[name] = os.environ.get(name) or value
+    env.update(labfile.provision_env(lab, os.environ))
+    env["LAB_ROLE"] = role
     if name_of(c) in lab["machines"]:
-        env.update(LAB_MACHINE=name_of(c), LAB_ROLE=lab["machines"][name_of(c)].get("role", role),
-                   LAB_SELF_HOST=labfile.machine_ip(name_of(c), lab))
+        env.update(LAB_MACHINE=name_of(c), LAB_SELF_HOST=labfile.machine_ip(name_of(c), lab))
+    elif os.environ.get("LAB_SELF_HOST"):
+        env["LAB_SELF_HOST"] = os.environ["LAB_SELF_HOST"]
+    elif role == "kafka":
+        raise Exit("fab: %s: a broker of a quorum needs LAB_SELF_HOST=<its address, as listed in LAB_KAFKA_HOSTS>"
+                   % name_of(c))
     if c.run("test -f /vagrant/provision/lib/common.sh", hide=True, warn=True).ok:
         # A lab machine: the repository is already there (and the handoff dir).
         run_provision_scripts(c, scripts, dict(env, LAB_ROOT="/vagrant"))

@@ -7,7 +7,9 @@ machine's address is its provider's subnet with the machine's `host` number. The
 cluster, `machines` is the `cluster:` block's, expanded (kafka1..3, app1..N)."""
 from __future__ import annotations
 
+import base64
 import glob
+import hashlib
 import ipaddress
 import os
 import subprocess
@@ -50,9 +52,13 @@ def recorded_topology() -> Optional[str]:
 
 
 def topology(lab: Dict[str, Any]) -> str:
-    chosen = setting("LAB_TOPOLOGY", None) or recorded_topology() or lab["topology"]
+    running = recorded_topology()
+    chosen = setting("LAB_TOPOLOGY", None) or running or lab["topology"]
     if chosen not in TOPOLOGIES:
         raise SystemExit("LAB_TOPOLOGY=%s is not one of: %s" % (chosen, ", ".join(TOPOLOGIES)))
+    if running and running != chosen:
+        raise SystemExit("the running lab is the %s topology, not %s: `make lab-destroy` first (or unset "
+                         "LAB_TOPOLOGY)" % (running, chosen))
     return chosen
 
 
@@ -158,10 +164,31 @@ def load_raw() -> Dict[str, Any]:
         return yaml.safe_load(fh)
 
 
-def provision_env(lab: Optional[Dict[str, Any]] = None) -> Dict[str, str]:
+def checkout_id() -> str:
+    """This checkout's id (the Vagrantfile's CHECKOUT_ID): the first characters of its path's SHA-1."""
+    return hashlib.sha1(os.path.abspath(REPO_ROOT).encode()).hexdigest()[:8]
+
+
+def kafka_cluster_id() -> str:
+    """The cluster's Kafka id, the Vagrantfile's rule: 16 bytes of a digest of the checkout id, in
+    Kafka's URL-safe base64 without padding (22 characters); the same on every broker."""
+    digest = hashlib.sha256(("joblab-kafka-%s" % checkout_id()).encode()).digest()[:16]
+    return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+
+def provision_env(lab: Optional[Dict[str, Any]] = None, given: Optional[Dict[str, str]] = None) -> Dict[str, str]:
     """The machines' addresses and the Kafka layout every provision script gets: what the
-    Vagrantfile computes for PROVISION_ENV (tests/infra/test_vagrantfile.py compares the two)."""
+    Vagrantfile computes for PROVISION_ENV (tests/infra/test_vagrantfile.py compares the two).
+    ``given`` (the environment of `fab provision`) wins, name by name; a host outside the lab is
+    described by LAB_SIDECAR_HOST and LAB_APP_HOST alone (docs/operations.md), which then also
+    stand for the lists (LAB_KAFKA_HOSTS, LAB_DB_HOST, LAB_APP_HOSTS) unless those are given."""
     lab = lab or load()
+    given = {k: v for k, v in (given or {}).items() if v}
+    if "LAB_SIDECAR_HOST" in given:
+        given.setdefault("LAB_KAFKA_HOSTS", given["LAB_SIDECAR_HOST"])
+        given.setdefault("LAB_DB_HOST", given["LAB_SIDECAR_HOST"])
+    if "LAB_APP_HOST" in given:
+        given.setdefault("LAB_APP_HOSTS", given["LAB_APP_HOST"])
     ips = {name: machine_ip(name, lab) for name in lab["machines"]}
     cluster = lab["topology"] == "cluster"
 
@@ -179,8 +206,9 @@ def provision_env(lab: Optional[Dict[str, Any]] = None) -> Dict[str, str]:
         "LAB_LB_HOST": (of("lb") or [""])[0],
         "LAB_KAFKA_REPLICATION": str(lab["cluster"]["kafka_replication"] if cluster else 1),
         "LAB_KAFKA_MIN_ISR": str(lab["cluster"]["kafka_min_isr"] if cluster else 1),
+        "LAB_KAFKA_CLUSTER_ID": kafka_cluster_id(),
     }
-    return env
+    return {name: given.get(name, value) for name, value in env.items()}
 
 
 def main(argv: List[str]) -> int:

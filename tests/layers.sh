@@ -13,7 +13,7 @@ LAYERS=(
     "lint|lint"
     "unit + integration tests|unit-integration"
     "fault drills, local stack|drills"
-    "lab suite (infra, idempotence, deploy, lab drills)|lab-suite"
+    "lab suite (infra, idempotence, deploy)|lab-suite"
     "cluster suite (roles, rolling deploy, idempotence, drills)|cluster-suite"
     "Docker container (build, run, stop, dev variant)|container-test"
 )

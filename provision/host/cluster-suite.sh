@@ -17,8 +17,9 @@ SUITE="cluster suite"
 source "$HERE/suite.sh"
 
 prepare "$HERE/vagrant.sh"
-provider="$("$HERE/lab-provider.sh")"
-[[ "$provider" == docker ]] || cannot_run "the cluster suite's drills need the docker provider (this host picks $provider)"
+# The docker provider whatever this host would pick: the drills cut machines off docker's networks.
+export LAB_PROVIDER=docker
+provider=docker
 prepare "$HERE/docker-engine.sh"
 running="$(cat .vagrant/lab-topology 2>/dev/null || true)"
 [[ -z "$running" || "$running" == cluster ]] \

@@ -18,6 +18,11 @@ SUITE="lab suite"
 source "$HERE/suite.sh"
 
 prepare "$HERE/vagrant.sh"
+# The single box (the cluster has its own suite); a lab of the other topology left running is refused.
+running="$(cat .vagrant/lab-topology 2>/dev/null || true)"
+[[ -z "$running" || "$running" == app ]] \
+    || cannot_run "a lab of the $running topology is running here: make lab-destroy first"
+export LAB_TOPOLOGY=app
 provider="$("$HERE/lab-provider.sh")"
 if [[ "$provider" == docker ]]; then
     prepare "$HERE/docker-engine.sh"

@@ -67,9 +67,12 @@ if [[ "$topology" == cluster ]]; then
     # runs, so none of them can finish starting alone); then the app nodes (they migrate the
     # schema and make the topics), then the load balancer.
     vagrant provision db
-    mapfile -t brokers < <(lab_query role kafka)
+    # Asked first, then split: a failed query must stop here (mapfile < <(...) would hide it).
+    brokers="$(lab_query role kafka)"
+    apps="$(lab_query role app)"
+    mapfile -t brokers <<<"$brokers"
     provision_together "${brokers[@]}"
-    mapfile -t apps < <(lab_query role app)
+    mapfile -t apps <<<"$apps"
     for name in "${apps[@]}"; do
         vagrant provision "$name"
     done

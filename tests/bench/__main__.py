@@ -91,8 +91,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(lab_bench.format_table(lab), flush=True)
     topology: List[Dict[str, Any]] = []
     if not args.skip_lab and os.environ.get("BENCH_CLUSTER") != "0":
-        topology = topology_bench.run(os.path.join(work, "topology"))
-        print(topology_bench.format_table(topology), flush=True)
+        if topology_bench.lab_is_up():
+            print("bench: topology rows skipped: a lab is running here (make lab-destroy, or BENCH_CLUSTER=0)",
+                  flush=True)
+        else:
+            topology = topology_bench.run(os.path.join(work, "topology"))
+            print(topology_bench.format_table(topology), flush=True)
 
     results = {"machine": where, "http": http, "pipeline": pipeline, "lab": lab, "topology": topology,
                "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,

@@ -44,14 +44,16 @@ def run(work_dir: str) -> List[Dict[str, Any]]:
     was_running = lab_running()
     rows: List[Dict[str, Any]] = []
     try:
-        subprocess.run(["vagrant", "destroy", "-f"], cwd=ROOT, stdout=subprocess.DEVNULL, timeout=300, check=True)
+        subprocess.run(["make", "--no-print-directory", "lab-destroy"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                       timeout=300, check=True)
         rows.append(_timed("cold make lab", ["make", "--no-print-directory", "lab"], log, 1800))
         rows.append(_timed("warm make lab", ["make", "--no-print-directory", "lab"], log, 900))
         rows.append(_timed("no-op re-provision", ["vagrant", "provision"], log, 900))
         rows.append(_timed("fab deploy", [FAB, "deploy"], log, 900))
     finally:
         if not was_running:
-            subprocess.run(["vagrant", "destroy", "-f"], cwd=ROOT, stdout=subprocess.DEVNULL, timeout=300)
+            subprocess.run(["make", "--no-print-directory", "lab-destroy"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                           timeout=300)
     return rows
 
 

@@ -123,8 +123,13 @@ def measure(topology: str, log: str) -> Dict[str, Any]:
     return row
 
 
+def lab_is_up() -> bool:
+    """A lab of either topology is up in this checkout (its topology is recorded until lab-destroy)."""
+    return os.path.exists(os.path.join(ROOT, ".vagrant", "lab-topology"))
+
+
 def run(work_dir: str) -> List[Dict[str, Any]]:
-    if os.path.exists(os.path.join(ROOT, ".vagrant", "lab-topology")):
+    if lab_is_up():
         raise RuntimeError("a lab is running here (.vagrant/lab-topology): make lab-destroy first")
     os.makedirs(work_dir, exist_ok=True)
     log = os.path.join(work_dir, "topology.log")

@@ -108,12 +108,14 @@ def dup_execution_bound(plan: List[Tuple[str, Callable[[], str]]], batch: int = 
     restarts and gunicorn reloads re-run nothing: a job's outcome is kept until it is stored
     (worker.decided), and a redelivered message of an attempt that ran is skipped.
     (In the cluster: an app node lost whole is a SIGKILL of each of its job workers; a broker
-    fault or a rolling deploy moves the group's partitions at most once per app node: rebalances.)"""
+    fault moves the group's partitions at most once per app node, a rolling deploy twice per job
+    worker (it leaves, then joins): rebalances.)"""
     kills = sum(1 for name, _inject in plan if name.startswith("worker SIGKILL"))
     kills += sum(workers_per_node() for name, _inject in plan if name == "app node loss")
     moves = sum(1 for name, _inject in plan if name.startswith("rebalance"))
-    moves += sum(app_nodes() for name, _inject in plan
-                 if name.startswith(("broker", "network", "rolling deploy", "app node")))
+    moves += sum(app_nodes() for name, _inject in plan if name.startswith(("broker", "network", "app node")))
+    # A rolling deploy restarts every job worker: each leaves, then joins (two moves).
+    moves += sum(2 * workers_per_node() * app_nodes() for name, _inject in plan if name == "rolling deploy")
     return kills * batch + moves
 
 

@@ -53,6 +53,8 @@ class ClusterTarget(LabTarget):
         if self.lab["topology"] != "cluster":
             raise RuntimeError("the running lab is not the cluster (LAB_TOPOLOGY=cluster make lab)")
         self.apps = labfile.with_role("app", self.lab)
+        if len(self.apps) < 2:
+            raise RuntimeError("the cluster drills lose an app node whole: they need LAB_APP_NODES >= 2")
         self.brokers = labfile.with_role("kafka", self.lab)
         self.APP = self.apps[0]
         self.killed_broker: Optional[str] = None

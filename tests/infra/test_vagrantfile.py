@@ -153,14 +153,21 @@ def test_cluster_topology_machines_and_provisioning_env(tmp_path, monkeypatch, p
     monkeypatch.setenv("LAB_TOPOLOGY", "cluster")
     monkeypatch.setenv("LAB_APP_NODES", "3")
     monkeypatch.setenv("LAB_PROVIDER", provider)
+    # Not this checkout's running lab (the app topology, while the lab suite runs): the copy's.
+    monkeypatch.setattr(labfile, "TOPOLOGY_FILE", str(tmp_path / "no-lab-topology"))
     ours = labfile.provision_env()
+    # The cluster id derives from the checkout's path: the copy's differs from this one's (below).
+    del ours["LAB_KAFKA_CLUSTER_ID"]
     assert {k: env[k] for k in ours} == ours
     assert {n: m["ip"] for n, m in config["machines"].items()} == {
         n: labfile.machine_ip(n) for n in labfile.load()["machines"]}
 
 
 def test_app_topology_env_points_everything_at_the_sidecar():
+    from fablib import labfile
+
     env = generated("docker")["provision_env"]
+    assert env["LAB_KAFKA_CLUSTER_ID"] == labfile.kafka_cluster_id()
     assert env["LAB_KAFKA_HOSTS"] == env["LAB_DB_HOST"] == env["LAB_SIDECAR_HOST"]
     assert env["LAB_KAFKA_REPLICATION"] == env["LAB_KAFKA_MIN_ISR"] == "1"
     assert env["LAB_APP_HOSTS"] == env["LAB_APP_HOST"] and env["LAB_LB_HOST"] == ""

@@ -53,3 +53,19 @@ def test_bad_topology_settings_are_refused(no_lab, monkeypatch, bad):
         monkeypatch.setenv(name, value)
     with pytest.raises(SystemExit):
         labfile.load()
+
+
+def test_another_topology_than_the_running_labs_is_refused(no_lab, monkeypatch):
+    (no_lab / "lab-topology").write_text("app\n")
+    monkeypatch.setenv("LAB_TOPOLOGY", "cluster")
+    with pytest.raises(SystemExit, match="the running lab is the app topology, not cluster"):
+        labfile.load()
+
+
+def test_a_host_outside_the_lab_is_described_by_its_two_addresses(no_lab):
+    env = labfile.provision_env(given={"LAB_SIDECAR_HOST": "10.0.0.5", "LAB_APP_HOST": "10.0.0.6"})
+    assert env["LAB_KAFKA_HOSTS"] == env["LAB_DB_HOST"] == "10.0.0.5"
+    assert env["LAB_APP_HOSTS"] == "10.0.0.6"
+    both = labfile.provision_env(given={"LAB_SIDECAR_HOST": "10.0.0.5", "LAB_KAFKA_HOSTS": "k1,k2,k3"})
+    assert both["LAB_KAFKA_HOSTS"] == "k1,k2,k3" and both["LAB_DB_HOST"] == "10.0.0.5"
+    assert len(env["LAB_KAFKA_CLUSTER_ID"]) == 22
