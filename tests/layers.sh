@@ -14,7 +14,7 @@ LAYERS=(
     "unit + integration tests|unit-integration"
     "fault drills, local stack|drills"
     "lab suite (infra, idempotence, deploy)|lab-suite"
-    "cluster suite (roles, rolling deploy, idempotence, drills)|cluster-suite"
+    "cluster suite (roles, rolling deploy, idempotence)|cluster-suite"
     "Docker container (build, run, stop, dev variant)|container-test"
 )
 
