@@ -44,7 +44,7 @@ t4=$SECONDS
 # drills the same machinery (supervisor, init scripts, nginx, the app's env) and the cluster's own
 # faults; the local drills (an earlier layer) run this fault plan on the same code. Set
 # LAB_SUITE_DRILLS=1 to run them here too (~5 min; make test stays under 45 min without them).
-drills="not run here (the cluster suite's)"
+drills="not run (LAB_SUITE_DRILLS=1 runs them)"
 if [[ "${LAB_SUITE_DRILLS:-0}" == 1 ]]; then
     "$MAKE" --no-print-directory drills LAB=1
     drills="$((SECONDS - t4)) s"
