@@ -138,14 +138,18 @@ def kafka_health() -> None:
     """One JSON line: brokers, controller, partitions, under-replicated and offline ones, the
     fewest replicas of any, members of the workers' group, and how many partitions of the job
     topics each broker leads."""
-    from .kafkahealth import group_members, leaders, replication_health
+    from .kafkahealth import admin_client, group_members, leaders, replication_health
     from .topics import Topics
 
     cfg = current_app.config
-    health = replication_health(cfg["KAFKA_BOOTSTRAP"])
-    health["workers"] = group_members(cfg["KAFKA_BOOTSTRAP"], cfg["KAFKA_GROUP"])
-    health["leaders"] = {str(k): v for k, v in sorted(leaders(
-        cfg["KAFKA_BOOTSTRAP"], list(Topics.with_prefix(cfg["KAFKA_TOPIC_PREFIX"]).all())).items())}
+    admin = admin_client(cfg["KAFKA_BOOTSTRAP"])  # one connection for the three questions
+    try:
+        health = replication_health(admin)
+        health["workers"] = group_members(admin, cfg["KAFKA_GROUP"])
+        health["leaders"] = {str(k): v for k, v in sorted(leaders(
+            admin, list(Topics.with_prefix(cfg["KAFKA_TOPIC_PREFIX"]).all())).items())}
+    finally:
+        admin.close()
     click.echo(json.dumps(health, sort_keys=True))
 
 

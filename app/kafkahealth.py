@@ -3,25 +3,26 @@ every topic (Kafka's own included) whether it has a leader and all its replicas 
 `flask kafka health` prints it (fab status and the cluster drills read that line)."""
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 from kafka import KafkaAdminClient
 
 from .jobqueue import RECONNECT_BACKOFF_MAX_MS
 
 
-def replication_health(bootstrap: str, timeout_ms: int = 5000) -> Dict[str, Any]:
+def admin_client(bootstrap: str, timeout_ms: int = 5000) -> KafkaAdminClient:
+    """One admin client for the questions below (close it after)."""
+    return KafkaAdminClient(bootstrap_servers=bootstrap.split(","), client_id="joblab-health",
+                            bootstrap_timeout_ms=timeout_ms, request_timeout_ms=timeout_ms,
+                            reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS)
+
+
+def replication_health(admin: KafkaAdminClient) -> Dict[str, Any]:
     """brokers (ids), controller, partitions, under_replicated (fewer in sync than replicas),
     offline (no leader), the under-replicated ones named topic/partition (at most 20), and the
     fewest replicas any partition has."""
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap.split(","), client_id="joblab-health",
-                             bootstrap_timeout_ms=timeout_ms, request_timeout_ms=timeout_ms,
-                             reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS)
-    try:
-        cluster = admin.describe_cluster()
-        described = admin.describe_topics()
-    finally:
-        admin.close()
+    cluster = admin.describe_cluster()
+    described = admin.describe_topics()
     partitions = under = offline = 0
     fewest = None
     named = []
@@ -42,30 +43,17 @@ def replication_health(bootstrap: str, timeout_ms: int = 5000) -> Dict[str, Any]
             "fewest_replicas": fewest}
 
 
-def leaders(bootstrap: str, topics: list, timeout_ms: int = 5000) -> Dict[int, int]:
+def leaders(admin: KafkaAdminClient, topics: List[str]) -> Dict[int, int]:
     """How many partitions of ``topics`` each broker leads: {broker id: count}."""
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap.split(","), client_id="joblab-health",
-                             bootstrap_timeout_ms=timeout_ms, request_timeout_ms=timeout_ms,
-                             reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS)
-    try:
-        described = admin.describe_topics(topics)
-    finally:
-        admin.close()
     counts: Dict[int, int] = {}
-    for topic in described:
+    for topic in admin.describe_topics(topics):
         for p in topic.get("partitions") or []:
             if p.get("leader_id", -1) >= 0:
                 counts[p["leader_id"]] = counts.get(p["leader_id"], 0) + 1
     return counts
 
 
-def group_members(bootstrap: str, group: str, timeout_ms: int = 5000) -> int:
+def group_members(admin: KafkaAdminClient, group: str) -> int:
     """Members of consumer group ``group`` now (0 when it has none or is rebalancing)."""
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap.split(","), client_id="joblab-health",
-                             bootstrap_timeout_ms=timeout_ms, request_timeout_ms=timeout_ms,
-                             reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS)
-    try:
-        described = admin.describe_groups([group]).get(group) or {}
-    finally:
-        admin.close()
+    described = admin.describe_groups([group]).get(group) or {}
     return len(described.get("members") or [])

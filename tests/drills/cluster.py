@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import subprocess
 import sys
 import tempfile
@@ -212,15 +213,10 @@ class ClusterTarget(LabTarget):
         """`fab deploy` of this tree under another version number, node after node (drained first)."""
         self.deploys += 1
         version = "0.1.0+drill%d" % self.deploys
-        with tempfile.TemporaryDirectory(prefix="joblab-drill-src-") as tree:
-            archive = subprocess.run(["git", "archive", "--format=tar", "HEAD"], cwd=ROOT, capture_output=True,
-                                     check=True).stdout
-            subprocess.run(["tar", "-x", "-C", tree], input=archive, check=True)
-            pyproject = os.path.join(tree, "pyproject.toml")
-            with open(pyproject) as fh:
-                text = fh.read()
-            with open(pyproject, "w") as fh:
-                fh.write(text.replace('version = "0.1.0"', 'version = "%s"' % version, 1))
+        from tests.infra.test_deploy import source_tree  # the deploy gate's: this tree, another version
+
+        with tempfile.TemporaryDirectory(prefix="joblab-drill-src-") as tmp:
+            tree = source_tree(pathlib.Path(tmp), version)
             # fab reaches the nodes over SSH: its config must name their addresses as they are now.
             subprocess.run("vagrant ssh-config > .vagrant/ssh-config", shell=True, cwd=ROOT, check=True,
                            capture_output=True, timeout=120)
