@@ -42,12 +42,21 @@ def make_consumer(settings: dict) -> KafkaConsumer:
 
 
 class ForgetRevoked(ConsumerRebalanceListener):
+    """What the worker holds about its partitions, forgotten when they are revoked.
+
+    Not the pauses, though. kafka-python's default assignors rebalance eagerly: every rebalance
+    revokes every partition (this listener is told so), and the partitions given back to the
+    same member keep their kafka-python state - position and paused flag. A pause forgotten
+    here left such a partition paused with nothing to resume it: its retries never ran, its
+    offset never moved, and the sweep, seeing their messages still waiting, never sent them
+    again (6 jobs `queued` for good in a cluster drill, whose broker faults move the group's
+    coordinator and so rebalance a group whose members all stay). The pauses of the partitions
+    that went away are dropped once the new assignment is known (on_partitions_assigned)."""
+
     def __init__(self, worker: Any) -> None:
         self.worker = worker
 
     def on_partitions_revoked(self, revoked: Any) -> None:
-        for tp in revoked:
-            self.worker.paused_until.pop(tp, None)
         lost = {(tp.topic, tp.partition) for tp in revoked}
         for key in [k for k in self.worker.decided if k[:2] in lost]:
             del self.worker.decided[key]
@@ -57,6 +66,9 @@ class ForgetRevoked(ConsumerRebalanceListener):
             log.info("partitions revoked: %s", fmt_partitions(revoked))
 
     def on_partitions_assigned(self, assigned: Any) -> None:
+        kept = set(assigned)
+        for tp in [tp for tp in self.worker.paused_until if tp not in kept]:
+            del self.worker.paused_until[tp]  # another member's now, with kafka-python's fresh state
         log.info("partitions assigned: %s", fmt_partitions(assigned))
 
 

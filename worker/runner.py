@@ -217,9 +217,20 @@ class Worker:
             if until <= now:
                 del self.paused_until[tp]
                 if tp in self.consumer.assignment():
-                    self.consumer.resume(tp)
-                    drop_parked_records(self.consumer, tp)
+                    self._resume(tp)
                     log.debug("%s[%d]: resumed", tp.topic, tp.partition)
+        # Every pause has its time to end; a partition paused without one would never be fetched
+        # again (its jobs stranded, and the sweep blind to them: their messages are still
+        # there). The rebalance listener keeps that true (worker/consumer.py); this keeps it true
+        # whatever kafka-python does with a partition's state next.
+        for tp in self.consumer.paused():
+            if tp not in self.paused_until:
+                log.warning("%s[%d]: paused with no time to resume; resumed", tp.topic, tp.partition)
+                self._resume(tp)
+
+    def _resume(self, tp: TopicPartition) -> None:
+        self.consumer.resume(tp)
+        drop_parked_records(self.consumer, tp)
 
     def _commit(self, offsets: Dict[TopicPartition, int]) -> None:
         """Commit ``offsets`` (partition -> last offset handled) in one request."""

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import time
 
+from kafka import KafkaConsumer
 from kafka.admin import KafkaAdminClient, NewPartitions
 
 from worker.main import build_worker
@@ -42,3 +43,35 @@ def test_a_rejoin_that_outlives_its_poll_is_finished(make_stack, sqlite_url):
         worker.consumer.close(autocommit=False)
         worker.queue.close()
         worker.engine.dispose()
+
+
+def test_a_retry_paused_across_a_rebalance_that_keeps_its_partition_still_runs(make_stack, sqlite_url):
+    # Regression (found by the cluster drills: 6 `fail` jobs `queued` for good): kafka-python's
+    # default assignors rebalance eagerly, revoking every partition and handing the same ones back
+    # with their paused flag kept. The worker forgot its pauses on revocation, so a partition
+    # paused for a retry not yet due stayed paused for ever. A member that joins for another topic
+    # rebalances the group without moving any of the worker's partitions.
+    stack = make_stack(sqlite_url, MAX_ATTEMPTS=2, RETRY_BACKOFF=8.0, RETRY_BACKOFF_MAX=8.0)
+    job_id = stack.submit("fail", {"message": "boom"})
+    wt = stack.start_worker()
+    deadline = time.monotonic() + 30
+    while not any(tp.topic == stack.topics.retry for tp in list(wt.worker.paused_until)):
+        assert time.monotonic() < deadline, "the retry never waited: %s" % stack.job(job_id)
+        wt.check_alive()
+        time.sleep(0.05)
+    waiting_since = time.monotonic()
+
+    other = KafkaConsumer(stack.topics.dead, bootstrap_servers=stack.settings["KAFKA_BOOTSTRAP"],
+                          group_id=stack.settings["KAFKA_GROUP"], enable_auto_commit=False)
+    try:
+        deadline = time.monotonic() + 20
+        while not other.assignment():
+            assert time.monotonic() < deadline, "the rebalance did not finish"
+            other.poll(timeout_ms=200)
+        assert not any(tp.topic != stack.topics.dead for tp in other.assignment())
+        rebalanced_after = time.monotonic() - waiting_since
+    finally:
+        other.close()  # a second rebalance, the same way
+    assert rebalanced_after < 7.0, "the rebalance came after the retry was due: nothing was tested"
+    job = stack.wait_status(job_id, "failed", timeout=40)  # 8 s of backoff, then the second attempt
+    assert job["attempts"] == 2

@@ -25,7 +25,8 @@ class Consumer:
 
     def __init__(self) -> None:
         self.commits: List[Tuple[str, int, int]] = []
-        self.paused = {}
+        self.seeks = {}  # partition -> offset of its last seek()
+        self.held: set = set()  # paused partitions
         self.lags = {}  # topic -> {partition: unconsumed records}
         self.batches: List[dict] = []  # what poll() hands out, one batch per call, then nothing
         self.closed = False
@@ -40,10 +41,16 @@ class Consumer:
         self.commits.extend((tp.topic, tp.partition, o.offset) for tp, o in offsets.items())
 
     def seek(self, tp: Any, offset: int) -> None:
-        self.paused[tp] = offset
+        self.seeks[tp] = offset
 
     def pause(self, tp: Any) -> None:
-        pass
+        self.held.add(tp)
+
+    def resume(self, tp: Any) -> None:
+        self.held.discard(tp)
+
+    def paused(self) -> set:
+        return set(self.held)
 
     def assignment(self) -> set:
         return set()

@@ -75,7 +75,7 @@ def test_kafka_failing_at_the_checkpoint_commits_nothing_and_runs_nothing_again(
     worker.handle_batch(batch)
     tp = TopicPartition("jobs", 0)
     assert commits(worker) == []
-    assert worker.consumer.paused[tp] == 0  # rewound to the first record of the batch
+    assert worker.consumer.seeks[tp] == 0  # rewound to the first record of the batch
     assert len(runs) == 3 and all(status(engine, i) is JobStatus.SUCCEEDED for i in ids)
     sent_before = len(worker.queue.on("jobs.succeeded"))
     assert sent_before == 2  # the two acknowledged ones
@@ -112,7 +112,7 @@ def test_a_batch_stops_taking_records_after_its_time_and_the_rest_comes_next_pol
     batch, ids = batch_of(engine, user, partitions=(0, 1), per_partition=2)
     worker.handle_batch(batch)
     assert [status(engine, i) for i in ids] == [JobStatus.QUEUED] * 4
-    assert worker.consumer.paused == {TopicPartition("jobs", 0): 0, TopicPartition("jobs", 1): 0}  # seek()s
+    assert worker.consumer.seeks == {TopicPartition("jobs", 0): 0, TopicPartition("jobs", 1): 0}  # seek()s
     assert commits(worker) == []
 
 
@@ -148,7 +148,7 @@ def test_a_retry_not_yet_due_pauses_its_partition_and_the_batch_goes_on_elsewher
     worker.handle_batch(batch)
     assert [status(engine, i) for i in ids] == [JobStatus.SUCCEEDED, JobStatus.QUEUED, JobStatus.SUCCEEDED,
                                                 JobStatus.SUCCEEDED]
-    assert worker.consumer.paused[tp0] == 1
+    assert worker.consumer.seeks[tp0] == 1
     assert commits(worker) == [{("jobs", 0): 1, ("jobs", 1): 2}]
 
 
@@ -267,7 +267,7 @@ def test_the_store_failing_at_the_checkpoint_stores_each_success_later_without_r
     monkeypatch.setattr(worker.outcomes, "succeeded_many", down)
     worker.handle_batch(batch)
     tp = TopicPartition("jobs", 0)
-    assert commits(worker) == [] and worker.consumer.paused[tp] == 0 and worker.handled == 0
+    assert commits(worker) == [] and worker.consumer.seeks[tp] == 0 and worker.handled == 0
     assert len(runs) == 3 and all(status(engine, i) is JobStatus.RUNNING for i in ids)
     monkeypatch.undo()
     worker.clock = lambda: NOW + defaults.INFRA_RETRY_SECONDS
@@ -457,7 +457,7 @@ def test_a_job_named_again_while_its_success_cannot_be_stored_waits_and_runs_onc
 
     monkeypatch.setattr(worker.outcomes, "succeeded_many", down)
     worker.handle_batch(batch)
-    assert worker.consumer.paused[tp1] == 7  # the copy waits for its job's first record
+    assert worker.consumer.seeks[tp1] == 7  # the copy waits for its job's first record
     monkeypatch.undo()
     worker.clock = lambda: NOW + defaults.INFRA_RETRY_SECONDS
     worker._resume_due()
