@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-import uuid
 from typing import Any, Callable, Iterator, List, Optional, Sequence, Set, Tuple, TypeVar
 
 from kafka.errors import InvalidTopicError, KafkaError, MessageSizeTooLargeError, RecordListTooLargeError
@@ -24,7 +23,7 @@ from app.store import outbox
 from app.published import message_id
 from app.store.outbox import Message
 
-from . import defaults
+from . import defaults, owner
 from .errors import KafkaUnavailable, Unavailable, in_store
 
 log = logging.getLogger("worker")
@@ -41,7 +40,7 @@ class Publisher:
         self.engine = engine
         self.queue = queue
         self.lease = lease_seconds
-        self.owner = "worker-%s" % uuid.uuid4().hex[:16]
+        self.owner = owner.new_owner()  # host:pid:nonce (worker/owner.py)
         self.unsent: List[Tuple[int, Message]] = []
         self.sent: List[int] = []
         # Rows whose message may be on Kafka already: taken over from a worker that died (maybe
@@ -232,11 +231,21 @@ class Publisher:
             self.transaction(lambda conn: None)
 
     def relay(self, limit: int = 100) -> int:
-        """Take over and publish messages whose writer's lease ran out; how many were taken.
-        This worker's own rows are never taken: they are in ``unsent`` already."""
-        taken = in_store(outbox.take_abandoned, self.engine, self.owner, self.lease, limit)
+        """Take over and publish messages whose writer is seen dead on this host, or whose
+        writer's lease ran out; how many were taken. This worker's own rows are never taken:
+        they are in ``unsent`` already."""
+        dead = {o for o in in_store(outbox.owners, self.engine, self.owner) if owner.dead_here(o, self.owner)}
+        taken = in_store(outbox.take_from_dead, self.engine, self.owner, dead, self.lease, limit)
         if taken:
-            log.warning("publishing %d outbox messages left by another worker", len(taken))
+            log.warning("publishing %d outbox messages left by %s (no such process on this host any more)",
+                        len(taken), ", ".join(sorted(dead)))
+        if len(taken) < limit:
+            abandoned = in_store(outbox.take_abandoned, self.engine, self.owner, self.lease, limit - len(taken))
+            if abandoned:
+                log.warning("publishing %d outbox messages left by another worker (its lease ran out)",
+                            len(abandoned))
+            taken += abandoned
+        if taken:
             self.unsent.extend(taken)
             self.doubtful.update(i for i, _m in taken)
             self.flush()

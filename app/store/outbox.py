@@ -5,7 +5,8 @@ same transaction as the job's state change, then publishes them and deletes the 
 message exists if and only if the state change happened: no `failed` event for a job another
 delivery finished, no second dead letter when the store failed after the first. Each row is
 leased to the worker that wrote it; rows whose lease ran out (their worker died, or Kafka was
-down longer than the lease) are taken over by another worker with a conditional UPDATE, so one
+down longer than the lease), and rows of a writer seen dead on its own host (worker/owner.py),
+are taken over by another worker with a conditional UPDATE, so one
 worker at a time publishes a row; each message carries a `message-id` header, by which the new
 owner tells whether the dead writer published it before its delete (app/published.py)."""
 from __future__ import annotations
@@ -14,7 +15,7 @@ import json
 import uuid
 from dataclasses import dataclass, field, replace
 from datetime import timedelta, timezone
-from typing import Iterable, List, Optional, Set, Tuple
+from typing import Any, Iterable, List, Optional, Set, Tuple
 
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.engine import Connection, Engine
@@ -100,6 +101,37 @@ def take(conn: Connection, ids: List[int], owner: str, lease_seconds: float) -> 
     now = utcnow()
     conn.execute(update(outbox).where(outbox.c.id.in_(ids), outbox.c.lease_until < now).values(
         owner=owner, lease_until=now + timedelta(seconds=lease_seconds)))
+    return _leased(conn, ids, owner, now)
+
+
+def owners(engine: Engine, owner: str) -> Set[str]:
+    """The owners, other than ``owner``, of rows still leased (for take_from_dead)."""
+    with engine.begin() as conn:
+        return set(conn.execute(select(outbox.c.owner).distinct().where(outbox.c.owner != owner,
+                                                                       outbox.c.lease_until >= utcnow())).scalars())
+
+
+def take_from_dead(engine: Engine, owner: str, dead: Iterable[str], lease_seconds: float,
+                   limit: int = 100) -> List[Tuple[int, Message]]:
+    """Rows of the ``dead`` owners (writers known to be dead: worker/owner.py), now leased to
+    ``owner`` whatever their lease said (at most ``limit``). Conditional on the owner, so of two
+    workers that found the same dead writer, the second takes nothing."""
+    dead = list(dead)
+    if not dead:
+        return []
+    with engine.begin() as conn:
+        ids = list(conn.execute(select(outbox.c.id).where(outbox.c.owner.in_(dead))
+                                .order_by(outbox.c.id).limit(limit)).scalars())
+        if not ids:
+            return []
+        now = utcnow()
+        conn.execute(update(outbox).where(outbox.c.id.in_(ids), outbox.c.owner.in_(dead)).values(
+            owner=owner, lease_until=now + timedelta(seconds=lease_seconds)))
+        return _leased(conn, ids, owner, now)
+
+
+def _leased(conn: Connection, ids: List[int], owner: str, now: Any) -> List[Tuple[int, Message]]:
+    """Those of ``ids`` leased to ``owner`` after ``now``, as (row id, message), oldest first."""
     rows = conn.execute(select(outbox).where(outbox.c.id.in_(ids), outbox.c.owner == owner,
                                              outbox.c.lease_until > now).order_by(outbox.c.id)).all()
     return [(r.id, Message(r.topic, r.key, r.value,
