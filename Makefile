@@ -89,7 +89,7 @@ lab-ssh-config:
 	@mkdir -p .vagrant && vagrant ssh-config > .vagrant/ssh-config
 
 infra-test: venv lab-ssh-config ## testinfra against both lab machines (hosts from vagrant ssh-config)
-	$(PY) -m pytest -p no:cacheprovider tests/infra --ssh-config=.vagrant/ssh-config -m "not reprovision and not deploy"
+	$(PY) -m pytest -p no:cacheprovider tests/infra --ssh-config=.vagrant/ssh-config -m "not reprovision and not deploy" --durations=12
 
 lab-idempotence: venv lab-ssh-config ## re-provision the running lab and prove nothing changed
 	$(PY) -m pytest -p no:cacheprovider tests/infra --ssh-config=.vagrant/ssh-config -m reprovision
@@ -98,7 +98,7 @@ lab-deploy-test: venv lab-ssh-config ## fab deploy/rollback/scale under HTTP loa
 	$(PY) -m pytest -p no:cacheprovider tests/infra --ssh-config=.vagrant/ssh-config -m deploy
 
 cluster-test: venv lab-ssh-config ## the running cluster lab: each role, rolling deploy/rollback under load, re-provision changes nothing
-	$(PY) -m pytest -p no:cacheprovider tests/cluster tests/infra/test_idempotence.py --ssh-config=.vagrant/ssh-config
+	$(PY) -m pytest -p no:cacheprovider tests/cluster tests/infra/test_idempotence.py --ssh-config=.vagrant/ssh-config --durations=12
 
 cluster-suite: ## LAB_TOPOLOGY=cluster make lab, cluster-test, cluster drills, destroy (fails if it cannot run here, unless ALLOW_SKIP_LAB=1)
 	provision/host/cluster-suite.sh
