@@ -360,7 +360,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             time.sleep(0.2)
         load.stop()
         entries = ledger.snapshot()
-        say("load: %d accepted, refused: %s" % (len(entries), dict(ledger.refused) or "none"))
+        say("load: %d accepted, refused: %s; sent again with their Idempotency-Key after a dropped connection: "
+            "%s, %d of them answered with the job the first attempt had stored" % (
+                len(entries), dict(ledger.refused) or "none", dict(ledger.resent) or "none", ledger.replayed))
 
         t_drain = time.monotonic()
         audit = drain(target, [e.id for e in entries], args.drain_seconds)
@@ -421,12 +423,14 @@ def main(argv: Optional[List[str]] = None) -> int:
               and stranded == 0 and not refused_queued and outbox_left == 0)
         print("drills %s: %s in %.0f s; jobs=%d faults=%d unrecovered=%d dup_executions=%d/%d wrong_outcome=%d "
               "dead_letter_missing=%d dead_lettered_twice=%d poison=%d/%d server_errors=%s hostile=%d "
-              "worker_crashes=%d process_exits=%d refused=%d refused_queued=%d outbox_left=%d lost=%d duplicates=%d stuck=%d stranded=%d" % (
+              "worker_crashes=%d process_exits=%d refused=%d resent=%d refused_queued=%d outbox_left=%d lost=%d duplicates=%d "
+              "stuck=%d stranded=%d" % (
                   target.name, "PASS" if ok else "FAIL", time.monotonic() - t_begin, r["accepted"], len(faults),
                   unrecovered, r["dup_executions"], bound, r["wrong_outcome"], r["dead_letter_missing"],
                   r["dead_lettered_twice"],
                   r["poison_dead_lettered"], r["poison_written"], "-" if fuzz is None else fuzz["server_errors"],
-                  hostile["hostile"], hostile["worker_crashes"], len(exits), ledger.refused_total(), len(refused_queued), outbox_left,
+                  hostile["hostile"], hostile["worker_crashes"], len(exits), ledger.refused_total(), ledger.resent_total(),
+                  len(refused_queued), outbox_left,
                   r["lost"], r["duplicates"], r["stuck"],
                   stranded),
               flush=True)

@@ -3,9 +3,11 @@ the tests' HTTP client (tests/support/httpclient.py). The ledger is the client's
 checked against the store and the topics at the end."""
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
+import uuid
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
@@ -21,8 +23,18 @@ class Entry:
     accepted: float  # ... and when the 202 came back
 
 
+#: Times a submit with an Idempotency-Key is sent again after its connection dropped.
+RESENDS = 2
+
+
 class Ledger:
-    """Thread-safe record of accepted jobs and of refused submissions (by status or error)."""
+    """Thread-safe record of accepted jobs and of refused submissions (by status or error).
+
+    A submit with an Idempotency-Key whose connection drops (an nginx reload closing a keep-alive
+    connection, an app node killed mid-request) is sent again with the same key, as a client
+    that uses keys does: the API answers a replay with the job the first attempt stored, so a
+    resend never makes a second job. Without a key, a dropped connection is a refusal: the
+    client cannot know whether its job was stored."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -30,20 +42,36 @@ class Ledger:
         self.refused: Counter = Counter()
         #: Job ids the API named in a refusal (a 503 says which job it recorded as not enqueued).
         self.refused_ids: List[str] = []
+        self.resent: Counter = Counter()  # transport error -> resends after it
+        self.replayed = 0  # resends answered with the job their first attempt had stored
 
-    def submit(self, client: Client, job_type: str, args: Dict[str, Any]) -> Optional[Entry]:
+    def submit(self, client: Client, job_type: str, args: Dict[str, Any], keyed: bool = False) -> Optional[Entry]:
         sent = time.time()
-        code, body = client.submit(job_type, args)
+        data = json.dumps({"type": job_type, "args": args}).encode()
+        key = {"Idempotency-Key": uuid.uuid4().hex} if keyed else None
+        for attempt in range(1 + (RESENDS if keyed else 0)):
+            if attempt:
+                time.sleep(0.1 * attempt)
+            code, body, headers = client.raw("POST", "/v1/jobs", data, key)
+            if code != 0 or attempt == (RESENDS if keyed else 0):
+                break
+            with self.lock:
+                self.resent[body] += 1
         if code == 202 and isinstance(body, dict) and body.get("id"):
             entry = Entry(body["id"], job_type, sent, time.time())
             with self.lock:
                 self.entries[entry.id] = entry
+                self.replayed += headers.get("idempotent-replayed") == "true"
             return entry
         with self.lock:
             self.refused["%s %s" % (code, body if code == 0 else "")] += 1
             if code >= 500 and isinstance(body, dict) and isinstance(body.get("id"), str):
                 self.refused_ids.append(body["id"])
         return None
+
+    def resent_total(self) -> int:
+        with self.lock:
+            return sum(self.resent.values())
 
     def refused_total(self) -> int:
         with self.lock:
@@ -107,8 +135,11 @@ class Load:
                 if pause > 0:
                     self.stopping.wait(pause)
                 due = max(due + self.interval, time.monotonic() - self.interval)
-                job_type, args = job_for(self._next(), rng)
-                if self.ledger.submit(client, job_type, args) is None:
+                n = self._next()
+                job_type, args = job_for(n, rng)
+                # Three submits in four carry an Idempotency-Key (resent after a dropped
+                # connection); the fourth takes the API's plain path, as clients without keys do.
+                if self.ledger.submit(client, job_type, args, keyed=n % 4 != 0) is None:
                     self.stopping.wait(0.2)  # refused (e.g. 503 while Kafka restarts): back off a little
         finally:
             client.close()
