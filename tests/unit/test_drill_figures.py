@@ -1,7 +1,7 @@
 """The drill's arithmetic and partitioner mirror (the drill itself runs in `make drills`)."""
 from kafka.partitioner.default import DefaultPartitioner
 
-from tests.drills.client import job_for
+from tests.drills.client import Ledger, job_for
 from tests.support.figures import latency_summary, percentile
 from app.published import partition_of
 
@@ -95,3 +95,29 @@ def test_an_exit_report_shows_the_traceback_that_ended_the_process():
     assert trouble(log).splitlines()[:3] == ["Traceback (most recent call last):", '  File "x.py", line 1, in <module>',
                                               "KeyError: 'boom'"]
     assert trouble("a\nb\nc", lines=2) == "b\nc"
+
+
+class Dropping:
+    """A client whose first ``drops`` requests lose their connection; then 202 (a replay after the first)."""
+
+    def __init__(self, drops: int) -> None:
+        self.drops, self.sent = drops, []
+
+    def raw(self, method, path, data, headers=None):
+        self.sent.append(dict(headers or {}))
+        if len(self.sent) <= self.drops:
+            return 0, "RemoteDisconnected", {}
+        return 202, {"id": "job-1"}, {"idempotent-replayed": "true"} if len(self.sent) > 1 else {}
+
+
+def test_a_keyed_submit_is_resent_with_its_key_and_a_plain_one_is_refused():
+    ledger = Ledger()
+    client = Dropping(1)
+    assert ledger.submit(client, "sum", {"numbers": [1]}, keyed=True).id == "job-1"
+    keys = {h["Idempotency-Key"] for h in client.sent}
+    assert len(client.sent) == 2 and len(keys) == 1  # the same key both times
+    assert ledger.resent_total() == 1 and ledger.replayed == 1 and ledger.refused_total() == 0
+
+    assert ledger.submit(Dropping(1), "sum", {"numbers": [1]}) is None  # no key: never sent twice
+    assert ledger.submit(Dropping(3), "sum", {"numbers": [1]}, keyed=True) is None  # bounded: 1 + 2 sends
+    assert ledger.refused_total() == 2 and ledger.resent_total() == 3
