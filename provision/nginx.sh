@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # nginx on the app machine: :80 -> gunicorn on 127.0.0.1:8000, config from devops/nginx.conf. On the
 # cluster's load balancer (LAB_ROLE=lb): the same config, its upstream the app nodes' nginx
-# (LAB_APP_HOSTS, port 80), kept by devops/joblab-lb (installed as /usr/local/sbin/joblab-lb).
+# (LAB_APP_HOSTS, port 80), kept by devops/joblab-lb (installed as /usr/local/sbin/joblab-lb), whose
+# active health checks run as the service joblab-lb (devops/init.d/joblab-lb).
 #   Debian: the distro's nginx package. RHEL/CentOS: nginx.org's packages (devops/nginx.repo).
 # A new config is tested (`nginx -t -c <temp file>`) before it replaces /etc/nginx/nginx.conf; a
 # rejected one leaves the running config alone and stops here with nginx's message. nginx is
@@ -151,7 +152,8 @@ allow_proxy_connect_selinux() {
 # includes it is tested. Nodes an operator drained stay drained if they are still app nodes.
 setup_lb() {
     local hosts=() h tmp
-    install_file "$DEVOPS/joblab-lb" /usr/local/sbin/joblab-lb 755 root:root || true
+    pkg_install curl # the health checks' client
+    install_file "$DEVOPS/joblab-lb" /usr/local/sbin/joblab-lb 755 root:root && LB_WATCH_CHANGED=1
     ensure_dir "$LB_STATE" 755 root:root
     IFS=', ' read -r -a hosts <<<"${LAB_APP_HOSTS:-}"
     ((${#hosts[@]})) || die "LAB_APP_HOSTS is empty: the load balancer has no app node"
@@ -173,6 +175,20 @@ setup_lb() {
 
 LB_STATE=/etc/nginx/joblab-lb
 LB_UPSTREAM=/etc/nginx/joblab-upstream.conf
+LB_WATCH_CHANGED=0
+
+# The lb's active health checks (joblab-lb watch) as a service, once nginx runs: restarted when
+# its program or init script changed, else left running.
+start_lb_watch() {
+    install_file "$DEVOPS/init.d/joblab-lb" /etc/init.d/joblab-lb 755 root:root && LB_WATCH_CHANGED=1
+    service_enable joblab-lb
+    if ! service joblab-lb status >/dev/null 2>&1; then
+        service_start joblab-lb
+    elif [[ $LB_WATCH_CHANGED -eq 1 ]]; then
+        service joblab-lb restart >/dev/null || die "service joblab-lb restart failed"
+        say "joblab-lb watch restarted"
+    fi
+}
 
 require_root
 detect_os
@@ -194,3 +210,4 @@ elif [[ $conf_changed -eq 1 ]]; then
     service nginx reload >/dev/null || die "service nginx reload failed"
     say "nginx reloaded"
 fi
+[[ "${LAB_ROLE:-app}" != lb ]] || start_lb_watch

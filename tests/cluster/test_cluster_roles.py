@@ -111,6 +111,40 @@ def test_fab_status_reports_the_whole_cluster():
     assert out.count("serving") >= len(APPS)
 
 
+def lb_state(lb, node):
+    for line in lb.run("sudo /usr/local/sbin/joblab-lb status").stdout.splitlines():
+        if line.startswith(ip(node) + ":80 "):
+            return line.split()[1]
+    raise AssertionError("%s is not on the lb's list" % node)
+
+
+def wait_lb_state(lb, node, state, seconds=20):
+    deadline = time.monotonic() + seconds
+    while lb_state(lb, node) != state:
+        assert time.monotonic() < deadline, "%s not %s after %d s: %s" % (node, state, seconds, lb_state(lb, node))
+        time.sleep(0.5)
+
+
+def test_lb_keeps_a_node_whose_gunicorn_is_down_out_until_it_is_back(machine, token):
+    # What nginx's passive checks cannot do: the node's own nginx answers (502, for gunicorn), so
+    # every such answer would reach a client. The lb's watch takes the node out on its /healthz.
+    lb, node = machine(LBS[0]), APPS[-1]
+    assert lb.run("sudo service joblab-lb status").rc == 0
+    web = "sudo /usr/local/envs/supervisor/bin/supervisorctl -c /etc/supervisord.conf %s joblab-web"
+    assert machine(node).run(web % "stop").rc == 0
+    try:
+        wait_lb_state(lb, node, "unhealthy")
+        assert "server %s:80 down;" % ip(node) in lb.run("sudo cat /etc/nginx/joblab-upstream.conf").stdout
+        codes = [http.call(BASE, "POST", "/v1/jobs", token, {"type": "sum", "args": {"numbers": [n]}})[0]
+                 for n in range(20)]
+        assert codes == [202] * 20
+    finally:
+        machine(node).run(web % "start")
+    wait_lb_state(lb, node, "serving")
+    log = lb.run("sudo cat /var/log/joblab-lb.log").stdout
+    assert "%s:80 failed its health check" % ip(node) in log and "%s:80 passes its health check again" % ip(node) in log
+
+
 def test_lb_never_drains_its_last_serving_node(machine):
     lb = machine(LBS[0])
     first, rest = APPS[0], APPS[1:]

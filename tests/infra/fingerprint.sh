@@ -13,7 +13,8 @@ echo "== files"
 for path in /etc/joblab /etc/supervisord.conf /etc/supervisord.d /etc/nginx/nginx.conf \
     /etc/init.d/supervisord /etc/init.d/kafka /etc/kafka /opt/kafka /usr/local/bin/joblab-exec \
     /etc/postgresql /var/run/supervisor /etc/rc2.d /etc/prometheus /etc/default/prometheus \
-    /etc/init.d/prometheus /etc/nginx/joblab-lb /etc/nginx/joblab-upstream.conf /usr/local/sbin/joblab-lb; do
+    /etc/init.d/prometheus /etc/nginx/joblab-lb /etc/nginx/joblab-upstream.conf /usr/local/sbin/joblab-lb \
+    /etc/init.d/joblab-lb; do
     [ -e "$path" ] || continue
     find "$path" -xdev \( -type f -o -type d -o -type l \) -print0 | sort -z | while IFS= read -r -d '' f; do
         if [ -f "$f" ] && [ ! -L "$f" ]; then
@@ -31,7 +32,7 @@ if [ -S /var/run/supervisor/supervisor.sock ]; then
 fi
 echo "== service pids"
 for pidfile in /var/run/supervisord.pid /var/run/nginx.pid /var/run/kafka/kafka.pid \
-    /var/run/postgresql/*.pid /run/prometheus/prometheus.pid; do
+    /var/run/postgresql/*.pid /run/prometheus/prometheus.pid /var/run/joblab-lb.pid; do
     [ -f "$pidfile" ] && echo "$pidfile $(head -n1 "$pidfile")"
 done
 exit 0
