@@ -16,7 +16,7 @@ from .remote import APP_USER, name_of
 
 #: Init services per role, and the ports that must listen on the machine itself.
 SERVICES = {"app": ["nginx", "supervisord"], "sidecar": ["kafka", "postgresql"], "kafka": ["kafka"],
-            "db": ["postgresql"], "lb": ["nginx"]}
+            "db": ["postgresql"], "lb": ["nginx", "joblab-lb"]}
 PORTS = {"sidecar": [9092, 5432], "kafka": [9092], "db": [5432]}
 QUORUM_STATE = "/var/lib/kafka/kraft-combined-logs/__cluster_metadata-0/quorum-state"
 

@@ -42,34 +42,56 @@ def make_consumer(settings: dict) -> KafkaConsumer:
 
 
 class ForgetRevoked(ConsumerRebalanceListener):
-    """What the worker holds about its partitions, forgotten when they are revoked.
+    """What the worker holds about its partitions (pause timers, decisions not yet carried out,
+    claims kept), forgotten for the partitions it no longer has.
 
-    Not the pauses, though. kafka-python's default assignors rebalance eagerly: every rebalance
-    revokes every partition (this listener is told so), and the partitions given back to the
-    same member keep their kafka-python state - position and paused flag. A pause forgotten
-    here left such a partition paused with nothing to resume it: its retries never ran, its
-    offset never moved, and the sweep, seeing their messages still waiting, never sent them
+    Not at revocation, though. kafka-python's default assignors rebalance eagerly: every
+    rebalance revokes every partition (this listener is told so), and the partitions given back to
+    the same member keep their kafka-python state - position and paused flag. A pause forgotten
+    at revocation left such a partition paused with nothing to resume it: its retries never ran,
+    its offset never moved, and the sweep, seeing their messages still waiting, never sent them
     again (6 jobs `queued` for good in a cluster drill, whose broker faults move the group's
-    coordinator and so rebalance a group whose members all stay). The pauses of the partitions
-    that went away are dropped once the new assignment is known (on_partitions_assigned)."""
+    coordinator and so rebalance a group whose members all stay). So what the worker holds is
+    reconciled with kafka-python's own state once the new assignment is applied
+    (on_partitions_assigned): a pause timer is kept only for a partition still assigned AND still
+    paused there. A member thrown out of the group (on_partitions_lost) loses every partition's
+    state in kafka-python (positions, pauses): the worker forgets everything about them too."""
 
     def __init__(self, worker: Any) -> None:
         self.worker = worker
 
     def on_partitions_revoked(self, revoked: Any) -> None:
-        lost = {(tp.topic, tp.partition) for tp in revoked}
-        for key in [k for k in self.worker.decided if k[:2] in lost]:
-            del self.worker.decided[key]
-        for key in [k for k in self.worker.ahead if k[:2] in lost]:
-            del self.worker.ahead[key]  # a claim kept (its release failed): the new owner's now
         if revoked:
             log.info("partitions revoked: %s", fmt_partitions(revoked))
 
+    def on_partitions_lost(self, lost: Any) -> None:
+        self._forget(set(lost))
+        if lost:
+            log.warning("partitions lost (this worker was dropped from the group): %s", fmt_partitions(lost))
+
     def on_partitions_assigned(self, assigned: Any) -> None:
         kept = set(assigned)
-        for tp in [tp for tp in self.worker.paused_until if tp not in kept]:
-            del self.worker.paused_until[tp]  # another member's now, with kafka-python's fresh state
+        paused = set(self.worker.consumer.paused())
+        for tp in [tp for tp in self.worker.paused_until if tp not in kept or tp not in paused]:
+            del self.worker.paused_until[tp]  # gone, or back with fresh state (not paused)
+        self._forget({(tp.topic, tp.partition) for tp in self._held() if tp not in kept})
         log.info("partitions assigned: %s", fmt_partitions(assigned))
+
+    def _held(self) -> Any:
+        keys = list(self.worker.decided) + list(self.worker.ahead)
+        return {TopicPartition(topic, partition) for topic, partition, _offset in keys}
+
+    def _forget(self, gone: Any) -> None:
+        """Drop what the worker holds about the partitions ``gone`` (TopicPartitions or
+        (topic, partition) pairs): their next owner handles their records from the committed
+        offset (at-least-once)."""
+        gone = {(tp[0], tp[1]) for tp in gone}
+        for tp in [tp for tp in self.worker.paused_until if (tp.topic, tp.partition) in gone]:
+            del self.worker.paused_until[tp]
+        for key in [k for k in self.worker.decided if k[:2] in gone]:
+            del self.worker.decided[key]
+        for key in [k for k in self.worker.ahead if k[:2] in gone]:
+            del self.worker.ahead[key]  # a claim kept (its release failed): the new owner's now
 
 
 def drop_parked_records(consumer: KafkaConsumer, tp: TopicPartition) -> None:

@@ -69,8 +69,15 @@ def backoff_seconds(attempt: int, base: float, ceiling: float) -> float:
     """Delay before attempt ``attempt + 1``: base, 2*base, 4*base ... capped at ``ceiling``."""
     return min(ceiling, base * (2 ** max(0, attempt - 1)))
 
-#: How often a worker looks for outbox rows whose lease ran out.
+#: How often a worker looks for outbox rows whose lease ran out, or whose writer is dead.
 RELAY_EVERY_SECONDS = 30.0
+
+#: A writer seen dead (worker/owner.py) may have died with a produce in flight, its record on the
+#: partition's leader but not yet on the followers, where the look-up before a re-send cannot see
+#: it. Its rows are taken over once they have been quiet this long: by then such a record is
+#: visible (the followers fetched it, or were dropped from the ISR after Kafka's
+#: replica.lag.time.max.ms, 30 s) or it never will be.
+DEAD_WRITER_QUIET_SECONDS = 60.0
 
 
 def main(argv: Optional[list] = None, environ: Optional[Mapping[str, str]] = None) -> None:

@@ -3,43 +3,59 @@
 An outbox row is leased to the worker process that wrote it (app/store/outbox.py). When that
 process dies with rows left (SIGKILL, OOM), the lease alone would keep their messages off Kafka
 for outbox_lease_seconds (minutes: the lease must outlast the longest job of a live writer). But
-a writer on this very host is seen to be dead at once: no process has its pid. So an owner is
-named ``<host>:<pid>:<nonce>``, and a worker on the same host - typically the one supervisor
-started in its place a second later - takes such rows over without waiting for the lease.
+a writer that ran where this worker runs is seen to be dead at once: no process has its pid. So
+an owner is named ``<place>:<pid>:<nonce>``, and a worker in the same place - typically the one
+supervisor started in its place a second later - takes such rows over once they have been quiet
+for DEAD_GRACE_SECONDS (worker/publisher.py), without waiting for the lease.
 
-Never wrong in the unsafe direction: a pid that is alive (another process may have it now) is
-taken for its writer, and the lease decides. A mistaken take-over (two machines with one host
-name) costs nothing either: a row taken over is looked up on Kafka before it is sent again
-(worker/publisher.py), exactly as after a lease that ran out."""
+The place is where a pid means one process: the host name (for people reading the table) and a
+hash of the kernel's boot id and the pid namespace (for the check). Two machines with one host
+name, or a container sharing its host's name, are different places. Within a place the check errs
+only towards waiting: a pid that is alive (maybe another process has it now) or a zombie counts as
+the writer, and the lease decides."""
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import uuid
 from typing import Optional, Tuple
 
-#: Longest host name kept in an owner (the outbox's owner column holds 64 characters).
-HOST_MAX = 40
+#: Host name characters kept in an owner (the outbox's owner column holds 64 characters).
+HOST_MAX = 24
 
 
-def this_host() -> str:
-    return socket.gethostname()[:HOST_MAX]
+def _read(path: str) -> str:
+    try:
+        if path.startswith("/proc/self/ns/"):
+            return os.readlink(path)  # e.g. pid:[4026531836]: one per pid namespace
+        with open(path) as fh:
+            return fh.read().strip()
+    except OSError:
+        return ""
 
 
-def new_owner(host: Optional[str] = None, pid: Optional[int] = None) -> str:
+def this_place() -> str:
+    """``<host name>~<8 hex>``: the host name, then what tells this kernel boot and pid namespace apart."""
+    where = hashlib.sha1(("%s|%s" % (_read("/proc/sys/kernel/random/boot_id"),
+                                     _read("/proc/self/ns/pid"))).encode()).hexdigest()[:8]
+    return "%s~%s" % (socket.gethostname()[:HOST_MAX], where)
+
+
+def new_owner(place: Optional[str] = None, pid: Optional[int] = None) -> str:
     """A name for this process's rows: unique to this process's life (the nonce tells apart two
     processes that had one pid)."""
-    return "%s:%d:%s" % (this_host() if host is None else host[:HOST_MAX], os.getpid() if pid is None else pid,
+    return "%s:%d:%s" % (this_place() if place is None else place, os.getpid() if pid is None else pid,
                          uuid.uuid4().hex[:8])
 
 
 def parse(owner: str) -> Optional[Tuple[str, int]]:
-    """(host, pid) of an owner named by new_owner; None for any other name (older rows)."""
-    host, sep, rest = owner.rpartition(":")  # rest: the nonce
-    host, sep2, pid = host.rpartition(":")
-    if not (sep and sep2 and host and pid.isdigit()):
+    """(place, pid) of an owner named by new_owner; None for any other name (older rows)."""
+    head, sep, _nonce = owner.rpartition(":")
+    place, sep2, pid = head.rpartition(":")
+    if not (sep and sep2 and "~" in place and pid.isdigit()):
         return None
-    return host, int(pid)
+    return place, int(pid)
 
 
 def pid_alive(pid: int) -> bool:
@@ -52,10 +68,10 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def dead_here(owner: str, me: str, host: Optional[str] = None) -> bool:
-    """True if ``owner`` wrote from this host and no process has its pid any more. Never for
+def dead_here(owner: str, me: str, place: Optional[str] = None) -> bool:
+    """True if ``owner`` wrote from this place and no process has its pid any more. Never for
     ``me``; never for another owner in this process either (tests run several workers in one)."""
     found = parse(owner)
-    if owner == me or found is None or found[0] != (this_host() if host is None else host[:HOST_MAX]):
+    if owner == me or found is None or found[0] != (this_place() if place is None else place):
         return False
     return not pid_alive(found[1])

@@ -235,21 +235,28 @@ class Publisher:
         writer's lease ran out; how many were taken. This worker's own rows are never taken:
         they are in ``unsent`` already."""
         dead = {o for o in in_store(outbox.owners, self.engine, self.owner) if owner.dead_here(o, self.owner)}
-        taken = in_store(outbox.take_from_dead, self.engine, self.owner, dead, self.lease, limit)
+        taken = self._adopt(in_store(outbox.take_from_dead, self.engine, self.owner, dead, self.lease,
+                                     defaults.DEAD_WRITER_QUIET_SECONDS, limit))
         if taken:
-            log.warning("publishing %d outbox messages left by %s (no such process on this host any more)",
-                        len(taken), ", ".join(sorted(dead)))
-        if len(taken) < limit:
-            abandoned = in_store(outbox.take_abandoned, self.engine, self.owner, self.lease, limit - len(taken))
+            log.warning("publishing %d outbox messages left by %s (no such process here any more)",
+                        taken, ", ".join(sorted(dead)))
+        if taken < limit:
+            abandoned = self._adopt(in_store(outbox.take_abandoned, self.engine, self.owner, self.lease,
+                                             limit - taken))
             if abandoned:
-                log.warning("publishing %d outbox messages left by another worker (its lease ran out)",
-                            len(abandoned))
+                log.warning("publishing %d outbox messages left by another worker (its lease ran out)", abandoned)
             taken += abandoned
         if taken:
-            self.unsent.extend(taken)
-            self.doubtful.update(i for i, _m in taken)
             self.flush()
-        return len(taken)
+        return taken
+
+    def _adopt(self, rows: List[Tuple[int, Message]]) -> int:
+        """Rows just taken over: ours now (leased to us, in the store), so ours to publish at once,
+        before any further store call can fail - nothing else would (another worker never takes
+        the rows of a live owner before its lease runs out). Each is looked up on Kafka first."""
+        self.unsent.extend(rows)
+        self.doubtful.update(i for i, _m in rows)
+        return len(rows)
 
 
 #: Longest original record a dead letter carries (Kafka's default limit is 1 MB, and the headers

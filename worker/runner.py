@@ -219,14 +219,19 @@ class Worker:
                 if tp in self.consumer.assignment():
                     self._resume(tp)
                     log.debug("%s[%d]: resumed", tp.topic, tp.partition)
-        # Every pause has its time to end; a partition paused without one would never be fetched
-        # again (its jobs stranded, and the sweep blind to them: their messages are still
-        # there). The rebalance listener keeps that true (worker/consumer.py); this keeps it true
-        # whatever kafka-python does with a partition's state next.
-        for tp in self.consumer.paused():
+        # A pause and its time to end go together. A partition paused without one would never be
+        # fetched again (its jobs stranded, and the sweep blind to them: their messages are still
+        # there); a time to end without the pause would make the loop drop the partition's
+        # records as if a pause had rewound it. The rebalance listener keeps the two together
+        # (worker/consumer.py); this keeps them together whatever kafka-python does next.
+        paused = self.consumer.paused()
+        for tp in paused:
             if tp not in self.paused_until:
                 log.warning("%s[%d]: paused with no time to resume; resumed", tp.topic, tp.partition)
                 self._resume(tp)
+        for tp in [tp for tp in self.paused_until if tp not in paused]:
+            log.warning("%s[%d]: a time to resume, but not paused; forgotten", tp.topic, tp.partition)
+            del self.paused_until[tp]
 
     def _resume(self, tp: TopicPartition) -> None:
         self.consumer.resume(tp)

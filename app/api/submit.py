@@ -29,7 +29,8 @@ SUBMIT_ENDPOINTS = ("jobs.create_job", "jobs.create_jobs_batch")
 IDEMPOTENCY = {"parameters": [{
     "in": "header", "name": "Idempotency-Key", "required": False, "schema": {"type": "string", "maxLength": 255},
     "description": "a retry with the same key (and the same body, within 24 h) returns the jobs the first "
-                   "request made, with `Idempotent-Replayed: true`, instead of making new ones"}]}
+                   "request made, with `Idempotent-Replayed: true` and the first answer's status, instead of "
+                   "making new ones; after a 503 (Kafka took none of them) the key is free again"}]}
 
 
 @bp.before_request
@@ -91,6 +92,26 @@ def _not_enqueued(row: Dict[str, Any], reason: str) -> bool:
     return True
 
 
+def _free_key(rows: List[Dict[str, Any]]) -> None:
+    """None of a keyed request's jobs was taken by Kafka (the answer is 503, "try again"): its key
+    is freed, so that trying again with the same key submits again rather than replaying the 503.
+    If the store cannot free it now, a replay answers 503 as well (below)."""
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return
+    try:
+        job_store.forget_key(_db().engine, g.user_id, key, [r["id"] for r in rows])
+    except SQLAlchemyError as exc:
+        log.error("idempotency key of jobs %s not freed (%s)", [r["id"] for r in rows], exc.__class__.__name__)
+
+
+def _replayed_status(rows: List[Dict[str, Any]]) -> int:
+    """A replay answers as the first request did: 503 when Kafka took none of its jobs, 207 when
+    it took some (the others `failed`, not enqueued), else 202."""
+    refused = sum(1 for r in rows if job_store.not_enqueued(r))
+    return 202 if not refused else 503 if refused == len(rows) else 207
+
+
 def _enqueued(rows: List[Dict[str, Any]]) -> None:
     """Kafka has these jobs' messages: counted. (Their `enqueued` step is written by the worker's
     claim, from the record itself: app/store/jobs.py _claimed_steps.)"""
@@ -125,12 +146,16 @@ def create_job(body: Dict[str, Any]):
     row = rows[0]
     headers = {"Location": "/v1/jobs/%s" % row["id"]}
     if replayed:
-        return job_json(row), 202, dict(headers, **{"Idempotent-Replayed": "true"})
+        headers["Idempotent-Replayed"] = "true"
+        if _replayed_status(rows) == 503:
+            api_abort(503, "job queue unavailable, job not accepted; try again later", headers=headers, id=row["id"])
+        return job_json(row), 202, headers
     queue = current_app.extensions["joblab_queue"]
     try:
         queue.send(queue.topics.jobs, row["id"], encode_job(row["id"], row["type"], row["args"]))
     except QueueUnavailable as exc:
         if _not_enqueued(row, str(exc)):
+            _free_key(rows)
             api_abort(503, "job queue unavailable, job not accepted; try again later", id=row["id"])
         api_abort(503, "job queue unavailable; the job is recorded and will run once a worker finds it "
                   "stranded (GET /v1/jobs/%s says when)" % row["id"], id=row["id"])
@@ -163,7 +188,7 @@ def create_jobs_batch(body: Dict[str, Any]):
         api_abort(400, "jobs: " + problem, fields={"jobs": [problem]})
     rows, replayed = _create([(j["type"], j["args"]) for j in items], body)
     if replayed:
-        return {"jobs": [job_json(r) for r in rows]}, 202, {"Idempotent-Replayed": "true"}
+        return {"jobs": [job_json(r) for r in rows]}, _replayed_status(rows), {"Idempotent-Replayed": "true"}
     queue = current_app.extensions["joblab_queue"]
     errors = queue.send_many(queue.topics.jobs, [(r["id"], encode_job(r["id"], r["type"], r["args"])) for r in rows])
     _enqueued([r for r, error in zip(rows, errors) if error is None])
@@ -175,4 +200,6 @@ def create_jobs_batch(body: Dict[str, Any]):
     log.info("batch of %d jobs for user %r: %d queued, %d not enqueued", len(rows), g.user_name,
              len(rows) - failed, failed)
     status = 202 if not failed else 503 if failed == len(rows) else 207
+    if status == 503:
+        _free_key(rows)
     return {"jobs": [job_json(r) for r in rows]}, status

@@ -165,6 +165,20 @@ def _create_jobs(engine: Engine, user_id: int, specs: List[Tuple[str, Dict[str, 
     return [_built(values, args) for values, (_t, args) in zip(rows, specs)], False
 
 
+def not_enqueued(job: Row) -> bool:
+    """A job Kafka never took (its submit was answered 503)."""
+    return job["status"] is JobStatus.FAILED and (job.get("error") or "").startswith(NOT_ENQUEUED)
+
+
+def forget_key(engine: Engine, user_id: int, key: str, job_ids: List[str]) -> None:
+    """Free ``key`` when it still names the request that made ``job_ids``: none of them was
+    taken by Kafka, and the client, told to try again, may do so with the same key."""
+    with engine.begin() as conn:
+        conn.execute(delete(idempotency_keys).where(idempotency_keys.c.user_id == user_id,
+                                                    idempotency_keys.c.key == key,
+                                                    idempotency_keys.c.job_ids == json.dumps(job_ids)))
+
+
 def get_job(engine: Engine, job_id: str, user_id: Optional[int] = None) -> Optional[Row]:
     """The job, or None when unknown or owned by another user (callers answer both the same)."""
     with engine.connect() as conn:

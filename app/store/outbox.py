@@ -111,16 +111,19 @@ def owners(engine: Engine, owner: str) -> Set[str]:
                                                                        outbox.c.lease_until >= utcnow())).scalars())
 
 
-def take_from_dead(engine: Engine, owner: str, dead: Iterable[str], lease_seconds: float,
+def take_from_dead(engine: Engine, owner: str, dead: Iterable[str], lease_seconds: float, quiet_seconds: float,
                    limit: int = 100) -> List[Tuple[int, Message]]:
-    """Rows of the ``dead`` owners (writers known to be dead: worker/owner.py), now leased to
-    ``owner`` whatever their lease said (at most ``limit``). Conditional on the owner, so of two
-    workers that found the same dead writer, the second takes nothing."""
+    """Rows of the ``dead`` owners (writers known to be dead: worker/owner.py) untouched for
+    ``quiet_seconds`` (written or renewed that long ago: their lease, of ``lease_seconds`` as ours,
+    has that little left), now leased to ``owner`` (at most ``limit``). Conditional on the owner,
+    so of two workers that found the same dead writer, the second takes nothing."""
     dead = list(dead)
     if not dead:
         return []
     with engine.begin() as conn:
-        ids = list(conn.execute(select(outbox.c.id).where(outbox.c.owner.in_(dead))
+        quiet_since = utcnow() + timedelta(seconds=lease_seconds - quiet_seconds)
+        ids = list(conn.execute(select(outbox.c.id).where(outbox.c.owner.in_(dead),
+                                                          outbox.c.lease_until < quiet_since)
                                 .order_by(outbox.c.id).limit(limit)).scalars())
         if not ids:
             return []

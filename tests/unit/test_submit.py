@@ -6,6 +6,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import update
 
+from app.jobqueue import QueueUnavailable
 from app.store import jobs as js
 from app.store.schema import idempotency_keys
 from tests.conftest import auth
@@ -122,6 +123,57 @@ def test_a_replay_shows_the_jobs_as_they_are_now(client, app, alice, kafka):
     job_id = client.post("/v1/jobs", json=SUM, headers=headers).get_json()["id"]
     js.claim_job(engine(app), job_id)
     assert client.post("/v1/jobs", json=SUM, headers=headers).get_json()["status"] == "running"
+
+
+def refuse_single_sends(app):
+    def refuse(topic, key, value, headers=None):
+        raise QueueUnavailable("kafka: KafkaTimeoutError")
+    app.extensions["joblab_queue"].send = refuse
+
+
+def test_a_submit_kafka_refused_may_be_tried_again_with_its_key(client, app, alice, kafka):
+    # The 503 says "try again": a client with a key tries again with the same key, and gets a job.
+    headers = dict(alice, **{"Idempotency-Key": "k-503"})
+    refuse_single_sends(app)
+    first = client.post("/v1/jobs", json=SUM, headers=headers)
+    assert first.status_code == 503
+    Kafka(app)  # Kafka is back
+    again = client.post("/v1/jobs", json=SUM, headers=headers)
+    assert again.status_code == 202 and "Idempotent-Replayed" not in again.headers
+    assert again.get_json()["id"] != first.get_json()["id"]
+    assert js.get_job(engine(app), first.get_json()["id"])["status"].value == "failed"
+
+
+def test_a_replay_of_a_refused_submit_is_refused_too(client, app, alice, kafka, monkeypatch):
+    # The key could not be freed (the store failed just then): a replay answers as the first did.
+    from sqlalchemy.exc import OperationalError
+
+    def store_down(*args):
+        raise OperationalError("DELETE", {}, Exception("down"))
+
+    monkeypatch.setattr(js, "forget_key", store_down)
+    headers = dict(alice, **{"Idempotency-Key": "k-503"})
+    refuse_single_sends(app)
+    first = client.post("/v1/jobs", json=SUM, headers=headers)
+    Kafka(app)
+    again = client.post("/v1/jobs", json=SUM, headers=headers)
+    assert first.status_code == again.status_code == 503 and again.headers["Idempotent-Replayed"] == "true"
+    assert again.get_json()["id"] == first.get_json()["id"]
+
+
+def test_a_batch_replay_answers_as_the_first_did(client, app, alice, kafka):
+    headers = dict(alice, **{"Idempotency-Key": "b-207"})
+    kafka.refuse = {1}
+    first = client.post("/v1/jobs/batch", json=batch(SUM, NOOP), headers=headers)
+    again = client.post("/v1/jobs/batch", json=batch(SUM, NOOP), headers=headers)
+    assert first.status_code == again.status_code == 207 and again.headers["Idempotent-Replayed"] == "true"
+    # Kafka took none: 503, and the key is free for the next try.
+    headers = dict(alice, **{"Idempotency-Key": "b-503"})
+    kafka.refuse = {0, 1}
+    assert client.post("/v1/jobs/batch", json=batch(SUM, NOOP), headers=headers).status_code == 503
+    kafka.refuse = set()
+    retry = client.post("/v1/jobs/batch", json=batch(SUM, NOOP), headers=headers)
+    assert retry.status_code == 202 and "Idempotent-Replayed" not in retry.headers
 
 
 def test_an_expired_key_makes_new_jobs(client, app, alice, kafka):
