@@ -40,7 +40,7 @@ class Publisher:
         self.engine = engine
         self.queue = queue
         self.lease = lease_seconds
-        self.owner = owner.new_owner()  # host:pid:nonce (worker/owner.py)
+        self.owner = owner.new_owner()  # host~place:pid:nonce (worker/owner.py)
         self.unsent: List[Tuple[int, Message]] = []
         self.sent: List[int] = []
         # Rows whose message may be on Kafka already: taken over from a worker that died (maybe

@@ -192,14 +192,15 @@ def create_jobs_batch(body: Dict[str, Any]):
     queue = current_app.extensions["joblab_queue"]
     errors = queue.send_many(queue.topics.jobs, [(r["id"], encode_job(r["id"], r["type"], r["args"])) for r in rows])
     _enqueued([r for r, error in zip(rows, errors) if error is None])
+    marked = True  # every job Kafka refused is recorded as such (else the sweep sends it later)
     for row, error in zip(rows, errors):
         if error is not None:
-            _not_enqueued(row, error)
+            marked = _not_enqueued(row, error) and marked
             row.update(status=JobStatus.FAILED, error=job_store.NOT_ENQUEUED + error, finished_at=utcnow())
     failed = sum(1 for e in errors if e is not None)
     log.info("batch of %d jobs for user %r: %d queued, %d not enqueued", len(rows), g.user_name,
              len(rows) - failed, failed)
     status = 202 if not failed else 503 if failed == len(rows) else 207
-    if status == 503:
+    if status == 503 and marked:
         _free_key(rows)
     return {"jobs": [job_json(r) for r in rows]}, status
