@@ -74,12 +74,9 @@ class ForgetRevoked(ConsumerRebalanceListener):
         paused = set(self.worker.consumer.paused())
         for tp in [tp for tp in self.worker.paused_until if tp not in kept or tp not in paused]:
             del self.worker.paused_until[tp]  # gone, or back with fresh state (not paused)
-        self._forget({(tp.topic, tp.partition) for tp in self._held() if tp not in kept})
+        held = {key[:2] for key in list(self.worker.decided) + list(self.worker.ahead)}
+        self._forget(held - {(tp.topic, tp.partition) for tp in kept})
         log.info("partitions assigned: %s", fmt_partitions(assigned))
-
-    def _held(self) -> Any:
-        keys = list(self.worker.decided) + list(self.worker.ahead)
-        return {TopicPartition(topic, partition) for topic, partition, _offset in keys}
 
     def _forget(self, gone: Any) -> None:
         """Drop what the worker holds about the partitions ``gone`` (TopicPartitions or

@@ -6,7 +6,7 @@ for outbox_lease_seconds (minutes: the lease must outlast the longest job of a l
 a writer that ran where this worker runs is seen to be dead at once: no process has its pid. So
 an owner is named ``<place>:<pid>:<nonce>``, and a worker in the same place - typically the one
 supervisor started in its place a second later - takes such rows over once they have been quiet
-for DEAD_GRACE_SECONDS (worker/publisher.py), without waiting for the lease.
+for DEAD_WRITER_QUIET_SECONDS (worker/defaults.py), without waiting for the lease.
 
 The place is where a pid means one process: the host name (for people reading the table) and a
 hash of the kernel's boot id and the pid namespace (for the check). Two machines with one host
@@ -15,6 +15,7 @@ only towards waiting: a pid that is alive (maybe another process has it now) or 
 the writer, and the lease decides."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import socket
@@ -35,6 +36,7 @@ def _read(path: str) -> str:
         return ""
 
 
+@functools.lru_cache(maxsize=None)  # a process's place does not change: read and hashed once
 def this_place() -> str:
     """``<host name>~<8 hex>``: the host name, then what tells this kernel boot and pid namespace apart."""
     where = hashlib.sha1(("%s|%s" % (_read("/proc/sys/kernel/random/boot_id"),
