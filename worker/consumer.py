@@ -33,6 +33,8 @@ def consumer_config(settings: dict) -> dict:
         fetch_max_wait_ms=defaults.FETCH_MAX_WAIT_MS,
         request_timeout_ms=defaults.REQUEST_TIMEOUT_MS,
         allow_auto_create_topics=False,
+        # kafka-python's own client metrics are read by nothing here (ours: app/metrics.py).
+        metrics_enabled=False,
         reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
     )
 
@@ -89,6 +91,30 @@ class ForgetRevoked(ConsumerRebalanceListener):
             del self.worker.decided[key]
         for key in [k for k in self.worker.ahead if k[:2] in gone]:
             del self.worker.ahead[key]  # a claim kept (its release failed): the new owner's now
+
+
+class FetchCoalescing:
+    """Fetches that answer at once while the worker is idle, and wait a little for records to pile
+    up while it is busy (defaults.COALESCE_*). kafka-python takes its fetch settings once, at
+    construction; its fetcher reads them from its config each time it builds a fetch request, which
+    is where they are switched here (kafka-python is pinned to 3.0.x; if that config is not found,
+    the fetches keep the construction's settings: correct, only less batched)."""
+
+    def __init__(self, consumer: KafkaConsumer) -> None:
+        config = getattr(getattr(consumer, "_fetcher", None), "config", None)
+        known = isinstance(config, dict) and {"fetch_min_bytes", "fetch_max_wait_ms"} <= set(config)
+        self.config = config if known else None
+        self.busy = False
+
+    def after_poll(self, records: int) -> None:
+        """A poll brought ``records``: set how the next fetches wait. (The fetch in flight was built
+        before; kafka-python sends the next one before a poll returns, so this applies a poll later.)"""
+        busy = records >= defaults.COALESCE_AFTER
+        if busy == self.busy or self.config is None:
+            return
+        self.busy = busy
+        self.config["fetch_min_bytes"] = defaults.COALESCE_MIN_BYTES if busy else 1
+        self.config["fetch_max_wait_ms"] = defaults.COALESCE_WAIT_MS if busy else defaults.FETCH_MAX_WAIT_MS
 
 
 def drop_parked_records(consumer: KafkaConsumer, tp: TopicPartition) -> None:

@@ -39,7 +39,7 @@ from app.store import history, jobs as job_store
 from app.topics import Topics
 
 from . import defaults
-from .consumer import ForgetRevoked, drop_parked_records, finish_stalled_rejoin
+from .consumer import FetchCoalescing, ForgetRevoked, drop_parked_records, finish_stalled_rejoin
 from .control import JobTimedOut, deadline, disarm, shielded
 from .errors import KafkaUnavailable, StoreUnavailable, Unavailable, describe
 from .outcomes import Outcomes
@@ -76,6 +76,7 @@ class Worker:
         batch_size: int = 1,
     ) -> None:
         self.consumer = consumer
+        self.coalescing = FetchCoalescing(consumer)
         self.queue = queue
         self.engine = engine
         self.topics = topics
@@ -178,6 +179,7 @@ class Worker:
 
     def poll(self, timeout_ms: int, limit: int) -> Dict[TopicPartition, List[Any]]:
         batch = self.consumer.poll(timeout_ms=timeout_ms, max_records=limit)
+        self.coalescing.after_poll(sum(len(records) for records in batch.values()))
         if finish_stalled_rejoin(self.consumer):
             log.warning("the group rejoin that started in an earlier poll was left unfinished by kafka-python; rejoining")
         return batch
