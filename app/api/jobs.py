@@ -80,7 +80,7 @@ def _own_job_or_404(job_id: str) -> Dict[str, Any]:
 
 @bp.route("", methods=["GET"])
 @authenticated
-@bp.arguments(JobListQuerySchema, location="query", error_status_code=400)
+@bp.arguments(JobListQuerySchema(), location="query", error_status_code=400)
 @bp.response(200, JobListSchema)
 def list_jobs(query: Dict[str, Any]):
     """The caller's jobs, newest first; follow `next_cursor` for the next page."""

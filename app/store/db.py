@@ -96,21 +96,22 @@ def _note_checkin(_dbapi_conn: Any, record: Any) -> None:
         record.info["checked_in"] = time.monotonic()
 
 
-def _ping_if_idle(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
-    """Pessimistic disconnect handling, for idle connections only (PING_IDLE_SECONDS)."""
-    since = record.info.get("checked_in")
-    if since is None or time.monotonic() - since < PING_IDLE_SECONDS:
-        return
-    try:
-        cursor = dbapi_conn.cursor()
+def _ping_if_idle(dialect: Any) -> Any:
+    """Pessimistic disconnect handling, for idle connections only (PING_IDLE_SECONDS): the
+    dialect's own ping, as pool_pre_ping does (psycopg's leaves the connection as it found it;
+    a plain SELECT would leave it in a transaction, and an AUTOCOMMIT statement then fails)."""
+
+    def check(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.get("checked_in")
+        if since is None or time.monotonic() - since < PING_IDLE_SECONDS:
+            return
         try:
-            cursor.execute("SELECT 1")
-            cursor.fetchall()
-        finally:
-            cursor.close()
-    except Exception as exc:
-        # The pool discards this connection and checks out another (up to three times).
-        raise DisconnectionError("pooled connection failed its ping: %s" % exc.__class__.__name__) from exc
+            dialect.do_ping(dbapi_conn)
+        except Exception as exc:
+            # The pool discards this connection and checks out another (up to three times).
+            raise DisconnectionError("pooled connection failed its ping: %s" % exc.__class__.__name__) from exc
+
+    return check
 
 
 def make_engine(url: str) -> Engine:
@@ -125,7 +126,7 @@ def make_engine(url: str) -> Engine:
         _install_pymssql_gevent_callback()
     engine = create_engine(url, pool_size=5, max_overflow=5, pool_timeout=10)
     event.listen(engine, "checkin", _note_checkin)
-    event.listen(engine, "checkout", _ping_if_idle)
+    event.listen(engine, "checkout", _ping_if_idle(engine.dialect))
     return engine
 
 

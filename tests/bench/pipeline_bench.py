@@ -45,6 +45,7 @@ from kafka.errors import KafkaError
 from sqlalchemy import func, select
 
 from app.store import make_engine
+from app.states import JobStatus
 from app.store.schema import jobs as jobs_table
 from tests.bench import cpu
 from tests.support.figures import percentile
@@ -191,12 +192,16 @@ def wait_all_succeeded(stack: LocalStack, engine: Any, seconds: float, poll: flo
     """Until no job in the store is queued or running; any job in another state than succeeded,
     a dead worker or the deadline is an error."""
     deadline = time.monotonic() + seconds
-    query = select(jobs_table.c.status, func.count()).group_by(jobs_table.c.status)
+    # Only the jobs not succeeded are counted (through ix_jobs_status_finished): a count of the
+    # whole table, 20 times a second, cost PostgreSQL ~10 ms a time once the bench had made 30,000
+    # jobs - CPU taken from the pipeline being measured.
+    others = [s.value for s in JobStatus if s is not JobStatus.SUCCEEDED]
+    query = select(jobs_table.c.status, func.count()).where(jobs_table.c.status.in_(others)).group_by(
+        jobs_table.c.status)
     while True:
         with engine.connect() as conn:
             counts = dict(conn.execute(query).all())
         pending = counts.pop("queued", 0) + counts.pop("running", 0)
-        done = counts.pop("succeeded", 0)
         if counts:
             raise RuntimeError("jobs did not succeed: %s; see %s" % (counts, stack.work_dir))
         if not pending:
@@ -205,8 +210,8 @@ def wait_all_succeeded(stack: LocalStack, engine: Any, seconds: float, poll: flo
         if dead:
             raise RuntimeError("job worker(s) %s exited; see %s" % (dead, stack.work_dir))
         if time.monotonic() > deadline:
-            raise RuntimeError("only %d jobs succeeded after %.0f s, %d still queued or running; see %s"
-                               % (done, seconds, pending, stack.work_dir))
+            raise RuntimeError("%d jobs still queued or running after %.0f s; see %s"
+                               % (pending, seconds, stack.work_dir))
         time.sleep(poll)
 
 

@@ -40,6 +40,12 @@ def test_an_idle_connection_killed_server_side_is_replaced_before_use(pg_url, mo
         with engine.connect() as conn:
             assert conn.execute(text("SELECT 41 + 1")).scalar_one() == 42
         assert _backend_pid(engine) != first
+        time.sleep(0.2)
+        # A connection that passed its ping is as it was: the API's one-statement INSERT runs it
+        # in autocommit, which a connection left in a transaction refuses.
+        with engine.connect() as plain:
+            conn = plain.execution_options(isolation_level="AUTOCOMMIT")
+            assert conn.execute(text("SELECT 1")).scalar_one() == 1
     finally:
         engine.dispose()
 
