@@ -58,7 +58,10 @@ def make_producer(bootstrap: str, timeout: float, linger_ms: float = 0) -> Kafka
         # An idle producer sends at once, as with linger 0; under load, concurrent submits of a
         # gevent worker share requests. A single-record produce costs the broker ~0.9 ms of CPU
         # and kafka-python ~1.1 ms here; in a batch of 100, ~0.13 ms both together (make bench:
-        # single submits +20 %, Kafka's CPU per job -25 %).
+        # single submits +20 %, Kafka's CPU per job -25 %). While that request is out, kafka-python
+        # 3.0's sender polls with no timeout (it finds the broker "not ready" with no backoff):
+        # making it wait instead, up to 20 ms, cost a fifth of the throughput (the answer did not
+        # end the wait), 1 ms changed nothing; it is left as kafka-python has it.
         max_in_flight_requests_per_connection=1,
     )
 

@@ -84,10 +84,11 @@ def _mssql_error_number(exc: DBAPIError) -> Optional[int]:
 
 #: A pooled connection unused this long is checked with a round trip before it is handed out.
 #: SQLAlchemy's pool_pre_ping checks every checkout: one more round trip per request, which cost
-#: ~10 % of a single submit's CPU (make bench). A connection in steady use is not checked: if the
-#: server went away since its last use, that one statement fails (a 503, or a worker's retry), and
-#: SQLAlchemy, seeing a disconnect, replaces every connection of the pool. A server restart takes
-#: longer than this, so connections that waited it out are still checked first.
+#: ~10 % of a single submit's CPU on PostgreSQL (make bench). A connection in steady use is not
+#: checked: if the server went away since its last use (a restart within the last second), that one
+#: statement fails - a 503 for a submit, a retry for a worker - and SQLAlchemy, seeing a disconnect,
+#: replaces every connection of the pool (the drills' database restart: a few refused submits,
+#: nothing lost). Connections that waited out a restart are checked first. SQL Server: every checkout.
 PING_IDLE_SECONDS = 1.0
 
 
@@ -123,7 +124,11 @@ def make_engine(url: str) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     if backend == "mssql":
+        # SQL Server keeps the ping on every checkout: switching a pymssql connection to AUTOCOMMIT
+        # (the submit's INSERT) talks to the server, and on a dead connection raises an error
+        # SQLAlchemy does not wrap (a 500, not a 503), so the connection must be known good first.
         _install_pymssql_gevent_callback()
+        return create_engine(url, pool_size=5, max_overflow=5, pool_timeout=10, pool_pre_ping=True)
     engine = create_engine(url, pool_size=5, max_overflow=5, pool_timeout=10)
     event.listen(engine, "checkin", _note_checkin)
     event.listen(engine, "checkout", _ping_if_idle(engine.dialect))
