@@ -115,6 +115,10 @@ def _ping_if_idle(dialect: Any) -> Any:
     return check
 
 
+#: The pool of a server database (PostgreSQL, SQL Server), per process.
+_POOL = dict(pool_size=5, max_overflow=5, pool_timeout=10)
+
+
 def make_engine(url: str) -> Engine:
     """An engine for ``url`` with the per-backend settings above."""
     backend = make_url(url).get_backend_name()
@@ -128,8 +132,8 @@ def make_engine(url: str) -> Engine:
         # (the submit's INSERT) talks to the server, and on a dead connection raises an error
         # SQLAlchemy does not wrap (a 500, not a 503), so the connection must be known good first.
         _install_pymssql_gevent_callback()
-        return create_engine(url, pool_size=5, max_overflow=5, pool_timeout=10, pool_pre_ping=True)
-    engine = create_engine(url, pool_size=5, max_overflow=5, pool_timeout=10)
+        return create_engine(url, pool_pre_ping=True, **_POOL)
+    engine = create_engine(url, **_POOL)
     event.listen(engine, "checkin", _note_checkin)
     event.listen(engine, "checkout", _ping_if_idle(engine.dialect))
     return engine

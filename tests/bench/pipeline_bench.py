@@ -44,8 +44,8 @@ from kafka.admin import KafkaAdminClient
 from kafka.errors import KafkaError
 from sqlalchemy import func, select
 
-from app.store import make_engine
 from app.states import JobStatus
+from app.store import make_engine
 from app.store.schema import jobs as jobs_table
 from tests.bench import cpu
 from tests.support.figures import percentile
