@@ -47,7 +47,8 @@ fi
 
 # Provision NAME... at once, each into its own log; one line naming the first that failed.
 provision_together() {
-    local name pids=() failed=""
+    local name pids=() failed="" started=$SECONDS
+    say "provisioning $* together (each into .vagrant/provision-<name>.log)"
     for name in "$@"; do
         vagrant provision "$name" >".vagrant/provision-$name.log" 2>&1 &
         pids+=("$!")
@@ -57,26 +58,30 @@ provision_together() {
         pids=("${pids[@]:1}")
     done
     [[ -z "$failed" ]] || die "provisioning failed on $failed (see .vagrant/provision-<name>.log)"
+    say "provisioned $* in $((SECONDS - started)) s"
 }
 
 started=$SECONDS
 if [[ "$topology" == cluster ]]; then
     say "vagrant up: the cluster's machines (first time: packages are installed in each, several minutes)"
     vagrant up --provider="$provider" --no-provision --no-parallel
-    # db first; the three brokers together (a KRaft quorum forms once a majority of its voters
-    # runs, so none of them can finish starting alone); then the app nodes (they migrate the
-    # schema and make the topics), then the load balancer.
-    vagrant provision db
+    # The db, the three brokers and the load balancer together: none needs another one to finish
+    # (a KRaft quorum forms once a majority of its voters runs, so no broker can finish starting
+    # alone; the lb's health checks keep out app nodes that are not up yet). Then the app nodes,
+    # one at a time: they need the db and the brokers, and migrate the schema and make the topics.
     # Asked first, then split: a failed query must stop here (mapfile < <(...) would hide it).
     brokers="$(lab_query role kafka)"
     apps="$(lab_query role app)"
+    dbs="$(lab_query role db)"
+    lbs="$(lab_query role lb)"
     mapfile -t brokers <<<"$brokers"
-    provision_together "${brokers[@]}"
+    mapfile -t dbs <<<"$dbs"
+    mapfile -t lbs <<<"$lbs"
+    provision_together "${dbs[@]}" "${brokers[@]}" "${lbs[@]}"
     mapfile -t apps <<<"$apps"
     for name in "${apps[@]}"; do
         vagrant provision "$name"
     done
-    vagrant provision lb
 else
     say "vagrant up (first time: packages are installed in both machines, a few minutes)"
     # One machine at a time, sidecar first: the app's provisioning needs its database and Kafka.

@@ -6,13 +6,15 @@ import pytest
 from app.store import make_engine
 from app.store.users import issue_token
 from tests.conftest import auth
-from tests.unit.doubles import NOW, TOPICS, Consumer, Queue
+from tests.unit.doubles import NOW, TOPICS, Consumer, KafkaDown, Queue
 from worker.runner import Worker
 
 
 @pytest.fixture
 def app(make_app, store_url):
-    return make_app(store_url)
+    app = make_app(store_url)
+    app.extensions["joblab_kafka_state"] = KafkaDown()
+    return app
 
 
 @pytest.fixture
