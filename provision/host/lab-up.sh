@@ -64,7 +64,12 @@ provision_together() {
 started=$SECONDS
 if [[ "$topology" == cluster ]]; then
     say "vagrant up: the cluster's machines (first time: packages are installed in each, several minutes)"
-    vagrant up --provider="$provider" --no-provision --no-parallel
+    # The db alone first (its `vagrant up` makes the lab's network), then the others at once
+    # where the provider can (docker, libvirt; VirtualBox boots them one by one anyway).
+    dbs="$(lab_query role db)"
+    mapfile -t dbs <<<"$dbs"
+    vagrant up "${dbs[@]}" --provider="$provider" --no-provision
+    vagrant up --provider="$provider" --no-provision --parallel
     # The db, the three brokers and the load balancer together: none needs another one to finish
     # (a KRaft quorum forms once a majority of its voters runs, so no broker can finish starting
     # alone; the lb's health checks keep out app nodes that are not up yet). Then the app nodes,
@@ -72,10 +77,8 @@ if [[ "$topology" == cluster ]]; then
     # Asked first, then split: a failed query must stop here (mapfile < <(...) would hide it).
     brokers="$(lab_query role kafka)"
     apps="$(lab_query role app)"
-    dbs="$(lab_query role db)"
     lbs="$(lab_query role lb)"
     mapfile -t brokers <<<"$brokers"
-    mapfile -t dbs <<<"$dbs"
     mapfile -t lbs <<<"$lbs"
     provision_together "${dbs[@]}" "${brokers[@]}" "${lbs[@]}"
     mapfile -t apps <<<"$apps"
