@@ -15,7 +15,7 @@ APP_WHEEL_STAMP := $(ARTIFACT_CACHE)/app/.built
 APP_SOURCES := $(shell git ls-files app worker pyproject.toml 2>/dev/null)
 
 .PHONY: help venv kafka-jars host-deps-run host-deps-test host-deps-bench run test unit integration unit-integration lint clean \
-        app-wheel lab lab-user infra-test lab-idempotence lab-deploy-test lab-suite lab-destroy lab-ssh-config \
+        app-wheel lab lab-user infra-test lab-files-test lab-idempotence lab-deploy-test lab-suite lab-destroy lab-ssh-config \
         drills bench container container-test cluster-test cluster-suite bench-cluster
 
 help: ## this list
@@ -88,8 +88,13 @@ lab-user: ## print a new token for user NAME on the lab (last line): make lab-us
 lab-ssh-config:
 	@mkdir -p .vagrant && vagrant ssh-config > .vagrant/ssh-config
 
+# INFRA_MARKS: which of them (the lab suite leaves out the `nolab` ones, run while the lab booted).
+INFRA_MARKS ?= not reprovision and not deploy
 infra-test: venv lab-ssh-config ## testinfra against both lab machines (hosts from vagrant ssh-config)
-	$(PY) -m pytest -p no:cacheprovider tests/infra --ssh-config=.vagrant/ssh-config -m "not reprovision and not deploy" --durations=12
+	$(PY) -m pytest -p no:cacheprovider tests/infra --ssh-config=.vagrant/ssh-config -m "$(INFRA_MARKS)" --durations=12
+
+lab-files-test: venv ## the infra tests that need no lab: the Vagrantfile, the VM preflight, fetch-kafka.sh
+	$(PY) -m pytest -p no:cacheprovider tests/infra --ssh-config=/dev/null -m nolab
 
 lab-idempotence: venv lab-ssh-config ## re-provision the running lab and prove nothing changed
 	$(PY) -m pytest -p no:cacheprovider tests/infra --ssh-config=.vagrant/ssh-config -m reprovision

@@ -11,6 +11,8 @@ import pytest
 
 from tests.infra.conftest import ROOT
 
+pytestmark = pytest.mark.nolab  # no lab machine needed
+
 VERSION = "0.0.1-checksum-test"  # no such Kafka release: nothing real is shadowed or cached
 GROUP_DIR = os.path.join("org", "apache", "kafka", "kafka_2.13")
 SETTINGS = """<settings>

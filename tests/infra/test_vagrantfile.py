@@ -11,6 +11,8 @@ import pytest
 
 from tests.infra.conftest import ROOT
 
+pytestmark = pytest.mark.nolab  # no lab machine needed
+
 
 @pytest.mark.parametrize("provider", ["docker", "virtualbox", "libvirt"])
 def test_vagrant_validate(provider):

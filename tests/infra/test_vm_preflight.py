@@ -9,6 +9,8 @@ import pytest
 
 from tests.infra.conftest import ROOT
 
+pytestmark = pytest.mark.nolab  # no lab machine needed
+
 SCRIPT = os.path.join(ROOT, "provision", "host", "vm-preflight.py")
 REAL_VAGRANT = subprocess.run(["bash", "-c", "command -v vagrant"], capture_output=True, text=True).stdout.strip()
 
