@@ -56,8 +56,8 @@ FETCH_MAX_WAIT_MS = 100
 
 #: Under load, fetches wait for records to pile up (worker/consumer.py FetchCoalescing): the broker
 #: answers once COALESCE_MIN_BYTES are waiting or after COALESCE_WAIT_MS. Fewer, fuller polls mean
-#: fewer fetches, claims, checkpoints, event produces and offset commits per job (make bench: single
-#: submits +25 %, the job workers' and Kafka's CPU per job -30 %). A poll that brings fewer than
+#: fewer fetches, claims, checkpoints, event produces and offset commits per job (make bench, at first
+#: with 20 ms: single submits +25 %, the job workers' and Kafka's CPU per job -30 %). A poll that brings fewer than
 #: COALESCE_AFTER records turns it off again, so a job submitted to an idle worker is fetched at once.
 #: 50 ms, measured against 20 and 100 (single submits, 2 workers, same runs): 20 ms gave polls of
 #: 1-3 records at ~200 jobs/s; 50 ms +35 % jobs/s, the workers' CPU per job -45 %, Kafka's -35 %,
