@@ -88,8 +88,8 @@ lab-user: ## print a new token for user NAME on the lab (last line): make lab-us
 lab-ssh-config:
 	@mkdir -p .vagrant && vagrant ssh-config > .vagrant/ssh-config
 
-# INFRA_MARKS: which of them (the lab suite leaves out the `nolab` ones, run while the lab booted).
-INFRA_MARKS ?= not reprovision and not deploy
+# Which of them: the lab suite sets INFRA_SKIP_NOLAB=1, having run the `nolab` ones while the lab booted.
+INFRA_MARKS := not reprovision and not deploy$(if $(filter 1,$(INFRA_SKIP_NOLAB)), and not nolab)
 infra-test: venv lab-ssh-config ## testinfra against both lab machines (hosts from vagrant ssh-config)
 	$(PY) -m pytest -p no:cacheprovider tests/infra --ssh-config=.vagrant/ssh-config -m "$(INFRA_MARKS)" --durations=12
 

@@ -47,7 +47,7 @@ fi
 
 # Provision NAME... at once, each into its own log; one line naming the first that failed.
 provision_together() {
-    local name pids=() failed="" started=$SECONDS
+    local name pids=() failed="" since=$SECONDS
     say "provisioning $* together (each into .vagrant/provision-<name>.log)"
     for name in "$@"; do
         vagrant provision "$name" >".vagrant/provision-$name.log" 2>&1 &
@@ -58,7 +58,7 @@ provision_together() {
         pids=("${pids[@]:1}")
     done
     [[ -z "$failed" ]] || die "provisioning failed on $failed (see .vagrant/provision-<name>.log)"
-    say "provisioned $* in $((SECONDS - started)) s"
+    say "provisioned $* in $((SECONDS - since)) s"
 }
 
 started=$SECONDS
