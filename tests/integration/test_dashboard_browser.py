@@ -21,10 +21,10 @@ from typing import Any, Callable, Dict, List, Optional
 
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.selenium_manager import SeleniumManager
-from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.wait import WebDriverWait
 
 from app.migrate import upgrade
@@ -143,11 +143,24 @@ def text_of(driver: Any, selector: str) -> str:
 
 def click_to_next_page(driver: Any, button: Any) -> None:
     """Click a form's button and wait until the page it leads to has replaced this one (a click
-    returns before a form's navigation has even started)."""
+    returns before a form's navigation has even started).
 
-    page = driver.find_element(By.TAG_NAME, "html")
+    The old page is marked with a window property that only a new document lacks. Selenium's
+    staleness_of is not used: while Chromium swaps documents, asking about the old <html> node can
+    fail with a plain WebDriverException ("Node with given id does not belong to the document",
+    seen in CI) instead of a stale-element error, so a mid-swap question is just asked again."""
+
+    driver.execute_script("window.joblabLeaving = true")
     button.click()
-    WebDriverWait(driver, WAIT).until(expected_conditions.staleness_of(page))
+
+    def arrived(d: Any) -> bool:
+        return bool(
+            d.execute_script(
+                "return window.joblabLeaving === undefined && document.readyState === 'complete'"
+            )
+        )
+
+    WebDriverWait(driver, WAIT, ignored_exceptions=(WebDriverException,)).until(arrived)
 
 
 def log_in(driver: Any, base: str, token: str) -> None:
