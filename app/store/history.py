@@ -12,9 +12,10 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from sqlalchemy import insert, select
+from sqlalchemy import select
 from sqlalchemy.engine import Connection, Engine
 
+from . import bulk
 from .schema import job_events, jobs
 
 #: Every kind of step, in the order a job usually meets them.
@@ -41,8 +42,6 @@ _RANK = {"submitted": 0, "enqueued": 1}
 #: Longest detail kept (errors can be long; the job row keeps the latest in full).
 DETAIL_MAX = 2000
 
-_ADD = insert(job_events)
-
 
 def event(job_id: str, kind: str, at: datetime, attempt: Optional[int] = None, actor: Optional[str] = None,
           where: Optional[Where] = None, detail: Optional[str] = None) -> Dict[str, Any]:
@@ -57,7 +56,7 @@ def event(job_id: str, kind: str, at: datetime, attempt: Optional[int] = None, a
 def record(conn: Connection, rows: Sequence[Dict[str, Any]]) -> None:
     """Append ``rows`` (built by ``event``) in the caller's transaction: one statement."""
     if rows:
-        conn.execute(_ADD, list(rows))
+        bulk.insert_rows(conn, job_events, rows)
 
 
 _COLUMNS = [c for c in job_events.c if c.name != "job_id"]

@@ -13,7 +13,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
 from ..states import JobStatus
-from . import history
+from . import bulk, history
 from .schema import idempotency_keys, jobs, results
 from .users import utcnow
 
@@ -159,7 +159,7 @@ def _create_jobs(engine: Engine, user_id: int, specs: List[Tuple[str, Dict[str, 
             if active + len(rows) > max_active:
                 raise QuotaExceeded(active)
         if rows:
-            conn.execute(insert(jobs), rows)
+            bulk.insert_rows(conn, jobs, rows)
         if key is not None:
             conn.execute(insert(idempotency_keys).values(
                 user_id=user_id, key=key, request_hash=request_hash, created_at=now,
@@ -272,11 +272,16 @@ def cancel_requested(engine: Engine, job_id: str) -> bool:
         return conn.execute(select(jobs.c.cancel_requested_at).where(jobs.c.id == job_id)).scalar() is not None
 
 
-_CANCEL_REQUESTED = update(jobs).where(
-    jobs.c.id.in_(bindparam("job_ids", expanding=True)), jobs.c.status == JobStatus.RUNNING.value,
-    jobs.c.cancel_requested_at.isnot(None),
-).values(status=JobStatus.CANCELLED.value, finished_at=bindparam("now", type_=jobs.c.updated_at.type),
-         updated_at=bindparam("now", type_=jobs.c.updated_at.type))
+@functools.lru_cache(maxsize=None)
+def _cancel_requested(as_array: bool, returning: bool) -> Any:
+    """running -> cancelled for the listed jobs whose cancel was requested (app/store/bulk.py:
+    the list as an array on PostgreSQL); built once per form."""
+    stmt = update(jobs).where(
+        bulk.id_in(jobs.c.id, "job_ids", as_array), jobs.c.status == JobStatus.RUNNING.value,
+        jobs.c.cancel_requested_at.isnot(None),
+    ).values(status=JobStatus.CANCELLED.value, finished_at=bindparam("now", type_=jobs.c.updated_at.type),
+             updated_at=bindparam("now", type_=jobs.c.updated_at.type))
+    return stmt.returning(jobs.c.id) if returning else stmt
 
 
 def cancel_requested_jobs(conn: Connection, job_ids: List[str], actor: Optional[str] = None,
@@ -285,12 +290,13 @@ def cancel_requested_jobs(conn: Connection, job_ids: List[str], actor: Optional[
     end of their attempt (a success, a failure or a timeout) ends them. Returns those ids."""
     done: List[str] = []
     now = utcnow()
+    as_array = bulk.arrays(conn)
     for ids in _chunks(job_ids):
         if conn.dialect.update_returning:
-            done.extend(conn.execute(_CANCEL_REQUESTED.returning(jobs.c.id), {"job_ids": ids, "now": now}).scalars())
+            done.extend(conn.execute(_cancel_requested(as_array, True), {"job_ids": ids, "now": now}).scalars())
         else:
             for job_id in ids:  # one at a time, to know which
-                if conn.execute(_CANCEL_REQUESTED, {"job_ids": [job_id], "now": now}).rowcount == 1:
+                if conn.execute(_cancel_requested(as_array, False), {"job_ids": [job_id], "now": now}).rowcount == 1:
                     done.append(job_id)
     history.record(conn, history.many(done, "cancelled", now, actor=actor,
                                       detail=detail or "cancel requested while it ran; its run ended"))
@@ -398,12 +404,13 @@ def _claimed_steps(job: Row, now: datetime, actor: Optional[str], where: Optiona
 #: said "few jobs queued" while 10,000 were, and it scanned every queued row through
 #: ix_jobs_status_finished for each batch (30 ms per claim of 100, found with auto_explain) rather
 #: than looking up the 100 ids. By id only, the claim is one index probe per job.
-_CLAIM_MANY = update(jobs).where(
-    jobs.c.id.in_(bindparam("job_ids", expanding=True)), func.coalesce(jobs.c.status, "") == JobStatus.QUEUED.value,
+#: One statement per form of the id list (app/store/bulk.py: an array on PostgreSQL).
+_CLAIM_MANY = {as_array: update(jobs).where(
+    bulk.id_in(jobs.c.id, "job_ids", as_array), func.coalesce(jobs.c.status, "") == JobStatus.QUEUED.value,
     jobs.c.attempts == bindparam("attempt", type_=Integer) - 1,
 ).values(status=JobStatus.RUNNING.value, attempts=jobs.c.attempts + 1, claim_attempt=bindparam("attempt", type_=Integer),
          started_at=bindparam("now", type_=jobs.c.updated_at.type),
-         updated_at=bindparam("now", type_=jobs.c.updated_at.type)).returning(*_JOB_COLUMNS)
+         updated_at=bindparam("now", type_=jobs.c.updated_at.type)).returning(*_JOB_COLUMNS) for as_array in (False, True)}
 
 
 #: Most ids in one statement's IN list: SQL Server takes at most 2,100 parameters a statement.
@@ -437,7 +444,7 @@ def claim_jobs(conn: Connection, claims: List[Tuple[str, int]], actor: Optional[
     now = utcnow()
     claimed: Dict[str, Row] = {}
     for attempt, ids in _by_attempt(claims):
-        for row in conn.execute(_CLAIM_MANY, {"job_ids": ids, "attempt": attempt, "now": now}):
+        for row in conn.execute(_CLAIM_MANY[bulk.arrays(conn)], {"job_ids": ids, "attempt": attempt, "now": now}):
             job = _row(row)
             job["stale"] = job["exhausted"] = False
             claimed[job["id"]] = job
@@ -446,12 +453,12 @@ def claim_jobs(conn: Connection, claims: List[Tuple[str, int]], actor: Optional[
     return claimed
 
 
-_RELEASE = update(jobs).where(
-    jobs.c.id.in_(bindparam("job_ids", expanding=True)), jobs.c.status == JobStatus.RUNNING.value,
+_RELEASE = {as_array: update(jobs).where(
+    bulk.id_in(jobs.c.id, "job_ids", as_array), jobs.c.status == JobStatus.RUNNING.value,
     jobs.c.attempts == bindparam("attempt", type_=Integer),
     jobs.c.claim_attempt == bindparam("attempt", type_=Integer), jobs.c.cancel_requested_at.is_(None),
 ).values(status=JobStatus.QUEUED.value, attempts=jobs.c.attempts - 1, claim_attempt=jobs.c.claim_attempt - 1,
-         updated_at=bindparam("now", type_=jobs.c.updated_at.type)).returning(jobs.c.id)
+         updated_at=bindparam("now", type_=jobs.c.updated_at.type)).returning(jobs.c.id) for as_array in (False, True)}
 
 
 def release_jobs(conn: Connection, claims: List[Tuple[str, int]], actor: Optional[str] = None) -> int:
@@ -463,7 +470,7 @@ def release_jobs(conn: Connection, claims: List[Tuple[str, int]], actor: Optiona
     released: List[Dict[str, Any]] = []
     now = utcnow()
     for attempt, ids in _by_attempt(claims):
-        done = list(conn.execute(_RELEASE, {"job_ids": ids, "attempt": attempt, "now": now}).scalars())
+        done = list(conn.execute(_RELEASE[bulk.arrays(conn)], {"job_ids": ids, "attempt": attempt, "now": now}).scalars())
         released.extend(history.many(done, "released", now, attempt=attempt, actor=actor,
                                      detail="claimed with its batch, not run: attempt not counted"))
     history.record(conn, released)
@@ -498,11 +505,11 @@ def store_success(bind: Union[Engine, Connection], job_id: str, result_json: str
     return _in_tx(bind, work)
 
 
-_SUCCEED_MANY = update(jobs).where(jobs.c.id.in_(bindparam("job_ids", expanding=True)),
-                                   jobs.c.status == JobStatus.RUNNING.value,
-                                   jobs.c.cancel_requested_at.is_(None)).values(
+_SUCCEED_MANY = {as_array: update(jobs).where(bulk.id_in(jobs.c.id, "job_ids", as_array),
+                                               jobs.c.status == JobStatus.RUNNING.value,
+                                               jobs.c.cancel_requested_at.is_(None)).values(
     status=JobStatus.SUCCEEDED.value, error=None, finished_at=bindparam("now", type_=jobs.c.updated_at.type),
-    updated_at=bindparam("now", type_=jobs.c.updated_at.type)).returning(jobs.c.id)
+    updated_at=bindparam("now", type_=jobs.c.updated_at.type)).returning(jobs.c.id) for as_array in (False, True)}
 
 
 def store_successes(conn: Connection, outcomes: List[Tuple[str, str]], actor: Optional[str] = None) -> List[str]:
@@ -515,10 +522,10 @@ def store_successes(conn: Connection, outcomes: List[Tuple[str, str]], actor: Op
     now = utcnow()
     applied = set()
     for ids in _chunks([i for i, _r in outcomes]):
-        applied.update(conn.execute(_SUCCEED_MANY, {"job_ids": ids, "now": now}).scalars())
+        applied.update(conn.execute(_SUCCEED_MANY[bulk.arrays(conn)], {"job_ids": ids, "now": now}).scalars())
     rows = [{"job_id": i, "result": r, "created_at": now} for i, r in outcomes if i in applied]
     if rows:
-        conn.execute(_ADD_RESULT, rows)
+        bulk.insert_rows(conn, results, rows)
         history.record(conn, history.many([r["job_id"] for r in rows], "succeeded", now, actor=actor))
     return [i for i, _r in outcomes if i in applied]
 

@@ -21,6 +21,7 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.engine import Connection, Engine
 
 from ..published import MESSAGE_ID
+from . import bulk
 from .schema import outbox
 from .users import utcnow
 
@@ -51,24 +52,25 @@ def add(conn: Connection, owner: str, messages: Iterable[Message], lease_seconds
         stamped.append(m)
         params.append(dict(topic=m.topic, key=m.key, value=m.value, headers=headers, job_id=m.job_id, owner=owner,
                            lease_until=now + timedelta(seconds=lease_seconds), created_at=now))
-    if len(params) > 1 and conn.dialect.insert_executemany_returning:
+    if len(params) > 1 and (bulk.arrays(conn) or conn.dialect.insert_executemany_returning):
         # Many rows (a batch's outcomes): one INSERT; each id found by its row's headers (its
         # message-id makes them unique), whatever order the store returns them in.
-        ids = {headers: row_id for row_id, headers in conn.execute(_ADD_MANY, params)}
+        ids = {headers: row_id for row_id, headers in bulk.insert_rows(conn, outbox, params, ("id", "headers"))}
         return [(ids[p["headers"]], m) for p, m in zip(params, stamped)]
     return [(conn.execute(_ADD, p).inserted_primary_key[0], m) for p, m in zip(params, stamped)]
 
 
 #: Built once: building a statement costs more than running it (see app/store/jobs.py).
 _ADD = insert(outbox)
-_ADD_MANY = insert(outbox).returning(outbox.c.id, outbox.c.headers)
+#: Per form of the id list (app/store/bulk.py: an array on PostgreSQL).
+_REMOVE = {as_array: delete(outbox).where(bulk.id_in(outbox.c.id, "ids", as_array)) for as_array in (False, True)}
 
 
 def remove(conn: Connection, ids: Iterable[int]) -> None:
     """Delete published rows."""
     ids = list(ids)
     if ids:
-        conn.execute(delete(outbox).where(outbox.c.id.in_(ids)))
+        conn.execute(_REMOVE[bulk.arrays(conn)], {"ids": ids})
 
 
 def renew(engine: Engine, owner: str, ids: Iterable[int], lease_seconds: float) -> Set[int]:
