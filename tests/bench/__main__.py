@@ -68,6 +68,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--jobs", type=int, default=5000, help="no-op jobs per pipeline row (default 5000)")
     parser.add_argument("--bulk-jobs", type=int, default=20000, help="jobs of the bulk row (default 20000)")
     parser.add_argument("--worker-class", default="gevent", help="gunicorn worker class of the pipeline's fronts")
+    parser.add_argument("--warmup-seconds", type=float, default=pipeline_bench.WARMUP_SECONDS,
+                        help="noop load each pipeline stack runs before it is measured (default %(default)s)")
     parser.add_argument("--skip-lab", action="store_true", default=os.environ.get("BENCH_LAB") == "0",
                         help="skip the lab timings (also: BENCH_LAB=0)")
     args = parser.parse_args(argv)
@@ -82,7 +84,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     http = http_bench.run(os.path.join(work, "http"), duration=args.duration, connections=args.connections)
     print(http_bench.format_table(http), flush=True)
     pipeline = pipeline_bench.run(os.path.join(work, "pipeline"), jobs=args.jobs, bulk_jobs=args.bulk_jobs,
-                                  worker_class=args.worker_class)
+                                  worker_class=args.worker_class, warmup_seconds=args.warmup_seconds)
     print(pipeline_bench.format_table(pipeline), flush=True)
     lab: List[Dict[str, Any]] = []
     if not args.skip_lab:
