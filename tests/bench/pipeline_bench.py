@@ -4,7 +4,7 @@ kind of front: a Flask endpoint under gunicorn with our gunicorn.conf.py; tests/
 with the same number of single-process job workers, submitted from ``clients`` threads as fast as
 they go.
 
-    .venv-bench/bin/python -m tests.bench.pipeline_bench [--jobs 5000] [--workers 2] [--clients 8]
+    .venv-bench/bin/python -m tests.bench.pipeline_bench [--jobs 5000] [--workers 2] [--clients 8] [--warmup-seconds 60]
     .venv-bench/bin/python -m tests.bench.pipeline_bench --profile [--jobs 2000]
 
 Rows (system, how jobs are submitted, the job):
@@ -23,7 +23,8 @@ clock before the submit -> the time the task returns). submit/s is the rate jobs
 when it is close to jobs/s, submission is what bounds the run. CPU is seconds per 1,000 jobs of
 each process group (gunicorn with its workers, job workers, Kafka, PostgreSQL; Celery's workers,
 Redis) over the batch, from /proc (tests/bench/cpu.py). The test PostgreSQL runs with fsync=off
-and Kafka leaves flushing to the OS; durable Redis fsyncs once a second.
+and Kafka leaves flushing to the OS; durable Redis fsyncs once a second. Each stack is measured warm:
+WARMUP_SECONDS of noop submits first, left out of every figure.
 """
 from __future__ import annotations
 
