@@ -41,10 +41,11 @@ keepalive = 5
 # Request size limits, set at or above nginx's large_client_header_buffers (4 x 8 KiB,
 # devops/nginx.conf) so that nginx, in front, is what refuses an oversized request line or header
 # with the API's JSON error. gunicorn's defaults (4094-byte request line, 100 headers) sat below
-# it: such a request passed nginx and got gunicorn's plain-text 400/414/431 back. 8190 and
-# 32768 are the largest values gunicorn accepts.
+# it: such a request passed nginx and got gunicorn's plain-text 400/414/431 back. 8190 is the
+# longest request line gunicorn accepts; 32 KiB of headers is at most 8,192 lines of 4 bytes
+# ("a:" CRLF), plus the few nginx adds.
 limit_request_line = 8190
-limit_request_fields = 32768
+limit_request_fields = 8300
 limit_request_field_size = 16384
 # Recycle workers now and then, staggered, so a slow leak cannot grow without bound.
 max_requests = int(_env("GUNICORN_MAX_REQUESTS", "2000"))

@@ -7,16 +7,37 @@ of a job worker under bulk load), and PostgreSQL parses and plans it again. On P
 take whole lists as array parameters instead: `id = ANY(:ids)` and
 `INSERT ... SELECT * FROM unnest(:col1, :col2, ...)`, one fixed statement each, which psycopg
 caches and, after a few runs, prepares on the server. Other stores (SQL Server, SQLite) keep the
-portable forms, which their drivers and the IN_LIST_MAX chunking in jobs.py are built for.
+portable forms, in lists of at most IN_LIST_MAX ids (``chunks``).
 """
 from __future__ import annotations
 
 import functools
-from typing import Any, Dict, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple, TypeVar
 
-from sqlalchemy import Column, Table, any_, bindparam, func, insert, select
+from sqlalchemy import Column, String, Table, any_, bindparam, func, insert, select
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection, CursorResult
+
+
+T = TypeVar("T")
+
+#: Most ids in one statement's IN list: SQL Server takes at most 2,100 parameters a statement.
+IN_LIST_MAX = 1000
+
+
+def chunks(ids: List[T]) -> List[List[T]]:
+    """``ids`` cut into lists of at most IN_LIST_MAX (one statement each, on every store)."""
+    return [ids[i:i + IN_LIST_MAX] for i in range(0, len(ids), IN_LIST_MAX)]
+
+
+def _array_of(col: Column) -> ARRAY:
+    """The array type of ``col``'s values, without a string length: an explicit cast to
+    varchar(n) cuts longer values silently in PostgreSQL, where a single value bound to the column
+    is refused as too long (and an over-long id must not match the job id that is its prefix)."""
+    item = col.type
+    if isinstance(item, String) and item.length is not None:
+        item = type(item)()
+    return ARRAY(item)
 
 
 def arrays(conn: Connection) -> bool:
@@ -29,14 +50,14 @@ def id_in(col: Column, name: str, as_array: bool) -> Any:
     expanding IN list. Statements are built once per form (see jobs._claim_statement); pick the
     form with ``arrays(conn)`` when executing."""
     if as_array:
-        return col == any_(bindparam(name, type_=ARRAY(col.type)))
+        return col == any_(bindparam(name, type_=_array_of(col)))
     return col.in_(bindparam(name, expanding=True))
 
 
 @functools.lru_cache(maxsize=None)
 def _unnest_insert(table: Table, keys: Tuple[str, ...], returning: Tuple[str, ...]) -> Any:
     """INSERT INTO table (keys) SELECT * FROM unnest(:k0, ...) [RETURNING ...], typed per column."""
-    lists = [bindparam("k%d" % i, type_=ARRAY(table.c[k].type)) for i, k in enumerate(keys)]
+    lists = [bindparam("k%d" % i, type_=_array_of(table.c[k])) for i, k in enumerate(keys)]
     source = func.unnest(*lists).table_valued(*keys).render_derived()
     stmt = insert(table).from_select(list(keys), select(*[source.c[k] for k in keys]))
     return stmt.returning(*[table.c[r] for r in returning]) if returning else stmt

@@ -291,7 +291,7 @@ def cancel_requested_jobs(conn: Connection, job_ids: List[str], actor: Optional[
     done: List[str] = []
     now = utcnow()
     as_array = bulk.arrays(conn)
-    for ids in _chunks(job_ids):
+    for ids in bulk.chunks(job_ids):
         if conn.dialect.update_returning:
             done.extend(conn.execute(_cancel_requested(as_array, True), {"job_ids": ids, "now": now}).scalars())
         else:
@@ -413,21 +413,12 @@ _CLAIM_MANY = {as_array: update(jobs).where(
          updated_at=bindparam("now", type_=jobs.c.updated_at.type)).returning(*_JOB_COLUMNS) for as_array in (False, True)}
 
 
-#: Most ids in one statement's IN list: SQL Server takes at most 2,100 parameters a statement.
-IN_LIST_MAX = 1000
-
-
-def _chunks(ids: List[str]) -> List[List[str]]:
-    """``ids`` cut into lists of at most IN_LIST_MAX."""
-    return [ids[i:i + IN_LIST_MAX] for i in range(0, len(ids), IN_LIST_MAX)]
-
-
 def _by_attempt(claims: List[Tuple[str, int]]) -> List[Tuple[int, List[str]]]:
-    """(attempt, job ids) groups of ``claims``, each at most IN_LIST_MAX ids."""
+    """(attempt, job ids) groups of ``claims``, each at most bulk.IN_LIST_MAX ids."""
     groups: Dict[int, List[str]] = {}
     for job_id, attempt in claims:
         groups.setdefault(attempt, []).append(job_id)
-    return [(attempt, chunk) for attempt, ids in groups.items() for chunk in _chunks(ids)]
+    return [(attempt, chunk) for attempt, ids in groups.items() for chunk in bulk.chunks(ids)]
 
 
 def claim_jobs(conn: Connection, claims: List[Tuple[str, int]], actor: Optional[str] = None,
@@ -521,7 +512,7 @@ def store_successes(conn: Connection, outcomes: List[Tuple[str, str]], actor: Op
         return []
     now = utcnow()
     applied = set()
-    for ids in _chunks([i for i, _r in outcomes]):
+    for ids in bulk.chunks([i for i, _r in outcomes]):
         applied.update(conn.execute(_SUCCEED_MANY[bulk.arrays(conn)], {"job_ids": ids, "now": now}).scalars())
     rows = [{"job_id": i, "result": r, "created_at": now} for i, r in outcomes if i in applied]
     if rows:

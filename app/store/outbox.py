@@ -68,9 +68,8 @@ _REMOVE = {as_array: delete(outbox).where(bulk.id_in(outbox.c.id, "ids", as_arra
 
 def remove(conn: Connection, ids: Iterable[int]) -> None:
     """Delete published rows."""
-    ids = list(ids)
-    if ids:
-        conn.execute(_REMOVE[bulk.arrays(conn)], {"ids": ids})
+    for chunk in bulk.chunks(list(ids)):
+        conn.execute(_REMOVE[bulk.arrays(conn)], {"ids": chunk})
 
 
 def renew(engine: Engine, owner: str, ids: Iterable[int], lease_seconds: float) -> Set[int]:

@@ -11,6 +11,7 @@ from typing import List
 
 import pytest
 from sqlalchemy import event, select, update
+from sqlalchemy.exc import DBAPIError
 
 from app.store import bulk, make_engine
 from app.store.schema import job_events, jobs, outbox
@@ -88,3 +89,28 @@ def test_postgresql_gets_one_statement_whatever_the_count(engine):
     updates = {s for s in seen if s.startswith("UPDATE")}
     assert len(inserts) == 1 and len(updates) == 1, seen
     assert "unnest" in inserts.pop() and "ANY" in updates.pop()
+
+
+def test_an_over_long_value_is_refused_not_cut(engine):
+    if engine.dialect.name == "sqlite":
+        pytest.skip("SQLite does not enforce VARCHAR lengths")
+    rows = event_rows(3)
+    rows[1]["kind"] = "k" * 30  # the column is VARCHAR(24)
+    with pytest.raises(DBAPIError):
+        with engine.begin() as conn:
+            bulk.insert_rows(conn, job_events, rows)
+    with engine.connect() as conn:
+        assert conn.execute(select(job_events.c.kind)).scalars().all() == []
+
+
+def test_an_over_long_id_matches_nothing(engine):
+    user = issue_token(engine, "bulk-%s" % uuid.uuid4().hex[:6])[0]
+    now = datetime(2026, 11, 29, 23, 30, 3)
+    job_id = str(uuid.uuid4())
+    with engine.begin() as conn:
+        bulk.insert_rows(conn, jobs, [{"id": job_id, "user_id": user, "type": "noop", "args": "{}", "status": "queued",
+                                       "attempts": 0, "crashes": 0, "claim_attempt": 0, "created_at": now,
+                                       "updated_at": now}])
+        found = conn.execute(select(jobs.c.id).where(bulk.id_in(jobs.c.id, "ids", bulk.arrays(conn))),
+                             {"ids": [job_id + "-and-more"]}).scalars().all()
+    assert found == []
