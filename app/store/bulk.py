@@ -73,13 +73,12 @@ def insert_rows(conn: Connection, table: Table, rows: Sequence[Dict[str, Any]],
                 returning: Tuple[str, ...] = ()) -> CursorResult:
     """Insert ``rows`` (dicts with the same keys) in one statement; with ``returning``, the
     result's rows are those columns of each inserted row (in no promised order). On PostgreSQL
-    one fixed statement whatever the number of rows; elsewhere SQLAlchemy's executemany."""
+    one fixed statement whatever the number of rows; elsewhere SQLAlchemy's executemany (which runs
+    a list of one row as a plain execute)."""
     if not rows:
         raise ValueError("no rows to insert")
     keys = tuple(rows[0])
     if arrays(conn) and len(rows) > 1:
         params = {"k%d" % i: [r[k] for r in rows] for i, k in enumerate(keys)}
         return conn.execute(_unnest_insert(table, keys, tuple(returning)), params)
-    if len(rows) == 1:
-        return conn.execute(_plain_insert(table, tuple(returning)), dict(rows[0]))
     return conn.execute(_plain_insert(table, tuple(returning)), list(rows))

@@ -304,15 +304,14 @@ def idle_joblab(stack: LocalStack, engine: Any, jobs: int = IDLE_JOBS) -> Dict[s
     return _joblab_row("joblab", "1/POST, idle", "noop", stack, engine, ids, time.monotonic() - t0, meter.stop())
 
 
-def warm_up(run_batch: Callable[[int], None], seconds: float) -> int:
+def warm_up(run_batch: Callable[[int], None], seconds: float) -> None:
     """``run_batch(n)`` (submit n noop jobs and wait for them) until ``seconds`` have passed, at
-    least once; how many jobs that was."""
-    deadline, done = time.monotonic() + seconds, 0
+    least once."""
+    deadline = time.monotonic() + seconds
     while True:
         run_batch(WARMUP_BATCH)
-        done += WARMUP_BATCH
         if time.monotonic() >= deadline:
-            return done
+            return
 
 
 def run_joblab(work_dir: str, workers: int, clients: int, jobs: int, kind_jobs: int, bulk_jobs: int,
